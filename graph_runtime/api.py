@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,11 +58,15 @@ __all__ = [
 INT_LIMIT = 2**63 - 1  # largest integer a widget accepts (ComfyUI's seeds are 64-bit)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Input:
-    """Base of every input declaration: a name, a tooltip and whether it may be left out."""
+    """Base of every input declaration: a name (positional), a tooltip and whether it may be left out.
+
+    Everything after the name is keyword-only: ``Float("scale", default=7.5, min=0.0)``.
+    """
 
     name: str
+    _: KW_ONLY
     tooltip: str = ""
     optional: bool = False
 

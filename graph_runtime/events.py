@@ -70,7 +70,12 @@ class Executed(Event):
     output: dict[str, Any] = field(default_factory=dict)
 
     def data(self) -> dict[str, Any]:
-        return {"node": self.node, "display_node": self.node, "output": self.output, "prompt_id": self.prompt_id}
+        return {
+            "node": self.node,
+            "display_node": self.node,
+            "output": self.output,
+            "prompt_id": self.prompt_id,
+        }
 
 
 @dataclass(frozen=True)

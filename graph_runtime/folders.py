@@ -62,7 +62,9 @@ def resolve_file(kind: str, name: str) -> Path:
         candidate = (root / name).resolve()
         if candidate.is_relative_to(root) and candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no file {name!r} in the {kind!r} model folders {[str(p) for p in folder_paths(kind)]}")
+    raise FileNotFoundError(
+        f"no file {name!r} in the {kind!r} model folders {[str(p) for p in folder_paths(kind)]}"
+    )
 
 
 @dataclass(frozen=True)

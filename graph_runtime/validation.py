@@ -1,0 +1,462 @@
+"""Static checks of an API-format prompt, collecting every problem in ComfyUI's report shape.
+
+Only the nodes that the chosen outputs need are checked in depth (as in ComfyUI, a stray node in
+the editor does not block a run); every node's class_type is checked. Each output whose ancestry
+is clean is a *good output*; the prompt runs when at least one is (ComfyUI's partial acceptance),
+and ``report.ok`` says whether there was no problem at all. Nothing is coerced: the string
+``"false"`` is not a BOOLEAN, ``3.5`` is not an INT (``3.0`` is accepted as 3, losslessly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from graph_runtime.api import INT_LIMIT, Boolean, Combo, Float, Input, Int, Node, Socket, String
+from graph_runtime.links import VALUE_KEY, as_link, is_wrapped, link_problem
+from graph_runtime.registry import Registry
+
+MAX_LISTED_OPTIONS = 20  # as ComfyUI: longer option lists are summarised by their length
+MAX_NAMED_CYCLE_NODES = 20
+
+
+@dataclass(slots=True)
+class PlannedNode:
+    """A checked node: its class, unwrapped literal inputs and resolved links ``name -> (source, index)``."""
+
+    node_id: str
+    cls: type[Node]
+    literals: dict[str, Any]
+    links: dict[str, tuple[str, int]]
+
+
+@dataclass
+class ValidationReport:
+    """Everything validation found, and the execution plan of the good outputs."""
+
+    node_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    outputs: list[str] = field(default_factory=list)
+    good_outputs: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    """The nodes the good outputs need, in a topological order."""
+    nodes: dict[str, PlannedNode] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no problem at all (no node error, no prompt error)."""
+        return self.error is None and not self.node_errors
+
+    @property
+    def runnable(self) -> bool:
+        """True when at least one output can run (node errors elsewhere may remain)."""
+        return self.error is None and bool(self.good_outputs)
+
+    def to_comfy(self) -> dict[str, Any]:
+        """ComfyUI's ``POST /prompt`` 400 body: ``{"error": {...}, "node_errors": {...}}``."""
+        error = self.error
+        if error is None and self.node_errors:
+            error = _error(
+                "prompt_outputs_failed_validation",
+                "Prompt outputs failed validation",
+                "\n".join(self.messages()),
+            )
+        return {"error": error or {}, "node_errors": self.node_errors}
+
+    def messages(self) -> list[str]:
+        """One line per problem, naming the node, its class and the input."""
+        lines: list[str] = []
+        for node_id, entry in self.node_errors.items():
+            for err in entry["errors"]:
+                where = f"node {node_id} ({entry['class_type']})"
+                text = err["details"] or err["message"]
+                name = err.get("extra_info", {}).get("input_name")
+                if name:
+                    where += f", input {name!r}"
+                    text = text.removeprefix(f"{name}: ")
+                lines.append(f"{where}: {text} [{err['type']}]")
+        if self.error is not None and self.error["type"] != "prompt_outputs_failed_validation":
+            lines.append(f"prompt: {self.error['details'] or self.error['message']} [{self.error['type']}]")
+        return lines
+
+
+def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra}
+
+
+def types_compatible(output_type: str, input_type: str) -> bool:
+    """Equal types, the ``*`` wildcard on either side, or intersecting comma-separated sets."""
+    if output_type == input_type or output_type == "*" or input_type == "*":
+        return True
+    return bool(set(output_type.split(",")) & set(input_type.split(",")))
+
+
+class _Checker:
+    """One validation pass; holds the per-pass memo of combo choices (folder listings hit the disk)."""
+
+    def __init__(self, prompt: dict[str, Any], registry: Registry) -> None:
+        self.prompt = prompt
+        self.registry = registry
+        self.errors: dict[str, list[dict[str, Any]]] = {}
+        self.choices: dict[int, list[str]] = {}
+
+    def add(self, node_id: str, kind: str, message: str, details: str = "", **extra: Any) -> None:
+        self.errors.setdefault(node_id, []).append(_error(kind, message, details, **extra))
+
+    def check_node(self, node_id: str, node: dict[str, Any], cls: type[Node]) -> PlannedNode:
+        inputs = node.get("inputs", {})
+        planned = PlannedNode(node_id, cls, {}, {})
+        if type(inputs) is not dict:
+            self.add(
+                node_id, "invalid_prompt", "Inputs are not an object", f"inputs is {type(inputs).__name__}"
+            )
+            return planned
+        for name, value in inputs.items():
+            spec = cls.input(name)
+            if spec is None:
+                known = ", ".join(s.name for s in cls.inputs) or "none"
+                self.add(
+                    node_id,
+                    "unknown_input",
+                    "Unknown input",
+                    f"{cls.__name__} has no input {name!r} (inputs: {known})",
+                    input_name=name,
+                )
+                continue
+            link = as_link(value)
+            if link is not None:
+                resolved = self.check_link(node_id, name, spec, link)
+                if resolved is not None:
+                    planned.links[name] = resolved
+            elif type(value) is list:
+                self.add(
+                    node_id,
+                    "bad_linked_input",
+                    "Bad linked input, must be a length-2 list of [string, int]",
+                    f"{name}: {value!r} is neither a link [node_id, output] "
+                    f"nor a wrapped literal {{'{VALUE_KEY}': [...]}}",
+                    input_name=name,
+                    received_value=value,
+                )
+            elif not spec.is_widget:
+                self.add(
+                    node_id,
+                    "invalid_input_type",
+                    "Input takes a link",
+                    f"{name} takes a link from a {spec.type_name} output, got the literal {value!r}",
+                    input_name=name,
+                    received_value=_safe(value),
+                )
+            else:
+                ok, literal = self.check_literal(node_id, name, spec, value)
+                if ok:
+                    planned.literals[name] = literal
+        for spec in cls.inputs:
+            if not spec.optional and spec.name not in inputs:
+                self.add(
+                    node_id,
+                    "required_input_missing",
+                    "Required input is missing",
+                    f"{spec.name} ({spec.type_name}) is required",
+                    input_name=spec.name,
+                )
+        return planned
+
+    def check_link(self, node_id: str, name: str, spec: Input, link: Any) -> tuple[str, int] | None:
+        problem = link_problem(link)
+        source = self.prompt.get(link.source)
+        if problem is None and source is None:
+            problem = f"links to node {link.source!r}, which is not in the prompt"
+        if problem is not None:
+            self.add(
+                node_id,
+                "bad_linked_input",
+                "Bad linked input",
+                f"{name}: {problem}",
+                input_name=name,
+                linked_node=[link.source, _safe(link.output)],
+            )
+            return None
+        source_type = source.get("class_type") if type(source) is dict else None
+        source_cls = self.registry.get(source_type) if type(source_type) is str else None
+        if source_cls is None:
+            return None  # the source's own error says why; no second guess about its outputs
+        outputs = source_cls.outputs
+        index = link.output
+        if type(index) is str:
+            index = next((i for i, o in enumerate(outputs) if o.name == link.output), -1)
+        assert isinstance(index, int)
+        if not 0 <= index < len(outputs):
+            names = ", ".join(f"{i}:{o.name}" for i, o in enumerate(outputs)) or "none"
+            self.add(
+                node_id,
+                "bad_linked_input",
+                "Bad linked input",
+                f"{name}: node {link.source} ({source_cls.__name__}) has no output {link.output!r} "
+                f"(outputs: {names})",
+                input_name=name,
+                linked_node=[link.source, link.output],
+            )
+            return None
+        out_type = outputs[index].type
+        if not types_compatible(out_type, spec.type_name):
+            self.add(
+                node_id,
+                "return_type_mismatch",
+                "Return type mismatch between linked nodes",
+                f"{name} expects {spec.type_name}, but node {link.source} ({source_cls.__name__}) output "
+                f"{index} ({outputs[index].name}) is {out_type}",
+                input_name=name,
+                received_type=out_type,
+                linked_node=[link.source, index],
+            )
+            return None
+        return (link.source, index)
+
+    def check_literal(self, node_id: str, name: str, spec: Input, value: Any) -> tuple[bool, Any]:
+        value = value[VALUE_KEY] if is_wrapped(value) else value
+        shown = _safe(value)
+        kind = type(value)
+
+        def bad(error_type: str, message: str, details: str) -> tuple[bool, Any]:
+            self.add(
+                node_id, error_type, message, f"{name}: {details}", input_name=name, received_value=shown
+            )
+            return False, None
+
+        if isinstance(spec, Int):
+            if kind is float and math.isfinite(value) and value.is_integer():
+                value, kind = int(value), int
+            if kind is not int:
+                return bad(
+                    "invalid_input_type", "Invalid input type", f"expected an INT, got {_describe(value)}"
+                )
+            if abs(value) > INT_LIMIT:
+                return bad(
+                    "value_bigger_than_max", "Value bigger than max", f"{value} does not fit a 64-bit integer"
+                )
+            return self.check_range(name, spec, value, bad)
+        if isinstance(spec, Float):
+            if kind not in (int, float):
+                return bad(
+                    "invalid_input_type", "Invalid input type", f"expected a FLOAT, got {_describe(value)}"
+                )
+            try:
+                as_float = float(value)
+            except OverflowError:
+                return bad(
+                    "value_bigger_than_max", "Value bigger than max", f"{value} is too large for a FLOAT"
+                )
+            if not math.isfinite(as_float):
+                return bad("value_not_finite", "Value is not a finite number", f"{value} is not finite")
+            return self.check_range(name, spec, as_float, bad)
+        if isinstance(spec, String):
+            if kind is not str:
+                return bad(
+                    "invalid_input_type", "Invalid input type", f"expected a STRING, got {_describe(value)}"
+                )
+            return True, value
+        if isinstance(spec, Boolean):
+            if kind is not bool:
+                return bad(
+                    "invalid_input_type",
+                    "Invalid input type",
+                    f"expected a BOOLEAN (true or false), got {_describe(value)}",
+                )
+            return True, value
+        if isinstance(spec, Combo):
+            choices = self.choices.get(id(spec))
+            if choices is None:
+                choices = self.choices[id(spec)] = spec.choices()
+            if kind is not str or value not in choices:
+                listed = choices if len(choices) <= MAX_LISTED_OPTIONS else f"a list of length {len(choices)}"
+                return bad("value_not_in_list", "Value not in list", f"{_describe(value)} not in {listed}")
+            return True, value
+        assert not isinstance(spec, Socket)
+        return True, value
+
+    @staticmethod
+    def check_range(name: str, spec: Int | Float, value: Any, bad: Any) -> tuple[bool, Any]:
+        if value < spec.min:
+            return bad(
+                "value_smaller_than_min",
+                "Value smaller than min",
+                f"{value} is smaller than the minimum {spec.min}",
+            )
+        if value > spec.max:
+            return bad(
+                "value_bigger_than_max",
+                "Value bigger than max",
+                f"{value} is bigger than the maximum {spec.max}",
+            )
+        return True, value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _safe(value: Any) -> Any:
+    """A JSON-safe echo of a received value for ``extra_info``."""
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else repr(value)
+    return repr(value)[:200]
+
+
+def validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None = None) -> ValidationReport:
+    """Check an API-format prompt for every problem; plan the good outputs' nodes in topological order.
+
+    ``outputs`` restricts the targets to those node ids (any node, output node or not, as for
+    ``partial_execution_targets``); by default the targets are all nodes declared ``output_node``.
+    """
+    report = ValidationReport()
+    if type(prompt) is not dict:
+        report.error = _error(
+            "invalid_prompt", "Invalid prompt", f"a prompt is an object of nodes, got {type(prompt).__name__}"
+        )
+        return report
+    checker = _Checker(prompt, registry)
+    classes: dict[str, type[Node]] = {}
+    graph: nx.DiGraph = nx.DiGraph()
+    for node_id, node in prompt.items():
+        graph.add_node(node_id)
+        class_type = node.get("class_type") if type(node) is dict else None
+        if type(node) is not dict or type(class_type) is not str:
+            checker.add(
+                node_id,
+                "invalid_prompt",
+                "Node has no class_type",
+                f"node {node_id!r} needs a string class_type",
+            )
+            continue
+        cls = registry.get(class_type)
+        if cls is None:
+            checker.add(
+                node_id,
+                "missing_node_type",
+                f"Node type {class_type!r} not found",
+                f"no node type named {class_type!r} is registered (is its node pack installed?)",
+                class_type=class_type,
+            )
+            continue
+        classes[node_id] = cls
+        inputs = node.get("inputs", {})
+        if type(inputs) is dict:
+            for value in inputs.values():
+                link = as_link(value)
+                if link is not None and link.source in prompt:
+                    graph.add_edge(link.source, node_id)
+
+    if outputs is not None:
+        targets = list(dict.fromkeys(outputs))
+        missing = [t for t in targets if t not in prompt]
+        if missing:
+            report.error = _error(
+                "invalid_prompt",
+                "Requested outputs are not in the prompt",
+                f"no node {', '.join(map(repr, missing))} in the prompt",
+            )
+    else:
+        targets = [n for n, cls in classes.items() if cls.output_node]
+    targets = [t for t in targets if t in prompt]
+    report.outputs = targets
+
+    relevant = _ancestors(graph, targets) if targets else set(prompt)
+    for node_id in prompt:
+        if node_id in relevant and node_id in classes:
+            report.nodes[node_id] = checker.check_node(node_id, prompt[node_id], classes[node_id])
+
+    sub = graph.subgraph(relevant)
+    if not nx.is_directed_acyclic_graph(sub):
+        for component in nx.strongly_connected_components(sub):
+            if len(component) > 1 or any(sub.has_edge(n, n) for n in component):
+                members = sorted(component, key=_id_order)
+                named = ", ".join(members[:MAX_NAMED_CYCLE_NODES]) + (
+                    f" and {len(members) - MAX_NAMED_CYCLE_NODES} more"
+                    if len(members) > MAX_NAMED_CYCLE_NODES
+                    else ""
+                )
+                for node_id in members:
+                    checker.add(
+                        node_id,
+                        "dependency_cycle",
+                        "Dependency cycle",
+                        f"nodes {named} depend on each other in a cycle",
+                        cycle=members[:MAX_NAMED_CYCLE_NODES],
+                    )
+
+    _finish(report, checker.errors, graph, prompt, targets, outputs is None)
+    return report
+
+
+def _finish(
+    report: ValidationReport,
+    errors: dict[str, list[dict[str, Any]]],
+    graph: nx.DiGraph,
+    prompt: dict[str, Any],
+    targets: list[str],
+    default_targets: bool,
+) -> None:
+    """Decide the good outputs, the dependent outputs of each failing node, the plan and the error."""
+    dependents: dict[str, list[str]] = {n: [] for n in errors}
+    good: list[str] = []
+    for target in targets:
+        if not errors:
+            good.append(target)
+            continue
+        ancestry = _ancestors(graph, [target])
+        failing = [n for n in ancestry if n in errors]
+        for n in failing:
+            dependents[n].append(target)
+        if not failing:
+            good.append(target)
+    report.good_outputs = good
+    for node_id, errs in errors.items():
+        node = prompt.get(node_id)
+        class_type = node.get("class_type") if type(node) is dict else None
+        report.node_errors[node_id] = {
+            "errors": errs,
+            "dependent_outputs": dependents[node_id],
+            "class_type": class_type,
+        }
+    if good:
+        needed = _ancestors(graph, good)
+        report.order = list(nx.topological_sort(graph.subgraph(needed)))
+        report.nodes = {n: report.nodes[n] for n in report.order}
+    else:
+        report.nodes = {}
+    if report.error is not None:
+        return
+    if not targets:
+        what = "the prompt has no output node" if default_targets else "no outputs were asked for"
+        report.error = _error("prompt_no_outputs", "Prompt has no outputs", what)
+    elif not good:
+        report.error = _error(
+            "prompt_outputs_failed_validation",
+            "Prompt outputs failed validation",
+            "\n".join(report.messages()),
+        )
+
+
+def _ancestors(graph: nx.DiGraph, targets: Sequence[str]) -> set[str]:
+    """The targets and everything upstream of them (iterative, so 10,000-node chains are fine)."""
+    seen = set(targets)
+    stack = list(targets)
+    pred = graph.pred
+    while stack:
+        for parent in pred[stack.pop()]:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def _id_order(node_id: str) -> tuple[int, int | str]:
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
