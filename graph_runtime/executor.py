@@ -189,10 +189,12 @@ class _Run:
             entry = cache.get(keys[node_id])
             if entry is not None:
                 by_key[keys[node_id]] = entry
+        needed = self.needed(keys, by_key)
         consumers = {n: 0 for n in order}
-        for node in self.report.nodes.values():
-            for src, _ in node.links.values():
-                consumers[src] += 1
+        for node_id in needed:
+            if keys[node_id] not in by_key:
+                for src, _ in self.report.nodes[node_id].links.values():
+                    consumers[src] += 1
         values: dict[str, Entry] = {}
         failed: set[str] = set()
         self.emit(ExecutionStart(self.prompt_id))
@@ -204,6 +206,8 @@ class _Run:
                 res.skipped.append(node_id)
                 continue
             entry = by_key.get(keys[node_id])
+            if entry is None and node_id not in needed:
+                continue  # only feeds cached nodes
             if entry is not None:
                 res.cached.append(node_id)
                 if entry.ui:
@@ -238,6 +242,19 @@ class _Run:
             self.emit(ExecutionSuccess(self.prompt_id))
         self.emit(Executing(self.prompt_id, node=None))
         return res
+
+    def needed(self, keys: dict[str, str], by_key: dict[str, Entry]) -> set[str]:
+        """The targets and what they need; a cached node needs nothing upstream."""
+        needed: set[str] = set()
+        stack = list(self.report.good_outputs)
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            if keys[node_id] not in by_key:
+                stack.extend(src for src, _ in self.report.nodes[node_id].links.values())
+        return needed
 
     def release(
         self,

@@ -143,7 +143,8 @@ class WorkflowBuilder:
     >>> wb.add("Show", x=a[0]) and sorted(wb.prompt)
     ['1', '2']
 
-    A :class:`NodeRef` passed as a value links its first output; lists are wrapped as literals.
+    A :class:`NodeRef` passed as a value links its first output; a list ``[node_id, output]`` is a
+    link (as on the wire); other lists and all tuples are literals (wrapped as ``__value__``).
     Given a registry, ``add`` refuses unknown node types and input names at once and fills widget
     inputs left out with their declared defaults.
     """
@@ -193,8 +194,8 @@ class WorkflowBuilder:
             return [value.id, 0]
         if isinstance(value, OutputRef):
             return list(value)
-        if type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int:
-            return value  # written as a link, as on the wire
+        if type(value) is list and len(value) == 2 and type(value[0]) is str:
+            return value  # a link, as on the wire; a tuple is always a literal
         return wrap(value)
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -1,0 +1,120 @@
+"""Registry: declarations become /object_info entries; packs load through entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_testnodes import TEST_NODES, Add, Number, Options
+
+from graph_runtime import Registry
+from graph_runtime.api import Combo, Context, FolderFiles, Node, NodePack, Output
+from graph_runtime.folders import register_folders
+
+EDITOR_KEYS = {
+    "input", "input_order", "output", "output_is_list", "output_name", "output_tooltips", "name",
+    "display_name", "description", "python_module", "category", "output_node", "deprecated",
+    "experimental", "api_node",
+}  # fmt: skip
+
+
+def test_object_info_entry_has_every_key_the_editor_reads(registry: Registry) -> None:
+    info = registry.object_info()
+    assert set(info) == {cls.__name__ for cls in TEST_NODES}
+    for entry in info.values():
+        assert set(entry) == EDITOR_KEYS
+        assert isinstance(entry["name"], str)
+
+
+def test_object_info_splits_required_and_optional_in_declaration_order(registry: Registry) -> None:
+    entry = registry.object_info_one("Options")["Options"]
+    assert entry["input_order"] == {"required": ["seed", "text", "flag", "mode"], "optional": ["x", "weight"]}
+    required = entry["input"]["required"]
+    assert required["seed"] == [
+        "INT",
+        {"default": 0, "min": 0, "max": 2**63 - 1, "step": 1, "control_after_generate": True},
+    ]
+    assert required["text"][1]["multiline"] is True
+    assert required["flag"][0] == "BOOLEAN"
+    assert required["mode"] == [["a", "b", "c"], {"default": "a"}]
+    assert entry["input"]["optional"]["x"] == ["FLOAT", {}]
+    assert entry["input"]["optional"]["weight"][1]["max"] == 1.0
+    assert entry["output"] == ["STRING"] and entry["output_name"] == ["summary"]
+    assert entry["category"] == "test" and entry["output_node"] is False
+
+
+def test_object_info_one_of_an_unknown_class_is_empty(registry: Registry) -> None:
+    assert registry.object_info_one("Nope") == {}
+
+
+def test_description_and_display_name_come_from_the_class(registry: Registry) -> None:
+    entry = registry.object_info_one("Add")["Add"]
+    assert entry["description"] == "a + b (b optional, 0 when left out)."
+    assert entry["display_name"] == "Add"
+
+
+def test_folder_combo_lists_files_again_when_asked(tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    register_folders({"test_weights": [folder]})
+
+    class LoadWeights(Node):
+        """Loads a file."""
+
+        inputs = (Combo("name", options=FolderFiles("test_weights", (".safetensors",))),)
+        outputs = (Output("path", "STRING"),)
+
+        @staticmethod
+        def run(ctx: Context, name: str) -> tuple[str]:
+            return (name,)
+
+    registry = Registry([LoadWeights])
+    assert registry.object_info_one("LoadWeights")["LoadWeights"]["input"]["required"]["name"][0] == []
+    (folder / "a.safetensors").write_bytes(b"x")
+    (folder / "notes.txt").write_text("ignored")
+    assert registry.object_info_one("LoadWeights")["LoadWeights"]["input"]["required"]["name"][0] == [
+        "a.safetensors"
+    ]
+
+
+def test_two_classes_with_one_name_are_refused() -> None:
+    class Number(Node):  # same name as the test node
+        outputs = (Output("v", "FLOAT"),)
+
+        @staticmethod
+        def run(ctx: Context) -> tuple[float]:
+            return (0.0,)
+
+    with pytest.raises(ValueError, match="two node classes named 'Number'"):
+        Registry([Number, globals()["Number"]])
+
+
+class _FakeEntryPoint:
+    def __init__(self, name: str, obj: Any) -> None:
+        self.name, self.value, self.obj = name, f"fake:{name}", obj
+
+    def load(self) -> Any:
+        if isinstance(self.obj, Exception):
+            raise self.obj
+        return self.obj
+
+
+def test_from_entry_points_loads_packs_and_skips_broken_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def pack() -> NodePack:
+        return NodePack("good", [Number, Add], {"test_pack_folder": [tmp_path]})
+
+    eps = [
+        _FakeEntryPoint("good", pack),
+        _FakeEntryPoint("broken", ImportError("no module named nodes.missing")),
+        _FakeEntryPoint("plain", NodePack("plain", [Options])),
+    ]
+    monkeypatch.setattr("graph_runtime.registry.entry_points", lambda group: eps)
+    registry = Registry.from_entry_points()
+    assert sorted(registry.classes) == ["Add", "Number", "Options"]
+    assert len(registry.load_errors) == 1 and "broken" in registry.load_errors[0]
+    from graph_runtime.folders import folder_paths
+
+    assert tmp_path.resolve() in folder_paths("test_pack_folder")
