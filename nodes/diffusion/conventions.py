@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -56,14 +56,23 @@ def vp_sigmas(beta_schedule: str, timesteps: int) -> torch.Tensor:
     return ((1 - alphas_bar) / alphas_bar).sqrt().float()
 
 
-def sigma_to_t(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 for table look-ups, except where the device has none (Apple MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def sigma_to_t(
+    sigma: torch.Tensor, table: torch.Tensor, log_table: torch.Tensor | None = None
+) -> torch.Tensor:
     """Continuous timestep of σ on a discrete σ table, by linear interpolation in log σ (clamped)."""
-    log_table = table.to(sigma.device, torch.float64).log()
-    log_sigma = sigma.to(torch.float64).clamp(min=float(table[0]), max=float(table[-1])).log()
+    wide = _wide(sigma.device)
+    if log_table is None:
+        log_table = table.to(sigma.device, wide).log()
+    log_sigma = sigma.to(wide).clamp(min=float(table[0]), max=float(table[-1])).log()
     idx = torch.searchsorted(log_table, log_sigma).clamp(1, len(table) - 1)  # upper neighbour
     lo, hi = log_table[idx - 1], log_table[idx]
     frac = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-    return ((idx - 1).to(torch.float64) + frac).to(sigma.dtype)
+    return ((idx - 1).to(wide) + frac).to(sigma.dtype)
 
 
 def t_to_sigma(t: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -143,6 +152,7 @@ class Denoiser:
     discrete: bool = True
     sigma_data: float = 1.0
     name: str = ""
+    _log_tables: dict[torch.device, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def sigma_min(self) -> float:
@@ -154,7 +164,13 @@ class Denoiser:
 
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
         """The network's noise input: discrete timestep t(σ) for VP models, ¼·ln σ for EDM."""
-        return sigma_to_t(sigma, self.sigmas) if self.discrete else sigma.log() / 4
+        if not self.discrete:
+            return sigma.log() / 4
+        log_table = self._log_tables.get(sigma.device)
+        if log_table is None:  # cached per device: no host-to-device copy per step
+            wide = _wide(sigma.device)
+            log_table = self._log_tables[sigma.device] = self.sigmas.to(sigma.device, wide).log()
+        return sigma_to_t(sigma, self.sigmas, log_table)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Timestep coordinate used by the 'normal'/'sgm_uniform' schedules."""

@@ -51,7 +51,7 @@ class Guidance:
 
 
 @dataclass(frozen=True)
-class Predict(Guidance):
+class Prediction(Guidance):
     """A leaf: the x0 prediction of ``model`` under ``condition``."""
 
     model: Denoiser
@@ -228,7 +228,7 @@ class CompiledGuidance:
         self.embeddings = {
             i: n.condition.embedding.to(device, dtype)
             for i, n in enumerate(self.nodes)
-            if isinstance(n, Predict)
+            if isinstance(n, Prediction)
         }
         self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
         self.plans: dict[tuple[bool, ...], _Plan] = {}
@@ -272,7 +272,7 @@ class CompiledGuidance:
         rules: list[int] = []
         for i in sorted(live):  # post-order ids are a topological order
             node = self.nodes[i]
-            if isinstance(node, Predict):
+            if isinstance(node, Prediction):
                 leaves.setdefault(node.model, []).append(i)
             elif not isinstance(node, Window):
                 rules.append(i)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Predict
+from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
 from nodes.diffusion.samplers import SAMPLERS, Callback, PerSampleNoise
 
 
@@ -23,7 +23,7 @@ def leaf_models(root: Guidance) -> list[Denoiser]:
         if id(node) in visited:
             continue
         visited.add(id(node))
-        if isinstance(node, Predict) and node.model not in seen:
+        if isinstance(node, Prediction) and node.model not in seen:
             seen.append(node.model)
         stack.extend(reversed(node.children()))
     return seen

@@ -7,6 +7,7 @@ and guidance rules can be checked against closed forms. The fake networks speak 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -156,3 +157,37 @@ def clip() -> Clip:
 @pytest.fixture
 def cond() -> Callable[[Denoiser, str], Conditioning]:
     return condition
+
+
+TINY_UNET = {"channels": [8, 16], "blocks_per_level": 1, "attention_levels": [], "emb_dim": 32, "heads": 1}
+TINY_ENCODER = {"channels": [8, 8, 8, 8], "blocks_per_level": 1}
+
+
+@pytest.fixture
+def model_dirs(tmp_path, monkeypatch):
+    """Tiny real networks (random weights) saved as safetensors in model folders of their own."""
+    from nodes.networks import NoisyClassifier, ShapesUNet, save_network
+    from nodes.networks.clip import ShapesCLIP
+
+    torch.manual_seed(0)
+    root = tmp_path / "models"
+    unet = ShapesUNet(**TINY_UNET)
+    schedule = {"type": "discrete_vp", "beta_schedule": "linear", "timesteps": 1000}
+    meta = {"kind": "denoiser", "config": TINY_UNET, "parametrization": "eps", "schedule": schedule}
+    save_network(unet, root / "checkpoints" / "tiny.safetensors", meta, half=False)
+    labels = list(unet.labels)
+    classifier = NoisyClassifier(**TINY_ENCODER, emb_dim=16)
+    cmeta = {"kind": "noisy_classifier", "config": dict(TINY_ENCODER, emb_dim=16), "labels": labels}
+    save_network(classifier, root / "classifiers" / "tiny_cls.safetensors", cmeta, half=False)
+    clip = ShapesCLIP(**TINY_ENCODER, embed_dim=16)
+    save_network(
+        clip,
+        root / "clip" / "tiny_clip.safetensors",
+        {"kind": "clip", "config": dict(TINY_ENCODER, embed_dim=16)},
+    )
+    (root / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    (tmp_path / "input").mkdir()
+    kinds = ("checkpoints", "classifiers", "clip")
+    dirs = [f"{k}={root / k}" for k in kinds] + [f"input={tmp_path / 'input'}"]
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", os.pathsep.join(dirs))
+    return tmp_path

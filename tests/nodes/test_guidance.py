@@ -9,7 +9,7 @@ import torch
 
 from nodes.diffusion.conventions import Denoiser, from_space, to_space
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, make_cutouts
-from nodes.diffusion.guidance import CompiledGuidance, Predict, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.guidance import CompiledGuidance, Prediction, Rescale, Threshold, cfg, combine, window
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import sigmas_karras
 from nodes.diffusion.types import Classifier, Clip, Conditioning
@@ -34,7 +34,7 @@ def x() -> torch.Tensor:
 
 def test_cfg_scale_one_is_the_conditional_in_one_pass(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    c, u = Predict(m, cond(m, "red")), Predict(m, cond(m, ""))
+    c, u = Prediction(m, cond(m, "red")), Prediction(m, cond(m, ""))
     out, _ = run(cfg(c, u, 1.0), x, 2.0)
     assert rows(m) == [2]
     assert torch.equal(out, run(c, x, 2.0)[0])
@@ -42,7 +42,7 @@ def test_cfg_scale_one_is_the_conditional_in_one_pass(gaussian, cond: CondFn, x)
 
 def test_cfg_scale_zero_is_the_unconditional_not_the_conditional(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    c, u = Predict(m, cond(m, "red")), Predict(m, cond(m, ""))
+    c, u = Prediction(m, cond(m, "red")), Prediction(m, cond(m, ""))
     out, _ = run(cfg(c, u, 0.0), x, 2.0)
     assert torch.equal(out, run(u, x, 2.0)[0])
     assert not torch.allclose(out, run(c, x, 2.0)[0])
@@ -50,7 +50,7 @@ def test_cfg_scale_zero_is_the_unconditional_not_the_conditional(gaussian, cond:
 
 def test_cfg_follows_its_formula_with_one_batched_forward(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    c, u = Predict(m, cond(m, "red")), Predict(m, cond(m, "blue"))  # blue as a negative prompt
+    c, u = Prediction(m, cond(m, "red")), Prediction(m, cond(m, "blue"))  # blue as a negative prompt
     out, compiled = run(cfg(c, u, 4.5), x, 2.0)
     dc, du = run(c, x, 2.0)[0], run(u, x, 2.0)[0]
     assert torch.allclose(out, du + 4.5 * (dc - du), atol=1e-5)
@@ -60,7 +60,7 @@ def test_cfg_follows_its_formula_with_one_batched_forward(gaussian, cond: CondFn
 @pytest.mark.parametrize("space", ["eps", "v"])
 def test_affine_rules_give_the_same_result_in_every_space(gaussian, cond: CondFn, x, space: str) -> None:
     m = gaussian()
-    preds = [Predict(m, cond(m, p)) for p in ("", "red", "green", "blue")]
+    preds = [Prediction(m, cond(m, p)) for p in ("", "red", "green", "blue")]
     program = combine(preds[0], [(preds[1], 3.0), (preds[2], 1.5), (preds[3], -2.0)])
     sigma = torch.full((2,), 1.7)
     out, _ = run(program, x, 1.7)
@@ -71,8 +71,8 @@ def test_affine_rules_give_the_same_result_in_every_space(gaussian, cond: CondFn
 
 def test_identical_leaves_are_evaluated_once(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    a, b = Predict(m, cond(m, "red")), Predict(m, cond(m, "red"))  # equal by content, distinct objects
-    program = combine(Predict(m, cond(m, "")), [(a, 2.0), (b, 1.0)])
+    a, b = Prediction(m, cond(m, "red")), Prediction(m, cond(m, "red"))  # equal by content, distinct objects
+    program = combine(Prediction(m, cond(m, "")), [(a, 2.0), (b, 1.0)])
     run(program, x, 2.0)
     assert rows(m) == [4]  # red once, null once
 
@@ -81,13 +81,13 @@ def test_zero_gradient_leaves_the_prediction_unchanged(gaussian, cond: CondFn, x
     m = gaussian()
     flat = Classifier(torch.nn.Module(), ("a", "b"))
     flat.module.forward = lambda x, s: torch.zeros(x.shape[0], 2) + 0 * x.sum()
-    base = Predict(m, cond(m, "red"))
+    base = Prediction(m, cond(m, "red"))
     assert torch.equal(run(ClassifierGradient(base, flat, 0, 10.0), x, 2.0)[0], run(base, x, 2.0)[0])
 
 
 def test_window_outside_is_pass_through_and_costs_one_pass(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    c, u = Predict(m, cond(m, "red")), Predict(m, cond(m, ""))
+    c, u = Prediction(m, cond(m, "red")), Prediction(m, cond(m, ""))
     program = window(cfg(c, u, 5.0), sigma_hi=3.0, sigma_lo=1.0)
     inside, compiled = run(program, x, 2.0)
     outside = compiled(x, torch.full((2,), 8.0))
@@ -98,7 +98,7 @@ def test_window_outside_is_pass_through_and_costs_one_pass(gaussian, cond: CondF
 
 def test_window_passes_through_gradient_rules_without_calling_the_classifier(mixture, x) -> None:
     model, clf = mixture
-    base = Predict(model, Conditioning.of(torch.zeros(4), "null"))
+    base = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
     out, _ = run(window(ClassifierGradient(base, clf, 1, 3.0), 1.0, 0.5), x, 5.0)
     assert clf.module.calls == 0 and torch.equal(out, run(base, x, 5.0)[0])
 
@@ -106,9 +106,9 @@ def test_window_passes_through_gradient_rules_without_calling_the_classifier(mix
 def test_cfg_composable_and_classifier_take_one_model_call_and_one_classifier_call(mixture, x) -> None:
     model, clf = mixture
     emb = [Conditioning.of(torch.eye(4)[i], f"c{i}") for i in range(4)]
-    null = Predict(model, Conditioning.of(torch.zeros(4), "null"))
-    neg = Predict(model, emb[3])
-    mix = combine(null, [(Predict(model, emb[i]), w) for i, w in enumerate((2.0, 1.0, -0.5))])
+    null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
+    neg = Prediction(model, emb[3])
+    mix = combine(null, [(Prediction(model, emb[i]), w) for i, w in enumerate((2.0, 1.0, -0.5))])
     program = ClassifierGradient(cfg(mix, neg, 3.0), clf, 1, 2.0)
     _, compiled = run(program, x, 2.0)
     assert compiled.stats.model_calls == 1 and model.network.calls == [2 * 5]
@@ -117,7 +117,7 @@ def test_cfg_composable_and_classifier_take_one_model_call_and_one_classifier_ca
 
 def test_max_batch_splits_one_forward_into_chunks(gaussian, cond: CondFn, x) -> None:
     m = gaussian()
-    program = cfg(Predict(m, cond(m, "red")), Predict(m, cond(m, "")), 3.0)
+    program = cfg(Prediction(m, cond(m, "red")), Prediction(m, cond(m, "")), 3.0)
     full = run(program, x, 2.0)[0]
     compiled = CompiledGuidance(program, seeds=[0, 1], device=CPU, max_batch=3)
     assert torch.allclose(compiled(x, torch.full((2,), 2.0)), full) and rows(m)[1:] == [3, 1]
@@ -127,7 +127,7 @@ def test_rescale_phi_zero_is_identity_and_phi_one_matches_the_reference_std(
     gaussian, cond: CondFn, x
 ) -> None:
     m = gaussian()
-    c, u = Predict(m, cond(m, "red")), Predict(m, cond(m, ""))
+    c, u = Prediction(m, cond(m, "red")), Prediction(m, cond(m, ""))
     guided, sigma = cfg(c, u, 7.0), torch.full((2,), 2.0)
     assert torch.allclose(run(Rescale(guided, c, 0.0, "v"), x, 2.0)[0], run(guided, x, 2.0)[0], atol=1e-6)
     out = to_space(run(Rescale(guided, c, 1.0, "v"), x, 2.0)[0], x, sigma, "v")
@@ -139,13 +139,13 @@ def test_rescale_phi_zero_is_identity_and_phi_one_matches_the_reference_std(
 
 def test_dynamic_threshold_bounds_x0_to_unit_range(gaussian, cond: CondFn, x) -> None:
     m = gaussian(offset=3.0)
-    out, _ = run(Threshold(Predict(m, cond(m, "red")), 0.9), x, 0.5)
+    out, _ = run(Threshold(Prediction(m, cond(m, "red")), 0.9), x, 0.5)
     assert float(out.abs().max()) <= 1.0 + 1e-6
 
 
 def test_classifier_gradient_moves_mixture_samples_to_the_requested_component(mixture) -> None:
     model, clf = mixture
-    null = Predict(model, Conditioning.of(torch.zeros(4), "null"))
+    null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
     start = torch.zeros(16, 1, 4, 4)
     sigmas = sigmas_karras(20, model.sigma_min, 20.0)
     for label, mean in ((0, -1.0), (1, 1.0)):
@@ -161,7 +161,7 @@ def test_classifier_gradient_moves_mixture_samples_to_the_requested_component(mi
 
 def test_gradient_rules_work_inside_a_sampler_that_runs_without_grad(mixture, clip: Clip) -> None:
     model, clf = mixture
-    null = Predict(model, Conditioning.of(torch.zeros(4), "null"))
+    null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
     program = ClipGradient(
         ClassifierGradient(null, clf, 1, 1.0), clip, text, 200.0, cutouts=4, through_denoiser=True
@@ -179,7 +179,7 @@ def test_gradient_rules_work_inside_a_sampler_that_runs_without_grad(mixture, cl
 @pytest.mark.parametrize("through", [False, True])
 def test_clip_gradient_with_clamp_caps_its_rms(gaussian, cond: CondFn, clip: Clip, x, through: bool) -> None:
     m = gaussian()
-    base = Predict(m, cond(m, ""))
+    base = Prediction(m, cond(m, ""))
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
     sigma = 2.0
     free = run(ClipGradient(base, clip, text, 1.0, through_denoiser=through), x, sigma)[0]
@@ -205,7 +205,7 @@ def test_a_sample_does_not_depend_on_its_position_in_the_batch(
     m = gaussian()
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
     program = ClipGradient(
-        cfg(Predict(m, cond(m, "red")), Predict(m, cond(m, "")), 3.0), clip, text, 5.0, cutouts=3
+        cfg(Prediction(m, cond(m, "red")), Prediction(m, cond(m, "")), 3.0), clip, text, 5.0, cutouts=3
     )
     sigmas = sigmas_karras(6, m.sigma_min, 10.0)
     batch, _ = guided_sample(program, torch.zeros(3, 3, 8, 8), [10, 11, 12], sigmas, sampler, device=CPU)

@@ -1,0 +1,270 @@
+"""Guidance nodes: each builds (never runs) a piece of the per-step GUIDANCE program.
+
+Every GUIDANCE value is an x0 prediction D(x; σ) composed from model predictions; the Sampler runs
+the program once per model evaluation. Scales follow the Imagen / diffusers / ComfyUI convention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
+from nodes.diffusion.conventions import SPACES, Denoiser
+from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
+from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.types import Classifier, Clip, Conditioning
+
+CATEGORY = "guidegraph/guidance"
+GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
+SCALE_LIMIT = 1000.0
+
+
+class Predict(Node):
+    """A single model prediction D(x, σ, c), no guidance: the leaf every program is built from."""
+
+    category = CATEGORY
+    inputs = (Socket(name="model", type="MODEL"), Socket(name="condition", type="CONDITIONING"))
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, condition: Conditioning) -> tuple[Guidance]:
+        return (Prediction(model, condition),)
+
+
+class CFGCombine(Node):
+    """Classifier-free guidance: ``out = u + w·(c − u)`` (Ho & Salimans 2022, "Classifier-Free Diffusion
+    Guidance"; scale convention of Imagen, diffusers and ComfyUI, so w = 1 + w_HS).
+
+    ``negative`` is the unconditional prediction u: a NullCondition, or a Condition as a negative
+    prompt (stable-diffusion-webui semantics). w = 1 is the conditional alone and skips the u pass;
+    w = 0 is the unconditional model. Both predictions go through one batched forward per step.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="model", type="MODEL"),
+        Socket(name="positive", type="CONDITIONING"),
+        Socket(name="negative", type="CONDITIONING"),
+        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1, round=0.01),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
+    ) -> tuple[Guidance]:
+        return (cfg(Prediction(model, positive), Prediction(model, negative), scale),)
+
+
+class Composable(Node):
+    """Composable diffusion: ``out = u + Σᵢ wᵢ·(D(cᵢ) − u)`` (Liu et al. 2022, "Compositional Visual
+    Generation with Composable Diffusion Models").
+
+    Positive weights are AND, negative weights NOT; unconnected conditions drop out. All predictions
+    share one batched forward per step.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="model", type="MODEL"),
+        Socket(name="unconditional", type="CONDITIONING"),
+        Socket(name="condition_1", type="CONDITIONING"),
+        Float(name="weight_1", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Socket(name="condition_2", type="CONDITIONING", optional=True),
+        Float(name="weight_2", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Socket(name="condition_3", type="CONDITIONING", optional=True),
+        Float(name="weight_3", default=-1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Socket(name="condition_4", type="CONDITIONING", optional=True),
+        Float(name="weight_4", default=-1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        unconditional: Conditioning,
+        condition_1: Conditioning,
+        weight_1: float,
+        condition_2: Conditioning | None = None,
+        weight_2: float = 0.0,
+        condition_3: Conditioning | None = None,
+        weight_3: float = 0.0,
+        condition_4: Conditioning | None = None,
+        weight_4: float = 0.0,
+    ) -> tuple[Guidance]:
+        pairs = [
+            (condition_1, weight_1),
+            (condition_2, weight_2),
+            (condition_3, weight_3),
+            (condition_4, weight_4),
+        ]
+        terms = [(Prediction(model, c), w) for c, w in pairs if c is not None]
+        return (combine(Prediction(model, unconditional), terms),)
+
+
+class GuidanceMix(Node):
+    """Extrapolate from one guidance to another: ``out = base + w·(target − base)``.
+
+    With ``base`` a weaker model (smaller or less trained) under the same condition, this is
+    autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself").
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="base", type="GUIDANCE"),
+        Socket(name="target", type="GUIDANCE"),
+        Float(name="scale", default=2.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(ctx: Context, base: Guidance, target: Guidance, scale: float) -> tuple[Guidance]:
+        return (combine(base, [(target, scale)]),)
+
+
+class ClassifierGrad(Node):
+    """Classifier guidance: ``D' = D + s·σ²·∇ₓ log p(y | x, σ)`` from a noise-aware classifier
+    (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis", Alg. 2).
+
+    Works on any guidance (an unconditional model, CFG, ...). The gradient is taken through the
+    classifier only; autograd is switched on locally, one classifier call per model evaluation.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Socket(name="classifier", type="CLASSIFIER"),
+        String(name="label", default="red circle", tooltip="a class name of the classifier, or its index"),
+        Float(name="scale", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
+    ) -> tuple[Guidance]:
+        return (ClassifierGradient(guidance, classifier, classifier.label_index(label), scale),)
+
+
+class ClipLoss(Node):
+    """CLIP-loss guidance: ``D' = D − s·σ²·∇ₓ L``, ``L = mean_cutouts sphdist(E_img(cut(x̂0)), E_txt)``
+    (k-diffusion's CLIP-guided sampling; Crowson's spherical distance; Disco-style cutouts).
+
+    ``through_denoiser`` back-propagates through D (exact, costs a backward pass of the model);
+    off, the gradient is taken at the detached x̂0. ``cutouts`` random crops (0: the whole image),
+    ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of the
+    gradient (0: off).
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Socket(name="clip", type="CLIP"),
+        String(name="prompt", default="a red circle", multiline=True),
+        Float(name="scale", default=100.0, min=-1e6, max=1e6, step=1.0),
+        Int(name="cutouts", default=4, min=0, max=64),
+        Boolean(name="augment", default=True),
+        Boolean(name="through_denoiser", default=False),
+        Float(name="grad_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        guidance: Guidance,
+        clip: Clip,
+        prompt: str,
+        scale: float,
+        cutouts: int,
+        augment: bool,
+        through_denoiser: bool,
+        grad_clamp: float,
+    ) -> tuple[Guidance]:
+        with torch.no_grad():
+            text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
+        rule = ClipGradient(guidance, clip, text, scale, cutouts, augment, through_denoiser, grad_clamp)
+        return (rule,)
+
+
+class GuidanceWindow(Node):
+    """Apply a guidance rule only while σ_end < σ ≤ σ_start (Kynkäänniemi et al. 2024, "Applying
+    Guidance in a Limited Interval Improves Sample and Distribution Quality").
+
+    Outside the window the rule is replaced by ``outside`` if connected, else by its pass-through
+    (CFG → the conditional prediction, a gradient term → the guidance beneath it), and costs nothing
+    more. The window is checked against the σ of every model evaluation, Heun stages included.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Float(name="sigma_start", default=10.0, min=0.0, max=1e6, step=0.01),
+        Float(name="sigma_end", default=0.3, min=0.0, max=1e6, step=0.01),
+        Socket(name="outside", type="GUIDANCE", optional=True),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        guidance: Guidance,
+        sigma_start: float,
+        sigma_end: float,
+        outside: Guidance | None = None,
+    ) -> tuple[Guidance]:
+        if sigma_end > sigma_start:
+            raise ValueError(f"sigma_end ({sigma_end}) must not exceed sigma_start ({sigma_start})")
+        return (window(guidance, sigma_start, sigma_end, outside),)
+
+
+class CFGRescale(Node):
+    """CFG rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
+    §3.4): ``g_r = g·std(P_c)/std(g)``, ``out = φ·g_r + (1 − φ)·g``, per sample.
+
+    Nonlinear, so it declares its space: v (the paper's, and ComfyUI's), eps (diffusers on
+    eps-models) or x0. P_c is the guidance's pass-through (CFG's conditional prediction).
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Float(name="phi", default=0.7, min=0.0, max=1.0, step=0.01),
+        Combo(name="space", options=SPACES, default="v"),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(ctx: Context, guidance: Guidance, phi: float, space: str) -> tuple[Guidance]:
+        return (Rescale(guidance, guidance.passthrough(), phi, space),)
+
+
+class DynamicThreshold(Node):
+    """Dynamic thresholding (Saharia et al. 2022, Imagen §2.3), in x0 space: per sample
+    ``s = clamp(quantile_p(|x̂0|), 1, max_value)``, ``x̂0 ← clip(x̂0, −s, s)/s``. For pixel-space models."""
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Float(name="percentile", default=0.995, min=0.5, max=1.0, step=0.001),
+        Float(name="max_value", default=1e9, min=1.0, max=1e9, step=0.1),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(ctx: Context, guidance: Guidance, percentile: float, max_value: float) -> tuple[Guidance]:
+        return (Threshold(guidance, percentile, max_value),)
+
+
+NODES: list[type[Node]] = [
+    Predict,
+    CFGCombine,
+    Composable,
+    GuidanceMix,
+    ClassifierGrad,
+    ClipLoss,
+    GuidanceWindow,
+    CFGRescale,
+    DynamicThreshold,
+]
