@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from server.config import ServerConfig
 from server.jsonio import fail
@@ -77,7 +78,7 @@ def contained(root: Path, subfolder: str, filename: str) -> Path:
 
 def safe_name(name: str, fallback: str = "upload") -> str:
     """A basename without separators, control characters or a leading dot, at most 120 characters."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unquote(name).replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("_", name).strip(" .")
     return (name or fallback)[-120:]
 

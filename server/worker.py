@@ -354,6 +354,7 @@ def _short_inputs(inputs: Any) -> dict[str, Any]:
         return {}
     out = {}
     for name, value in inputs.items():
-        text = redact(value if isinstance(value, str) else repr(value))
-        out[str(name)] = [text[:200] + ("…" if len(text) > 200 else "")]
+        items = value if isinstance(value, list) else [value]
+        texts = [redact(item if isinstance(item, str) else repr(item)) for item in items[:8]]
+        out[str(name)] = [text[:200] + ("…" if len(text) > 200 else "") for text in texts]
     return out

@@ -20,7 +20,7 @@ from server.files import (
     store_upload,
     with_suffix_for,
 )
-from server.jsonio import fail, json_response
+from server.jsonio import BadRequest, fail, json_response
 
 
 async def view(request: web.Request) -> web.StreamResponse:
@@ -65,8 +65,10 @@ async def upload_image(request: web.Request) -> web.Response:
                 fields[part.name] = (await _read_capped(part, 4096)).decode("utf-8", "replace")
             else:
                 await part.release()
-    except (ValueError, AssertionError, UnicodeError) as exc:
-        fail("the multipart body is malformed", type="invalid_multipart", details=str(exc)[:200])
+    except BadRequest:
+        raise
+    except Exception as exc:  # any parse failure of the client's body is the client's fault
+        fail("the multipart body is malformed", type="invalid_multipart", details=type(exc).__name__)
     if image is None:
         fail("the form needs a file field named image", type="invalid_multipart")
     original, data = image

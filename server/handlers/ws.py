@@ -23,9 +23,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     hub = app[state.HUB]
-    client = hub.connect(sid, ws)
+    remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
+    client = hub.connect(sid, ws)  # after the await: our status with sid is this client's first message
     try:
-        remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
         hub.send_to(client, "status", status_payload(remaining, sid))
         running = app[state.WORKER].running
         if running is not None and running.client_id == sid and running.node is not None:

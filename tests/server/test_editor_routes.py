@@ -1,0 +1,162 @@
+"""Routes the editor reads at boot and while editing: node definitions, settings, user files, templates."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from server.config import ServerConfig
+from tests.server.conftest import UI_WORKFLOW
+
+BOOT_JSON = {
+    "/api/users": dict,
+    "/api/settings": dict,
+    "/api/extensions": list,
+    "/api/object_info": dict,
+    "/api/system_stats": dict,
+    "/api/features": dict,
+    "/api/embeddings": list,
+    "/api/models": list,
+    "/api/experiment/models": list,
+    "/api/i18n": dict,
+    "/api/workflow_templates": dict,
+    "/api/global_subgraphs": dict,
+    "/templates/index.json": list,
+    "/templates/index_logo.json": dict,
+    "/api/jobs?status=in_progress,pending&limit=200&offset=0": dict,
+    "/api/prompt": dict,
+    "/api/queue": dict,
+    "/api/history": dict,
+}
+
+
+async def test_every_boot_route_answers_json_under_both_prefixes(client) -> None:
+    for path, kind in BOOT_JSON.items():
+        for variant in {path, path.removeprefix("/api")}:
+            response = await client.get(variant)
+            assert response.status == 200, variant
+            assert isinstance(await response.json(), kind), variant
+
+
+async def test_serves_the_editor_from_the_wheel(client) -> None:
+    index = await client.get("/")
+    assert index.status == 200 and '<div id="vue-app">' in await index.text()
+    assert index.headers["Cache-Control"] == "no-cache"
+    assert (await client.get("/materialdesignicons.min.css")).status == 200
+    assert (await client.get("/scripts/app.js")).status == 200
+    assert (await client.get("/user.css")).content_type == "text/css"
+    assert (await client.get("/api/userdata/user.css")).status == 200
+    assert (await client.get("/../../etc/passwd")).status == 404
+    assert (await client.get("/%2e%2e/%2e%2e/etc/passwd")).status == 404
+
+
+async def test_object_info_lists_our_nodes_with_their_categories(client) -> None:
+    info = await (await client.get("/object_info")).json()
+    assert {"Number", "SaveSquare", "SlowSteps", "Explode"} <= set(info)
+    assert info["SaveSquare"]["category"] == "testing/image" and info["SaveSquare"]["output_node"] is True
+    one = await (await client.get("/api/object_info/Number")).json()
+    assert list(one) == ["Number"] and one["Number"]["input"]["required"]["value"][0] == "INT"
+    assert await (await client.get("/object_info/Unknown")).json() == {}
+
+
+async def test_system_stats_has_the_editor_fields_and_no_real_argv(client) -> None:
+    stats = await (await client.get("/system_stats")).json()
+    system = stats["system"]
+    for key in (
+        "os",
+        "ram_total",
+        "ram_free",
+        "comfyui_version",
+        "python_version",
+        "pytorch_version",
+        "embedded_python",
+        "argv",
+    ):
+        assert key in system
+    assert system["argv"] == ["guidegraph", "serve", "--disable-api-nodes"]
+    assert stats["devices"][0]["type"] in ("cpu", "cuda", "mps")
+
+
+async def test_settings_persist(client) -> None:
+    assert (await client.post("/api/settings/Comfy.Theme", json="dark")).status == 200
+    assert (await client.post("/api/settings", json={"A.B": 1, "C.D": [1, 2]})).status == 200
+    assert await (await client.get("/api/settings/Comfy.Theme")).json() == "dark"
+    assert await (await client.get("/api/settings")).json() == {
+        "Comfy.Theme": "dark",
+        "A.B": 1,
+        "C.D": [1, 2],
+    }
+    assert await (await client.get("/api/settings/missing")).json() is None
+    assert (await client.post("/api/settings", json=[1])).status == 400
+    assert (await client.post("/api/settings", data=b"{bad")).status == 400
+
+
+async def test_users_is_single_user_mode(client) -> None:
+    assert await (await client.get("/api/users")).json() == {"storage": "server", "migrated": True}
+    assert (await client.post("/api/users", json={"username": "x"})).status == 400
+
+
+async def test_saved_workflows_round_trip_through_userdata(client, config: ServerConfig) -> None:
+    name = quote("workflows/my flow.json", safe="")
+    saved = await client.post(f"/api/userdata/{name}?overwrite=false&full_info=true", json=UI_WORKFLOW)
+    assert saved.status == 200
+    info = await saved.json()
+    assert info["path"] == "workflows/my flow.json" and info["size"] > 0 and isinstance(info["modified"], int)
+    assert (await client.post(f"/api/userdata/{name}?overwrite=false", json=UI_WORKFLOW)).status == 409
+    listing = await (
+        await client.get(
+            "/api/userdata",
+            params={"dir": "workflows", "recurse": "true", "full_info": "true", "split": "false"},
+        )
+    ).json()
+    assert [item["path"] for item in listing] == ["my flow.json"]
+    assert await (await client.get("/api/userdata", params={"dir": "workflows"})).json() == ["my flow.json"]
+    v2 = await (await client.get("/api/v2/userdata", params={"path": "workflows"})).json()
+    assert v2[0]["name"] == "my flow.json" and v2[0]["type"] == "file"
+    assert (await (await client.get(f"/api/userdata/{name}")).json())["id"] == UI_WORKFLOW["id"]
+    dest = quote("workflows/renamed.json", safe="")
+    moved = await client.post(f"/api/userdata/{name}/move/{dest}")
+    assert moved.status == 200 and await moved.json() == "workflows/renamed.json"
+    assert (await client.get(f"/api/userdata/{name}")).status == 404
+    assert (await client.delete(f"/api/userdata/{dest}")).status == 204
+    assert (await client.get("/api/userdata", params={"dir": "nothing"})).status == 404
+    assert (
+        await client.post(f"/api/userdata/{quote('workflows/bad.json', safe='')}", data=b"{x")
+    ).status == 400
+
+
+async def test_userdata_refuses_paths_that_leave_the_user_folder(client) -> None:
+    for raw in (
+        "../secret",
+        "..%2F..%2Fetc%2Fpasswd",
+        quote("../../x.json", safe=""),
+        quote("/etc/passwd", safe=""),
+    ):
+        assert (await client.get(f"/api/userdata/{raw}")).status in (400, 404), raw
+        assert (await client.post(f"/api/userdata/{raw}", data=b"x")).status in (400, 404, 405), raw
+    assert (await client.get("/api/userdata", params={"dir": "../"})).status == 400
+
+
+async def test_templates_list_and_serve_our_workflows_with_thumbnails(client, config: ServerConfig) -> None:
+    (config.workflows_dir / "squares.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
+    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": ["squares"]}
+    workflow = await (await client.get("/api/workflow_templates/guidegraph/squares.json")).json()
+    assert workflow["id"] == UI_WORKFLOW["id"]
+    thumb = await client.get("/api/workflow_templates/guidegraph/squares.jpg")
+    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert (await client.get("/api/workflow_templates/other/squares.json")).status == 404
+    assert (await client.get("/api/workflow_templates/guidegraph/..%2Fsecret.json")).status == 404
+    default = await (await client.get("/api/guidegraph/default_workflow")).json()
+    assert default["name"] == "squares" and default["workflow"]["id"] == UI_WORKFLOW["id"]
+    extensions = await (await client.get("/api/extensions")).json()
+    script = await client.get(extensions[0])
+    assert script.status == 200 and "registerExtension" in await script.text()
+
+
+async def test_models_routes(client) -> None:
+    kinds = await (await client.get("/models")).json()
+    assert isinstance(kinds, list)
+    assert (await client.get("/models/not-a-folder")).status == 404
+    assert (await client.get("/experiment/models/not-a-folder")).status == 404
+    for kind in kinds:
+        assert isinstance(await (await client.get(f"/models/{kind}")).json(), list)
+        assert isinstance(await (await client.get(f"/experiment/models/{kind}")).json(), list)
