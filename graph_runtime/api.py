@@ -208,6 +208,7 @@ class Node:
     deterministic: ClassVar[bool] = True
     experimental: ClassVar[bool] = False
     deprecated: ClassVar[bool] = False
+    _inputs_by_name: ClassVar[dict[str, Input] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -219,8 +220,12 @@ class Node:
 
     @classmethod
     def input(cls, name: str) -> Input | None:
-        """The declaration of input ``name``, or None."""
-        return next((spec for spec in cls.inputs if spec.name == name), None)
+        """The declaration of input ``name``, or None (a per-class dict, built on first use)."""
+        specs = cls.__dict__.get("_inputs_by_name")
+        if specs is None:
+            specs = {spec.name: spec for spec in cls.inputs}
+            cls._inputs_by_name = specs
+        return specs.get(name)
 
 
 def _spaced(name: str) -> str:

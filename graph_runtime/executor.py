@@ -36,7 +36,7 @@ from graph_runtime.events import (
     Progress,
 )
 from graph_runtime.registry import Registry
-from graph_runtime.validation import PlannedNode, ValidationReport, validate
+from graph_runtime.validation import PlannedNode, ValidationReport, gc_paused, validate
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ class _Run:
         res, order, cache = self.result, self.report.order, self.ex.cache
         keep_all = cache.policy != "none"
         targets = set(self.report.good_outputs)
-        keys = self.keys()
+        with gc_paused():
+            keys = self.keys()
         by_key: dict[str, Entry] = {}
         for node_id in order:  # pin hits now, so eviction during the run cannot lose them
             entry = cache.get(keys[node_id])
