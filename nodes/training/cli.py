@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-dir", type=Path, default=None, help="checkpoint and log folder (runs/<recipe>)"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors)")
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, for tests")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--checkpoint-every", type=int, default=2_000)
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         metric_samples=args.metric_samples,
+        init=args.init,
     )
     train(options)
     if not args.no_card:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nodes.data.shapes import CLASS_NAMES, ShapesDataset
-from nodes.networks.io import save_network
+from nodes.networks.io import load_network, save_network
 from nodes.training.recipes import DATA_NOTE, RECIPES, Recipe, lr_at
 
 
@@ -42,6 +42,7 @@ class TrainOptions:
     checkpoint_every: int = 2_000
     metric_samples: int = 2_048
     quiet: bool = False
+    init: Path | None = None  # start from the weights of a shipped safetensors file
     autocast_cpu: bool = False  # bf16 autocast on the CPU too (only to test the CUDA code path)
 
 
@@ -121,7 +122,15 @@ def train(options: TrainOptions) -> dict[str, Any]:
     config = dict(recipe.smoke_config if options.smoke else recipe.config)
     if recipe.kind in ("noisy_classifier", "evaluator"):
         config["labels"] = list(CLASS_NAMES)
-    model = recipe.architecture(**config).to(device)
+    model = recipe.architecture(**config)
+    earlier: dict[str, Any] = {}
+    if options.init is not None:
+        start_from = load_network(options.init)
+        config = dict(start_from.metadata["config"])
+        model = start_from.module.train().requires_grad_(True)
+        earlier = dict(start_from.metadata["training"])
+        _say(options, f"starting from {options.init} ({start_from.metadata['training']['steps']} steps)")
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, betas=(0.9, 0.99), weight_decay=0.01)
     data = ShapesDataset(seed=seed)
@@ -196,14 +205,19 @@ def train(options: TrainOptions) -> dict[str, Any]:
         "training": {
             "recipe": recipe.name,
             "data": f"{DATA_NOTE}; seed {seed}; batch i is ShapesDataset(seed).batch(i, batch)",
-            "steps": step,
+            "steps": step + int(earlier.get("steps", 0)),
             "batch": batch,
-            "examples_seen": step * batch,
+            "examples_seen": step * batch + int(earlier.get("examples_seen", 0)),
             "seed": seed,
             "optimizer": f"AdamW(lr={base_lr}, betas=(0.9, 0.99), weight_decay=0.01), warm-up, cosine to 10%",
             "ema_decay": recipe.ema_decay,
             "precision": "bf16 autocast" if autocast else "float32",
-            "wall_time_s": round(wall, 1),
+            "wall_time_s": round(wall + float(earlier.get("wall_time_s", 0.0)), 1),
+            "continued_from": (
+                {k: earlier.get(k) for k in ("steps", "batch", "wall_time_s", "optimizer")}
+                if earlier
+                else None
+            ),
             "device": device_description(device),
             "parameters": n_params,
             "notes": recipe.notes,

@@ -30,6 +30,7 @@ from nodes.data.shapes import (
     CLASS_NAMES,
     COLOURS,
     SHAPES,
+    VOCAB,
     ShapesDataset,
     caption_for,
     label_multi_hot,
@@ -176,20 +177,36 @@ def clip_augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def clip_loss(
     model: nn.Module, data: ShapesDataset, step: int, batch: int, device: torch.device
 ) -> torch.Tensor:
+    """Text→image: multi-positive InfoNCE over the batch (a caption is a positive of every image it
+    describes). Image→text: softmax over all 16 full captions, 4 shape prompts and 4 colour prompts.
+
+    (An in-batch image→text term alone can be met by matching colour-only captions, which are
+    positives of every image of that colour, and teaches the image tower nothing about shape.)
+    """
     assert isinstance(model, ShapesCLIP)
     b = data.batch(step, batch, device)
     g = _step_generator(data, step)
     images = clip_augment(b.images, g)
     words = random_prompt_multi_hot(b.labels, g, null_prob=0.0, shape_only=0.2, colour_only=0.2)  # (B, V)
-    img = model.encode_image(images)  # (B, E)
-    txt = model.encode_words(words)  # (B, E)
-    logits = model.logit_scale.exp().clamp(max=100) * img.float() @ txt.float().T  # (B_img, B_txt)
-    # caption j is a positive of image i when every word of j is a word of i
+    img = model.encode_image(images).float()  # (B, E)
+    txt = model.encode_words(words).float()  # (B, E)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.T  # (B_img, B_txt)
     positive = (words[None, :, :] <= label_multi_hot(b.labels)[:, None, :]).all(-1)  # (B_img, B_txt)
     neg_inf = torch.finfo(logits.dtype).min
-    i2t = torch.logsumexp(logits.masked_fill(~positive, neg_inf), 1) - torch.logsumexp(logits, 1)
     t2i = torch.logsumexp(logits.masked_fill(~positive, neg_inf), 0) - torch.logsumexp(logits, 0)
-    return -(i2t.mean() + t2i.mean()) / 2
+    n_col = len(COLOURS)
+    all_classes = torch.arange(len(CLASS_NAMES), device=device)
+    full = model.encode_words(label_multi_hot(all_classes)).float()  # (K, E)
+    eye = torch.eye(len(VOCAB), device=device)
+    colours = model.encode_words(eye[:n_col]).float()  # (4, E)
+    shapes = model.encode_words(eye[n_col:]).float()  # (4, E)
+    i2t = (
+        F.cross_entropy(scale * img @ full.T, b.labels)
+        + F.cross_entropy(scale * img @ shapes.T, b.labels // n_col)
+        + F.cross_entropy(scale * img @ colours.T, b.labels % n_col)
+    ) / 3
+    return (i2t - t2i.mean()) / 2
 
 
 @torch.no_grad()
@@ -301,7 +318,9 @@ RECIPES: dict[str, Recipe] = {
         lr=1e-3,
         ema_decay=0.999,
         data_seed=3,
-        notes="Multi-positive InfoNCE; captions 60% full, 20% shape only, 20% colour only; "
+        notes="Text->image multi-positive InfoNCE in batch; image->text softmax over the 16 captions, "
+        "4 shape and 4 colour prompts; "
+        "captions 60% full, 20% shape only, 20% colour only; "
         "images 60% blurred (sigma<=3px), 60% faded (to 15-100% contrast), 30% noisy.",
     ),
     "evaluator": Recipe(
