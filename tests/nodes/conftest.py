@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,9 +164,8 @@ TINY_UNET = {"channels": [8, 16], "blocks_per_level": 1, "attention_levels": [],
 TINY_ENCODER = {"channels": [8, 8, 8, 8], "blocks_per_level": 1}
 
 
-@pytest.fixture
-def model_dirs(tmp_path, monkeypatch):
-    """Tiny real networks (random weights) saved as safetensors in model folders of their own."""
+def write_tiny_models(tmp_path: Path) -> str:
+    """Tiny real networks (random weights) as safetensors in model folders; returns GUIDEGRAPH_MODEL_DIRS."""
     from nodes.networks import NoisyClassifier, ShapesUNet, save_network
     from nodes.networks.clip import ShapesCLIP
 
@@ -180,14 +180,17 @@ def model_dirs(tmp_path, monkeypatch):
     cmeta = {"kind": "noisy_classifier", "config": dict(TINY_ENCODER, emb_dim=16), "labels": labels}
     save_network(classifier, root / "classifiers" / "tiny_cls.safetensors", cmeta, half=False)
     clip = ShapesCLIP(**TINY_ENCODER, embed_dim=16)
-    save_network(
-        clip,
-        root / "clip" / "tiny_clip.safetensors",
-        {"kind": "clip", "config": dict(TINY_ENCODER, embed_dim=16)},
-    )
+    clip_meta = {"kind": "clip", "config": dict(TINY_ENCODER, embed_dim=16)}
+    save_network(clip, root / "clip" / "tiny_clip.safetensors", clip_meta)
     (root / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04K\x01.")  # a pickle
-    (tmp_path / "input").mkdir()
+    (tmp_path / "input").mkdir(exist_ok=True)
     kinds = ("checkpoints", "classifiers", "clip")
     dirs = [f"{k}={root / k}" for k in kinds] + [f"input={tmp_path / 'input'}"]
-    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", os.pathsep.join(dirs))
+    return os.pathsep.join(dirs)
+
+
+@pytest.fixture
+def model_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary root with tiny models in ``models/<kind>`` and an ``input`` folder, registered."""
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", write_tiny_models(tmp_path))
     return tmp_path

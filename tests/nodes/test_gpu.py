@@ -41,3 +41,15 @@ def test_guided_sampling_on_cuda_matches_cpu_and_ignores_batch_position(model_di
     assert bool(on_gpu.isfinite().all())
     assert torch.allclose(on_gpu, on_cpu, atol=1e-2)
     assert torch.allclose(on_gpu[2:], alone, atol=1e-3)
+
+
+if __name__ == "__main__":  # where pytest is not installed: python tests/nodes/test_gpu.py
+    import os
+    import tempfile
+
+    import conftest  # type: ignore[import-not-found]  # this folder is sys.path[0] when run as a script
+
+    root = Path(tempfile.mkdtemp())
+    os.environ["GUIDEGRAPH_MODEL_DIRS"] = conftest.write_tiny_models(root)
+    test_guided_sampling_on_cuda_matches_cpu_and_ignores_batch_position(root)
+    print("test_gpu: passed")
