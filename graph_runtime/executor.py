@@ -202,7 +202,7 @@ class _Run:
         self.emit(ExecutionCached(self.prompt_id, nodes=tuple(n for n in order if keys[n] in by_key)))
         for node_id in order:
             node = self.report.nodes[node_id]
-            if any(src in failed for src, _ in node.links.values()):
+            if failed and any(src in failed for src, _ in node.links.values()):
                 failed.add(node_id)
                 res.skipped.append(node_id)
                 continue
@@ -275,7 +275,8 @@ class _Run:
 
     def call(self, node: PlannedNode, values: dict[str, Entry]) -> Entry:
         """Run one node and check that it returned what it declares."""
-        self.emit(Executing(self.prompt_id, node=node.node_id))
+        if self.on_event is not None:
+            self.emit(Executing(self.prompt_id, node=node.node_id))
         kwargs = self.inputs(node, values)
         ex = self.ex
         ctx = Context(
