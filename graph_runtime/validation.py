@@ -13,87 +13,16 @@ import gc
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from graph_runtime.api import INT_LIMIT, Boolean, Combo, Float, Input, Int, Node, Socket, String
 from graph_runtime.links import VALUE_KEY, as_link, is_wrapped, link_problem
 from graph_runtime.plan import DependencyGraph
 from graph_runtime.registry import Registry
+from graph_runtime.report import PlannedNode, ValidationReport, error_record, types_compatible
 
 MAX_LISTED_OPTIONS = 20  # as ComfyUI: longer option lists are summarised by their length
 MAX_NAMED_CYCLE_NODES = 20
-
-
-@dataclass(slots=True)
-class PlannedNode:
-    """A checked node: its class, unwrapped literal inputs and resolved links ``name -> (source, index)``."""
-
-    node_id: str
-    cls: type[Node]
-    literals: dict[str, Any]
-    links: dict[str, tuple[str, int]]
-
-
-@dataclass
-class ValidationReport:
-    """Everything validation found, and the execution plan of the good outputs."""
-
-    node_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
-    outputs: list[str] = field(default_factory=list)
-    good_outputs: list[str] = field(default_factory=list)
-    order: list[str] = field(default_factory=list)
-    """The nodes the good outputs need, in a topological order."""
-    nodes: dict[str, PlannedNode] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when there is no problem at all (no node error, no prompt error)."""
-        return self.error is None and not self.node_errors
-
-    @property
-    def runnable(self) -> bool:
-        """True when at least one output can run (node errors elsewhere may remain)."""
-        return self.error is None and bool(self.good_outputs)
-
-    def to_comfy(self) -> dict[str, Any]:
-        """ComfyUI's ``POST /prompt`` 400 body: ``{"error": {...}, "node_errors": {...}}``."""
-        error = self.error
-        if error is None and self.node_errors:
-            error = _error(
-                "prompt_outputs_failed_validation",
-                "Prompt outputs failed validation",
-                "\n".join(self.messages()),
-            )
-        return {"error": error or {}, "node_errors": self.node_errors}
-
-    def messages(self) -> list[str]:
-        """One line per problem, naming the node, its class and the input."""
-        lines: list[str] = []
-        for node_id, entry in self.node_errors.items():
-            for err in entry["errors"]:
-                where = f"node {node_id} ({entry['class_type']})"
-                text = err["details"] or err["message"]
-                name = err.get("extra_info", {}).get("input_name")
-                if name:
-                    where += f", input {name!r}"
-                    text = text.removeprefix(f"{name}: ")
-                lines.append(f"{where}: {text} [{err['type']}]")
-        if self.error is not None and self.error["type"] != "prompt_outputs_failed_validation":
-            lines.append(f"prompt: {self.error['details'] or self.error['message']} [{self.error['type']}]")
-        return lines
-
-
-def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
-    return {"type": kind, "message": message, "details": details, "extra_info": extra}
-
-
-def types_compatible(output_type: str, input_type: str) -> bool:
-    """Equal types, the ``*`` wildcard on either side, or intersecting comma-separated sets."""
-    if output_type == input_type or output_type == "*" or input_type == "*":
-        return True
-    return bool(set(output_type.split(",")) & set(input_type.split(",")))
 
 
 class _Checker:
@@ -106,7 +35,7 @@ class _Checker:
         self.choices: dict[int, list[str]] = {}
 
     def add(self, node_id: str, kind: str, message: str, details: str = "", **extra: Any) -> None:
-        self.errors.setdefault(node_id, []).append(_error(kind, message, details, **extra))
+        self.errors.setdefault(node_id, []).append(error_record(kind, message, details, **extra))
 
     def check_node(self, node_id: str, node: dict[str, Any], cls: type[Node]) -> PlannedNode:
         inputs = node.get("inputs", {})
@@ -341,7 +270,7 @@ def _validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None) ->
     report = ValidationReport()
     if type(prompt) is not dict:
         kind = type(prompt).__name__
-        report.error = _error(
+        report.error = error_record(
             "invalid_prompt", "Invalid prompt", f"a prompt is an object of nodes, got {kind}"
         )
         return report
@@ -381,7 +310,7 @@ def _validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None) ->
         missing = [t for t in targets if t not in prompt]
         if missing:
             details = f"no node {', '.join(map(repr, missing))} in the prompt"
-            report.error = _error("invalid_prompt", "Requested outputs are not in the prompt", details)
+            report.error = error_record("invalid_prompt", "Requested outputs are not in the prompt", details)
     else:
         targets = [n for n, cls in classes.items() if cls.output_node]
     targets = [t for t in targets if t in prompt]
@@ -450,9 +379,9 @@ def _finish(
         return
     if not targets:
         what = "the prompt has no output node" if default_targets else "no outputs were asked for"
-        report.error = _error("prompt_no_outputs", "Prompt has no outputs", what)
+        report.error = error_record("prompt_no_outputs", "Prompt has no outputs", what)
     elif not good:
-        report.error = _error(
+        report.error = error_record(
             "prompt_outputs_failed_validation",
             "Prompt outputs failed validation",
             "\n".join(report.messages()),
