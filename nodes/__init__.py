@@ -16,9 +16,15 @@ MODEL_KINDS = ("checkpoints", "classifiers", "clip", "evaluators")
 
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
-    from nodes import guidance_nodes, image_nodes, model_nodes, sampling_nodes
+    from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
 
-    return [*model_nodes.NODES, *guidance_nodes.NODES, *sampling_nodes.NODES, *image_nodes.NODES]
+    return [
+        *model_nodes.NODES,
+        *guidance_nodes.NODES,
+        *sampling_nodes.NODES,
+        *image_nodes.NODES,
+        *batch_nodes.NODES,
+    ]
 
 
 def node_pack() -> NodePack:
