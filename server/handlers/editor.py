@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 from pathlib import Path
 
@@ -69,11 +71,31 @@ async def template_file(request: web.Request) -> web.StreamResponse:
         found = templates.workflow(name)
     elif ext in ("jpg", "jpeg", "webp", "png"):
         found = templates.thumbnail(name)
+        if found is None and templates.workflow(name) is not None:
+            # The template browser always asks for a thumbnail; a plain card beats a console error.
+            return web.Response(body=_placeholder_thumbnail(), content_type="image/jpeg", headers=NO_CACHE)
     else:
         found = None
     if found is None:
         raise web.HTTPNotFound()
     return web.FileResponse(found, headers=NO_CACHE)
+
+
+@functools.cache
+def _placeholder_thumbnail() -> bytes:
+    """A 256 px dark card with a node-graph motif, for workflows shipped without a picture."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (32, 34, 40))
+    draw = ImageDraw.Draw(image)
+    boxes = [(24, 48, 104, 96), (24, 160, 104, 208), (152, 104, 232, 152)]
+    for box in boxes:
+        draw.rounded_rectangle(box, radius=8, fill=(58, 62, 74), outline=(110, 150, 220), width=2)
+    for y in (72, 184):
+        draw.line((104, y, 152, 128), fill=(110, 150, 220), width=3)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 async def default_workflow(request: web.Request) -> web.Response:

@@ -112,8 +112,8 @@ async def list_userdata(request: web.Request) -> web.Response:
     """``?dir=workflows&recurse=&full_info=&split=``: files under one folder, relative to it."""
     root = user_root(request.app)
     directory = _inside(root, request.query.get("dir", ""))
-    if not directory.is_dir():
-        fail("no such folder", type="not_found", status=404)
+    if not directory.is_dir():  # the editor asks for workflows/ and subgraphs/ before any exist
+        return json_response([])
     recurse, full, split = (query_bool(request, n) for n in ("recurse", "full_info", "split"))
 
     def scan() -> list[Any]:
@@ -165,6 +165,8 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         if name == "user.css":
             return web.Response(text="", content_type="text/css")
+        if name == "comfy.templates.json":  # the editor's legacy user templates, read at boot
+            return json_response([])
         fail("no such file", type="not_found", status=404)
     return web.FileResponse(
         path,

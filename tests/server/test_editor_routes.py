@@ -118,7 +118,7 @@ async def test_saved_workflows_round_trip_through_userdata(client, config: Serve
     assert moved.status == 200 and await moved.json() == "workflows/renamed.json"
     assert (await client.get(f"/api/userdata/{name}")).status == 404
     assert (await client.delete(f"/api/userdata/{dest}")).status == 204
-    assert (await client.get("/api/userdata", params={"dir": "nothing"})).status == 404
+    assert await (await client.get("/api/userdata", params={"dir": "nothing"})).json() == []
     assert (
         await client.post(f"/api/userdata/{quote('workflows/bad.json', safe='')}", data=b"{x")
     ).status == 400

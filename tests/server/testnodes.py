@@ -20,7 +20,7 @@ class Number(Node):
 
     category = "testing"
     inputs = (Int("value", default=1, min=0, max=1000),)
-    outputs = (Output("value", "INT"),)
+    outputs = (Output("value", "SHADE"),)
 
     @staticmethod
     def run(ctx: Context, value: int) -> tuple[int]:
@@ -49,7 +49,7 @@ class SaveSquare(Node):
     category = "testing/image"
     output_node = True
     inputs = (
-        Socket("value", type="INT"),
+        Socket("value", type="SHADE"),
         Int("size", default=8, min=1, max=256),
         String("prefix", default="sq"),
     )
@@ -84,7 +84,7 @@ class Explode(Node):
 
     category = "testing"
     output_node = True
-    inputs = (Socket("value", type="INT"),)
+    inputs = (Socket("value", type="SHADE"),)
     outputs = ()
 
     @staticmethod
