@@ -1,0 +1,10 @@
+"""``python -m nodes.evaluation ...``: ``guidegraph eval`` without the console script."""
+
+from __future__ import annotations
+
+import sys
+
+from nodes.evaluation.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Sample every (strategy, scale) for a fixed set of seeds per class and score the samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodes.data.shapes import CLASS_NAMES, caption_for
+from nodes.diffusion.conventions import Denoiser, denoiser_from_metadata
+from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
+from nodes.diffusion.guidance import Guidance, Prediction, cfg
+from nodes.diffusion.sampling import guided_sample
+from nodes.diffusion.schedules import calculate_sigmas
+from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.evaluation.metrics import accuracies, clip_score, within_class_diversity
+from nodes.networks.io import load_network
+
+DEFAULT_SCALES: dict[str, list[float]] = {
+    "none": [0.0],
+    "cfg": [0.0, 1.0, 2.0, 3.0, 5.0, 7.0],
+    "classifier": [0.0, 1.0, 3.0, 10.0, 30.0],
+    "clip": [0.0, 100.0, 300.0, 1000.0, 3000.0],
+}
+DESCRIPTIONS = {
+    "none": "unconditional model (null prompt), no guidance",
+    "cfg": "classifier-free guidance u + w(c − u), c = the full caption, u = the null prompt",
+    "classifier": "unconditional model + noise-aware classifier gradient, D + s·σ²·∇ log p(y|x,σ)",
+    "clip": "unconditional model + CLIP loss gradient through the denoiser, D + s·σ²·(−∇ sphdist)",
+    "cfg+classifier": "CFG at w = 3 plus the classifier gradient at scale s",
+}
+
+
+@dataclass
+class Models:
+    """The four shipped networks, wrapped the way the guidance engine uses them."""
+
+    denoiser: Denoiser
+    classifier: Classifier
+    clip: Clip
+    evaluator: torch.nn.Module
+    files: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def load(paths: dict[str, Path], device: torch.device) -> Models:
+        unet = load_network(paths["denoiser"], device)
+        noisy = load_network(paths["classifier"], device)
+        clip = load_network(paths["clip"], device)
+        judge = load_network(paths["evaluator"], device)
+        return Models(
+            denoiser=denoiser_from_metadata(unet.module, unet.metadata, name=paths["denoiser"].name),
+            classifier=Classifier(noisy.module, tuple(noisy.metadata["labels"]), paths["classifier"].name),
+            clip=Clip(clip.module, paths["clip"].name),
+            evaluator=judge.module,
+            files={k: str(v) for k, v in paths.items()},
+        )
+
+
+@dataclass(frozen=True)
+class Setting:
+    strategy: str
+    scale: float
+
+
+def program_for(models: Models, setting: Setting, label: int) -> Guidance:
+    """The GUIDANCE program of one strategy at one scale for one requested class."""
+    model = models.denoiser
+    caption = caption_for(label)
+    null = Prediction(model, Conditioning.of(model.encode_prompts([""])[0], "null: empty prompt"))
+    cond = Prediction(model, Conditioning.of(model.encode_prompts([caption])[0], f'prompt "{caption}"'))
+    s = setting.scale
+    if setting.strategy == "none":
+        return null
+    if setting.strategy == "cfg":
+        return cfg(cond, null, s)
+    if setting.strategy == "classifier":
+        return ClassifierGradient(null, models.classifier, label, s) if s else null
+    if setting.strategy == "clip":
+        text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
+        return ClipGradient(null, models.clip, text, s, through_denoiser=True) if s else null
+    if setting.strategy == "cfg+classifier":
+        return ClassifierGradient(cfg(cond, null, 3.0), models.classifier, label, s)
+    raise ValueError(f"unknown strategy {setting.strategy!r}; expected one of {sorted(DESCRIPTIONS)}")
+
+
+def evaluate_setting(
+    models: Models,
+    setting: Setting,
+    per_class: int,
+    steps: int,
+    sampler: str,
+    scheduler: str,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Sample ``per_class`` seeds for every class under one setting; returns scores, images, labels."""
+    sigmas = calculate_sigmas(scheduler, models.denoiser, steps)
+    images, labels, calls = [], [], 0
+    start = time.perf_counter()
+    for label in range(len(CLASS_NAMES)):
+        seeds = [seed + label * 10_000 + i for i in range(per_class)]
+        program = program_for(models, setting, label)
+        out, stats = guided_sample(
+            program, torch.zeros(per_class, 3, 32, 32), seeds, sigmas, sampler, device=device
+        )
+        images.append(out.clamp(-1, 1))
+        labels.append(torch.full((per_class,), label, device=device))
+        calls += stats.model_calls
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    x, y = torch.cat(images), torch.cat(labels)
+    with torch.no_grad():
+        logits = models.evaluator(x)
+        img = models.clip.encode_image(x)
+        txt = models.clip.encode_text([caption_for(int(k)) for k in y.tolist()])
+    row = {
+        "strategy": setting.strategy,
+        "scale": setting.scale,
+        "n": len(y),
+        **{f"acc_{k}": v for k, v in accuracies(logits, y).items()},
+        "diversity": within_class_diversity(x, y),
+        "clip_score": clip_score(img, txt),
+        "s_per_image": seconds / len(y),
+        "model_calls_per_image_batch": calls / len(CLASS_NAMES),
+    }
+    return row, x.cpu(), y.cpu()
+
+
+def evaluate(
+    models: Models,
+    scales: dict[str, list[float]],
+    per_class: int,
+    steps: int,
+    sampler: str,
+    scheduler: str,
+    device: torch.device,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[Setting, torch.Tensor]]:
+    """Every (strategy, scale): rows of scores and the first sample of each class (for a picture)."""
+    rows, firsts = [], {}
+    for strategy, values in scales.items():
+        for scale in values:
+            setting = Setting(strategy, scale)
+            row, images, _ = evaluate_setting(
+                models, setting, per_class, steps, sampler, scheduler, device, seed
+            )
+            rows.append(row)
+            firsts[setting] = images[::per_class]  # (K, 3, 32, 32): one per class
+            progress(
+                f"{strategy:>15} {scale:>8g}: class {row['acc_class']:.3f} shape {row['acc_shape']:.3f} "
+                f"colour {row['acc_colour']:.3f} diversity {row['diversity']:.3f} "
+                f"clip {row['clip_score']:.3f} "
+                f"{row['s_per_image'] * 1000:.1f} ms/image"
+            )
+    return rows, firsts
