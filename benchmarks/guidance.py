@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 from graph_runtime import Executor, Registry  # noqa: E402
 from graph_runtime.folders import register_folders  # noqa: E402
-from graph_runtime.workflow import WorkflowBuilder  # noqa: E402
 from nodes import MODEL_KINDS, MODELS_DIR, node_classes  # noqa: E402
 from nodes.diffusion.conventions import Denoiser, vp_sigmas  # noqa: E402
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient  # noqa: E402
@@ -131,12 +130,38 @@ def hand_loop(
     return x
 
 
+class Prompt:
+    """A minimal API-prompt builder (WorkflowBuilder needs pydantic, absent on some GPU hosts)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.prompt: dict[str, dict] = {}
+
+    def add(self, class_type: str, **inputs: object) -> str:
+        node_id = str(len(self.prompt) + 1)
+        cls = self.registry.get(class_type)
+        assert cls is not None, class_type
+        values = {k: ([str.__str__(v), 0] if isinstance(v, NodeId) else v) for k, v in inputs.items()}
+        for spec in cls.inputs:
+            if spec.name not in values and spec.is_widget and spec.has_default:
+                values[spec.name] = getattr(spec, "default", None)
+        self.prompt[node_id] = {"class_type": class_type, "inputs": values}
+        return NodeId(node_id)
+
+    def set(self, node_id: str, name: str, value: object) -> None:
+        self.prompt[node_id]["inputs"][name] = value
+
+
+class NodeId(str):
+    """A node id that links its first output when passed as an input value."""
+
+
 def bench_graph_vs_loop(
     device: torch.device, steps: int, batch: int, reps: int, files: dict[str, str]
 ) -> dict:
     registry = Registry(node_classes())
     executor = Executor(registry, device=device, dtype=torch.float32)
-    wb = WorkflowBuilder(registry)
+    wb = Prompt(registry)
     model = wb.add("Model", checkpoint=files["checkpoints"])
     pos = wb.add("Condition", model=model, text="a red circle")
     neg = wb.add("NullCondition", model=model)
@@ -151,18 +176,18 @@ def bench_graph_vs_loop(
         sampler_name="euler",
         scheduler="karras",
     )
-    cold = timed(lambda: executor.run(wb.prompt, outputs=[sampler.id]), device)
-    outputs = executor.run(wb.prompt, outputs=[sampler.id]).outputs
-    denoiser: Denoiser = outputs[model.id][0]
-    c_pos: Conditioning = outputs[pos.id][0]
-    c_neg: Conditioning = outputs[neg.id][0]
+    cold = timed(lambda: executor.run(wb.prompt, outputs=[sampler]), device)
+    outputs = executor.run(wb.prompt, outputs=[sampler]).outputs
+    denoiser: Denoiser = outputs[model][0]
+    c_pos: Conditioning = outputs[pos][0]
+    c_neg: Conditioning = outputs[neg][0]
     sigmas = sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max)
     seed = iter(range(1, 10**6))
 
     def graph() -> object:
         wb.set(sampler, "seed", next(seed))  # a new seed: only the Sampler runs, as in interactive use
-        result = executor.run(wb.prompt, outputs=[sampler.id])
-        assert result.ok and result.executed == [sampler.id], result.failures
+        result = executor.run(wb.prompt, outputs=[sampler])
+        assert result.ok and result.executed == [sampler], result.failures
         return result
 
     def loop() -> object:
@@ -177,7 +202,7 @@ def bench_graph_vs_loop(
 
     # Same seed, same arithmetic: the two paths must agree before their times mean anything.
     wb.set(sampler, "seed", 123)
-    via_graph = executor.run(wb.prompt, outputs=[sampler.id]).outputs[sampler.id][0].samples
+    via_graph = executor.run(wb.prompt, outputs=[sampler]).outputs[sampler][0].samples
     by_hand = hand_loop(
         denoiser.network,
         c_pos.embedding.to(device),

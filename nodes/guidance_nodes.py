@@ -152,7 +152,8 @@ class ClipLoss(Node):
     (k-diffusion's CLIP-guided sampling; Crowson's spherical distance; Disco-style cutouts).
 
     ``through_denoiser`` back-propagates through D (exact, costs a backward pass of the model);
-    off, the gradient is taken at the detached x̂0. ``cutouts`` random crops (0: the whole image),
+    off, the gradient is taken at the detached x̂0 and scaled by 1/(1 + σ²) (the Jacobian of a Gaussian
+    denoiser), which costs no backward pass through the model. ``cutouts`` random crops (0: the whole image),
     ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of the
     gradient (0: off).
     """

@@ -79,7 +79,8 @@ class ClipGradient(Guidance):
 
     ``L = mean_cutouts sphdist(E_img(cut(x̂0)), E_txt)`` summed over the batch, ``g = −∇ₓ L`` and
     ``D' = D + s·σ²·g``. ``through_denoiser`` back-propagates through D (the full Jacobian); otherwise
-    the gradient is taken at the detached x̂0 (∂x̂0/∂x ≈ I: cheaper, cruder). ``grad_clamp > 0`` caps the
+    the gradient is taken at the detached x̂0 and mapped to x with ∂x̂0/∂x ≈ I/(1 + σ²), the Jacobian of
+    the exact denoiser of unit-variance Gaussian data (cheaper, cruder). ``grad_clamp > 0`` caps the
     per-sample RMS of g at that value. Cutouts and flips are drawn per sample from the run's seed.
     """
 
@@ -115,6 +116,10 @@ class ClipGradient(Guidance):
             loss = spherical_distance(image, text[None]).reshape(b, -1).mean(dim=1).sum()
             (grad,) = torch.autograd.grad(loss, wrt, retain_graph=wrt is step.x_grad)
         grad = -grad.detach()
+        if wrt is not step.x_grad:
+            # Detached x̂0: ∇ₓL = (∂x̂0/∂x)ᵀ∇_{x̂0}L with the Jacobian approximated by that of the exact
+            # denoiser of unit-variance Gaussian data, 1/(1 + σ²)·I (identity would blow up as σ² grows).
+            grad = grad / (1 + append_dims(step.sigma, grad.ndim).to(grad.dtype) ** 2)
         if self.grad_clamp > 0:
             rms = append_dims(grad.flatten(1).pow(2).mean(dim=1).sqrt(), grad.ndim)  # (B, 1, 1, 1)
             grad = grad * rms.clamp(max=self.grad_clamp) / rms.clamp(min=1e-12)
