@@ -72,6 +72,7 @@ class Context:
     extra_pnginfo: dict[str, Any] = field(default_factory=dict)
     cancel: CancelToken = field(default_factory=CancelToken)
     on_progress: ProgressHook = _no_progress
+    wants_preview: bool = False  # whether a consumer shows previews; skip making them otherwise
 
     def progress(self, value: int, total: int, preview: PreviewImage | None = None) -> None:
         """Report progress (and an optional preview), then stop here if the run was cancelled."""

@@ -125,8 +125,13 @@ class Executor:
         on_event: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
         extra_pnginfo: dict[str, Any] | None = None,
+        previews: bool = False,
     ) -> RunResult:
-        """Validate and run ``prompt`` (API format); raise :class:`ValidationFailed` if nothing can run."""
+        """Validate and run ``prompt`` (API format); raise :class:`ValidationFailed` if nothing can run.
+
+        ``previews`` asks long nodes for per-step preview images (the editor shows them); off by
+        default, since making one copies from the device every step.
+        """
         report = validate(prompt, self.registry, outputs)
         if not report.runnable:
             raise ValidationFailed(report)
@@ -134,6 +139,7 @@ class Executor:
             self._runs += 1
             run = _Run(self, report, prompt, prompt_id or uuid.uuid4().hex, on_event, cancel or CancelToken())
             run.extra_pnginfo = extra_pnginfo or {}
+            run.previews = previews
             return run.execute()
 
 
@@ -156,6 +162,7 @@ class _Run:
         self.on_event = on_event
         self.cancel = cancel
         self.extra_pnginfo: dict[str, Any] = {}
+        self.previews = False
         self.result = RunResult(prompt_id, "success", report=report)
         self.salt = f"{prompt_id}:{executor._runs}:{uuid.uuid4().hex}"
 
@@ -289,6 +296,7 @@ class _Run:
             extra_pnginfo=self.extra_pnginfo,
             cancel=self.cancel,
             on_progress=self.progress,
+            wants_preview=self.previews,
         )
         returned: Any = node.cls.run(ctx, **kwargs)  # type: ignore[attr-defined]
         ui: dict[str, Any] | None = None

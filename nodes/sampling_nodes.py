@@ -68,7 +68,7 @@ class Sampler(Node):
         total = len(sigmas) - 1
 
         def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
-            ctx.progress(i + 1, total, preview_of(denoised))
+            ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
 
         ctx.check_cancelled()
         out, _ = guided_sample(

@@ -155,6 +155,7 @@ class PromptWorker:
                 on_event=lambda event: self._on_event(state, event),
                 cancel=token,
                 extra_pnginfo=extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
+                previews=True,
             )
             status = {"success": SUCCESS, "interrupted": INTERRUPTED}.get(result.status, ERROR)
             outputs = dict(result.ui or {})

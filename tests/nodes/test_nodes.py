@@ -107,7 +107,7 @@ def test_sampler_reports_every_step_with_a_preview_and_stops_when_cancelled(gaus
     latent = EmptyLatent.run(Context(), 8, 8, 2, 3)[0]
     guidance = CFGCombine.run(Context(), m, cond(m, "red"), cond(m, ""), 3.0)[0]
     with pytest.raises(Interrupted):
-        sample(guidance, latent, 0, Context(cancel=token, on_progress=on_progress))
+        sample(guidance, latent, 0, Context(cancel=token, on_progress=on_progress, wants_preview=True))
     assert seen == [(1, 5, (8, 8, 3)), (2, 5, (8, 8, 3)), (3, 5, (8, 8, 3))]
 
 

@@ -43,6 +43,7 @@ def guided_workflow(executor: Executor, steps: int = 4) -> WorkflowBuilder:
         steps=steps,
         sampler_name="dpmpp_2m",
         scheduler="karras",
+        node_id="sampler",
     )
     image = wb.add("Decode", latent=sampled)
     grid = wb.add("ImageGrid", images=image, column_labels="seed 5, seed 6")
@@ -55,11 +56,17 @@ def test_a_guided_workflow_runs_reports_progress_and_embeds_itself(
 ) -> None:
     events: list[Event] = []
     wb = guided_workflow(executor)
-    result = executor.run(wb.prompt, on_event=events.append, extra_pnginfo={"workflow": {"version": 0.4}})
+    result = executor.run(
+        wb.prompt, on_event=events.append, extra_pnginfo={"workflow": {"version": 0.4}}, previews=True
+    )
     assert result.ok, result.failures
     steps = [(e.value, e.max) for e in events if isinstance(e, Progress)]
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert all(e.preview is not None for e in events if isinstance(e, Progress))
+    wb.set("sampler", "seed", 7)  # previews are made only when asked for (each one copies off the device)
+    quiet: list[Event] = []
+    assert executor.run(wb.prompt, on_event=quiet.append).ok
+    assert [e.preview for e in quiet if isinstance(e, Progress)] == [None] * 4
     saved = result.ui["save"]["images"][0]
     with Image.open(model_dirs / "output" / saved["subfolder"] / saved["filename"]) as png:
         assert json.loads(png.text["prompt"])["save"]["class_type"] == "SaveImage"
