@@ -59,15 +59,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nodes.evaluation.report import markdown_table, plot, sample_sheet
-    from nodes.evaluation.run import DEFAULT_SCALES, Models, evaluate
+    from nodes.evaluation.run import DEFAULT_SCALES, Models, Setting, evaluate
     from nodes.training.loop import device_description, pick_device
 
     device = pick_device(args.device)
     scales = parse_scales(args.scales) if args.scales else DEFAULT_SCALES
     models = Models.load({k: getattr(args, k) for k in DEFAULT_FILES}, device)
-    rows, firsts = evaluate(
-        models, scales, args.per_class, args.steps, args.sampler, args.scheduler, device, args.seed
-    )
     header = {
         "command": "guidegraph eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:]),
         "device": device_description(device),
@@ -81,10 +78,25 @@ def run(args: argparse.Namespace) -> int:
     }
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.md").write_text(markdown_table(rows, header))
-    (out / "eval.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
-    plot(rows, out / "eval.png")
-    sample_sheet(firsts, out / "eval_samples.png")
+
+    def write(rows: list[dict[str, Any]], firsts: dict[Setting, torch.Tensor]) -> None:
+        # rewritten after every row, so an interrupted run still leaves its finished rows
+        (out / "eval.md").write_text(markdown_table(rows, header))
+        (out / "eval.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+        plot(rows, out / "eval.png")
+        sample_sheet(firsts, out / "eval_samples.png")
+
+    evaluate(
+        models,
+        scales,
+        args.per_class,
+        args.steps,
+        args.sampler,
+        args.scheduler,
+        device,
+        args.seed,
+        after_row=write,
+    )
     print(f"wrote {out / 'eval.md'}, eval.json, eval.png, eval_samples.png")
     return 0
 

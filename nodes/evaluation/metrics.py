@@ -22,7 +22,7 @@ def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean over classes of the mean pairwise RMS pixel distance within the class ([-1, 1] units)."""
     per_class = []
     for label in labels.unique():
-        group = images[labels == label].flatten(1).float()  # (n, D)
+        group = images[labels == label].flatten(1).float()  # (n, D): pixels or features
         if len(group) < 2:
             continue
         dist = torch.cdist(group, group) / group.shape[1] ** 0.5  # (n, n) RMS distances

@@ -15,6 +15,7 @@ COLOURS_BY_STRATEGY = {
     "cfg": (31, 119, 180),
     "classifier": (214, 39, 40),
     "clip": (44, 160, 44),
+    "clip_window": (23, 190, 207),
     "cfg+classifier": (148, 103, 189),
 }
 
@@ -32,16 +33,20 @@ def markdown_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         "Accuracy: the independent evaluator's prediction equals the requested class (shape, colour). "
         "Diversity: mean pairwise RMS pixel distance between samples of one class ([-1, 1] units; "
-        "higher = more varied). CLIP score: cosine between the sample and its caption in the shipped CLIP "
+        "higher = more varied; backgrounds dominate it); feature diversity: the same distance between the "
+        "evaluator's pooled features (position, size, rotation and shade of the shape). "
+        "CLIP score: cosine between the sample and its caption in the shipped CLIP "
         "(biased upward for CLIP guidance, which optimises it). Seconds per image include the guidance cost.",
         "",
-        "| strategy | scale | accuracy | shape | colour | diversity | CLIP score | ms / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | scale | accuracy | shape | colour | pixel diversity | feature diversity | CLIP score "
+        "| ms / image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['strategy']} | {r['scale']:g} | {r['acc_class']:.1%} | {r['acc_shape']:.1%} | "
-            f"{r['acc_colour']:.1%} | {r['diversity']:.3f} | {r['clip_score']:.3f} | "
+            f"{r['acc_colour']:.1%} | {r['diversity']:.3f} | {r.get('feature_diversity', 0.0):.3f} | "
+            f"{r['clip_score']:.3f} | "
             f"{r['s_per_image'] * 1000:.1f} |"
         )
     lines += ["", "Strategies:", ""]
@@ -54,18 +59,18 @@ def markdown_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per guided strategy: accuracy (solid) and diversity (dashed, right axis) against scale."""
+    """One panel per guided strategy: accuracy (solid) and feature diversity (dashed) against scale."""
     strategies = [s for s in dict.fromkeys(r["strategy"] for r in rows) if s != "none"]
     panel_w, panel_h, pad = 300, 220, 40
     img = Image.new("RGB", (panel_w * max(len(strategies), 1), panel_h + 2 * pad), "white")
     draw = ImageDraw.Draw(img)
-    max_div = max((r["diversity"] for r in rows), default=1.0) or 1.0
+    max_div = max((r.get("feature_diversity", r["diversity"]) for r in rows), default=1.0) or 1.0
     for p, strategy in enumerate(strategies):
         pts = [r for r in rows if r["strategy"] == strategy]
         x0, y0 = p * panel_w + pad, pad
         w, h = panel_w - 2 * pad + 10, panel_h
         draw.rectangle([x0, y0, x0 + w, y0 + h], outline=(0, 0, 0))
-        draw.text((x0, 8), f"{strategy}: accuracy (solid), diversity (dashed)", fill=(0, 0, 0))
+        draw.text((x0, 8), f"{strategy}: accuracy (solid), feature diversity (dashed)", fill=(0, 0, 0))
         for frac in (0.0, 0.5, 1.0):
             y = y0 + h - frac * h
             draw.line([x0 - 4, y, x0, y], fill=(0, 0, 0))
@@ -73,7 +78,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         colour = COLOURS_BY_STRATEGY.get(strategy, (0, 0, 0))
         xs = [x0 + 10 + i * (w - 20) / max(len(pts) - 1, 1) for i in range(len(pts))]
         acc = [y0 + h - r["acc_class"] * h for r in pts]
-        div = [y0 + h - r["diversity"] / max_div * h for r in pts]
+        div = [y0 + h - r.get("feature_diversity", r["diversity"]) / max_div * h for r in pts]
         for i, r in enumerate(pts):
             draw.text((xs[i] - 8, y0 + h + 6), f"{r['scale']:g}", fill=(0, 0, 0))
             draw.ellipse([xs[i] - 3, acc[i] - 3, xs[i] + 3, acc[i] + 3], fill=colour)

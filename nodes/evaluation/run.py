@@ -13,7 +13,7 @@ import torch
 from nodes.data.shapes import CLASS_NAMES, caption_for
 from nodes.diffusion.conventions import Denoiser, denoiser_from_metadata
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
-from nodes.diffusion.guidance import Guidance, Prediction, cfg
+from nodes.diffusion.guidance import Guidance, Prediction, cfg, window
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import calculate_sigmas
 from nodes.diffusion.types import Classifier, Clip, Conditioning
@@ -31,8 +31,11 @@ DESCRIPTIONS = {
     "cfg": "classifier-free guidance u + w(c − u), c = the full caption, u = the null prompt",
     "classifier": "unconditional model + noise-aware classifier gradient, D + s·σ²·∇ log p(y|x,σ)",
     "clip": "unconditional model + CLIP loss gradient through the denoiser, D + s·σ²·(−∇ sphdist)",
+    "clip_window": "as clip, but only while σ > 1 (structure forms there; below it the gradient of a small "
+    "CLIP mostly adds adversarial texture), the plain unconditional model after",
     "cfg+classifier": "CFG at w = 3 plus the classifier gradient at scale s",
 }
+CLIP_WINDOW_SIGMA_LO = 1.0
 
 
 @dataclass
@@ -82,6 +85,10 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
     if setting.strategy == "clip":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
         return ClipGradient(null, models.clip, text, s, through_denoiser=True) if s else null
+    if setting.strategy == "clip_window":
+        text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
+        term = ClipGradient(null, models.clip, text, s, through_denoiser=True)
+        return window(term, sigma_hi=float("inf"), sigma_lo=CLIP_WINDOW_SIGMA_LO, outside=null) if s else null
     if setting.strategy == "cfg+classifier":
         return ClassifierGradient(cfg(cond, null, 3.0), models.classifier, label, s)
     raise ValueError(f"unknown strategy {setting.strategy!r}; expected one of {sorted(DESCRIPTIONS)}")
@@ -116,6 +123,7 @@ def evaluate_setting(
     x, y = torch.cat(images), torch.cat(labels)
     with torch.no_grad():
         logits = models.evaluator(x)
+        features = getattr(models.evaluator, "features")(x)  # noqa: B009  (B, F)
         img = models.clip.encode_image(x)
         txt = models.clip.encode_text([caption_for(int(k)) for k in y.tolist()])
     row = {
@@ -124,6 +132,7 @@ def evaluate_setting(
         "n": len(y),
         **{f"acc_{k}": v for k, v in accuracies(logits, y).items()},
         "diversity": within_class_diversity(x, y),
+        "feature_diversity": within_class_diversity(features, y),
         "clip_score": clip_score(img, txt),
         "s_per_image": seconds / len(y),
         "model_calls_per_image_batch": calls / len(CLASS_NAMES),
@@ -141,6 +150,7 @@ def evaluate(
     device: torch.device,
     seed: int = 0,
     progress: Callable[[str], None] = print,
+    after_row: Callable[[list[dict[str, Any]], dict[Setting, torch.Tensor]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[Setting, torch.Tensor]]:
     """Every (strategy, scale): rows of scores and the first sample of each class (for a picture)."""
     rows, firsts = [], {}
@@ -152,6 +162,8 @@ def evaluate(
             )
             rows.append(row)
             firsts[setting] = images[::per_class]  # (K, 3, 32, 32): one per class
+            if after_row is not None:
+                after_row(rows, firsts)
             progress(
                 f"{strategy:>15} {scale:>8g}: class {row['acc_class']:.3f} shape {row['acc_shape']:.3f} "
                 f"colour {row['acc_colour']:.3f} diversity {row['diversity']:.3f} "
