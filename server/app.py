@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from graph_runtime.context import Paths
+from graph_runtime.folders import register_folders
 from server import state
 from server.config import MiB, ServerConfig
 from server.handlers import editor, files, history, info, prompts, userdata, ws
@@ -137,6 +138,7 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     config = app[state.CONFIG]
     for path in (config.output, config.input, config.temp):
         path.mkdir(parents=True, exist_ok=True)
+    register_folders({"input": [config.input]})  # uploads become LoadImage choices
     store = await asyncio.to_thread(PromptStore, config.data_dir / "guidegraph.sqlite3", config.history_limit)
     recovered = await asyncio.to_thread(store.recover)
     if recovered:
