@@ -42,7 +42,7 @@ def parse_scales(text: str) -> dict[str, list[float]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", type=int, default=4, help="seeds per class (16 classes; default 4)")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="euler_ancestral")
     parser.add_argument("--scheduler", default="karras")
     parser.add_argument(

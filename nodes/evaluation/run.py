@@ -20,11 +20,11 @@ from nodes.diffusion.types import Classifier, Clip, Conditioning
 from nodes.evaluation.metrics import accuracies, clip_score, within_class_diversity
 from nodes.networks.io import load_network
 
-DEFAULT_SCALES: dict[str, list[float]] = {
+DEFAULT_SCALES: dict[str, list[float]] = {  # the ranges benchmarks/results/models.md measured
     "none": [0.0],
-    "cfg": [0.0, 1.0, 2.0, 3.0, 5.0, 7.0],
-    "classifier": [0.0, 1.0, 3.0, 10.0, 30.0],
-    "clip": [0.0, 100.0, 300.0, 1000.0, 3000.0],
+    "cfg": [1.0, 3.0, 5.0, 7.0],
+    "classifier": [1.0, 3.0, 5.0, 10.0],
+    "clip": [10.0, 30.0, 60.0],
 }
 DESCRIPTIONS = {
     "none": "unconditional model (null prompt), no guidance",

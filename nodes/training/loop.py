@@ -197,7 +197,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
         ckpt_path, model, ema, opt, {"step": step, "elapsed_s": wall, "seed": seed, "batch": batch}
     )
     ema.eval()
-    metrics = recipe.evaluate(ema, device, 64 if options.smoke else options.metric_samples)
+    metrics = recipe.evaluate(ema, device, 16 if options.smoke else options.metric_samples)
     metadata: dict[str, Any] = {
         "kind": recipe.kind,
         "config": config,
