@@ -50,12 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=Path("output/eval"))
     for key, rel in DEFAULT_FILES.items():
         parser.add_argument(f"--{key}", type=Path, default=MODELS_DIR / rel, help=f"default models/{rel}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     import torch
 
     from nodes.evaluation.report import markdown_table, plot, sample_sheet

@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     parser.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors)")
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, for tests")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--checkpoint-every", type=int, default=2_000)
     parser.add_argument("--metric-samples", type=int, default=2_048, help="held-out images for final metrics")
@@ -53,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from nodes.training.cards import write_model_card
     from nodes.training.loop import TrainOptions, train
 
