@@ -39,7 +39,9 @@ pytest: setup browser-deps
 test: lint typecheck pytest
 
 bench: setup
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.runtime
+	$(BIN)/python -m benchmarks.guidance
+	$(BIN)/python -m benchmarks.server
 
 clean:
 	rm -rf $(VENV) output temp .mypy_cache .pytest_cache .ruff_cache
