@@ -10,7 +10,7 @@ import torch
 
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
 from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
+from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
 from nodes.diffusion.types import Classifier, Clip, Conditioning
 
@@ -148,14 +148,20 @@ class ClassifierGrad(Node):
 
 
 class ClipLoss(Node):
-    """CLIP-loss guidance: ``D' = D − s·σ²·∇ₓ L``, ``L = mean_cutouts sphdist(E_img(cut(x̂0)), E_txt)``
-    (k-diffusion's CLIP-guided sampling; Crowson's spherical distance; Disco-style cutouts).
+    """CLIP-loss guidance: ``D' = D + s·σ²·g``, ``g = −∇ₓ mean_cutouts ℓ(E_img(cut(x̂0)))``
+    (k-diffusion's CLIP-guided sampling; Disco-style cutouts).
+
+    With ``contrast`` empty, ``ℓ = sphdist(·, E_txt(prompt))`` (Crowson's spherical distance), which
+    never stops pulling. With contrast prompts (one per line), the CLIP acts as a zero-shot classifier
+    (Radford et al. 2021): ``ℓ = −log softmax_i(τ·cos(·, E_txt(promptᵢ)))[prompt]`` over the prompt and
+    the contrast prompts, τ the CLIP's logit scale; its gradient separates the prompt from the
+    alternatives and fades once the sample is classified, like classifier guidance's.
 
     ``through_denoiser`` back-propagates through D (exact, costs a backward pass of the model);
     off, the gradient is taken at the detached x̂0 and scaled by 1/(1 + σ²) (the Jacobian of a Gaussian
     denoiser), which costs no backward pass through the model. ``cutouts`` random crops (0: the whole image),
-    ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of the
-    gradient (0: off).
+    ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of g and
+    ``shift_clamp`` the per-sample RMS of the x̂0 shift s·σ²·g (0: off).
     """
 
     category = CATEGORY
@@ -168,6 +174,13 @@ class ClipLoss(Node):
         Boolean(name="augment", default=True),
         Boolean(name="through_denoiser", default=False),
         Float(name="grad_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
+        String(
+            name="contrast",
+            default="",
+            multiline=True,
+            placeholder="other prompts, one per line (empty: spherical distance to the prompt)",
+        ),
+        Float(name="shift_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
     )
     outputs = GUIDANCE_OUT
 
@@ -182,11 +195,53 @@ class ClipLoss(Node):
         augment: bool,
         through_denoiser: bool,
         grad_clamp: float,
+        contrast: str = "",
+        shift_clamp: float = 0.0,
     ) -> tuple[Guidance]:
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
-        rule = ClipGradient(guidance, clip, text, scale, cutouts, augment, through_denoiser, grad_clamp)
+            others = contrast_conditions(clip, prompt, text, contrast)
+        rule = ClipGradient(
+            guidance,
+            clip,
+            text,
+            scale,
+            cutouts,
+            augment,
+            through_denoiser,
+            grad_clamp,
+            contrast=others,
+            logit_scale=clip_logit_scale(clip),
+            shift_clamp=shift_clamp,
+        )
         return (rule,)
+
+
+def contrast_conditions(
+    clip: Clip, prompt: str, text: Conditioning, contrast: str
+) -> tuple[Conditioning, ...]:
+    """The non-blank lines of ``contrast`` as CLIP text conditions; fails listing every line that
+    encodes the same as the prompt or as an earlier line (such a line is no alternative)."""
+    lines = [(n, line.strip()) for n, line in enumerate(contrast.splitlines(), 1) if line.strip()]
+    if not lines:
+        return ()
+    embeddings = clip.encode_text([line for _, line in lines])  # (N, E)
+    out: list[Conditioning] = []
+    problems: list[str] = []
+    for (n, line), emb in zip(lines, embeddings, strict=True):
+        cond = Conditioning.of(emb, f"clip text {line!r}")
+        if torch.allclose(emb, text.embedding, atol=1e-5):
+            problems.append(f"line {n} {line!r} encodes the same as the prompt {prompt!r}")
+        elif any(torch.allclose(emb, o.embedding, atol=1e-5) for o in out):
+            problems.append(f"line {n} {line!r} encodes the same as an earlier line")
+        else:
+            out.append(cond)
+    if problems:
+        raise ValueError(
+            "contrast: expected prompts that differ from the prompt and from each other; "
+            + "; ".join(problems)
+        )
+    return tuple(out)
 
 
 class GuidanceWindow(Node):

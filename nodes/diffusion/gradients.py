@@ -49,6 +49,18 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 2 * torch.arcsin((a - b).norm(dim=-1) / 2).pow(2)
 
 
+def contrastive_clip_loss(image: torch.Tensor, texts: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Zero-shot classifier loss ``−log softmax_i(τ·⟨img, txtᵢ⟩)[0]`` per image (Radford et al. 2021, §3.1.4).
+
+    ``image`` (B, E) and ``texts`` (N, E) are unit vectors, row 0 of ``texts`` the target and the rest
+    the contrast prompts; τ = ``logit_scale``. Its gradient in the image embedding is
+    ``−τ·(t₀ − Σᵢ pᵢ·tᵢ)``: it points from the probability-weighted alternatives to the target and fades
+    as p₀ → 1, where the spherical distance keeps pulling. Returns (B,).
+    """
+    logits = logit_scale * image @ texts.T  # (B, N)
+    return -torch.log_softmax(logits.float(), dim=-1)[:, 0]
+
+
 def make_cutouts(
     images: torch.Tensor, count: int, generators: list[torch.Generator], augment: bool, min_size: float = 0.5
 ) -> torch.Tensor:
@@ -77,11 +89,17 @@ def make_cutouts(
 class ClipGradient(Guidance):
     """CLIP-loss guidance on the predicted x0 (k-diffusion ``sample_clip_guided``; Disco-style cond_fn).
 
-    ``L = mean_cutouts sphdist(E_img(cut(x̂0)), E_txt)`` summed over the batch, ``g = −∇ₓ L`` and
-    ``D' = D + s·σ²·g``. ``through_denoiser`` back-propagates through D (the full Jacobian); otherwise
-    the gradient is taken at the detached x̂0 and mapped to x with ∂x̂0/∂x ≈ I/(1 + σ²), the Jacobian of
-    the exact denoiser of unit-variance Gaussian data (cheaper, cruder). ``grad_clamp > 0`` caps the
-    per-sample RMS of g at that value. Cutouts and flips are drawn per sample from the run's seed.
+    ``L = mean_cutouts ℓ(E_img(cut(x̂0)))`` summed over the batch, ``g = −∇ₓ L`` and ``D' = D + s·σ²·g``.
+    Without ``contrast``, ``ℓ = sphdist(·, E_txt)`` (Crowson's spherical distance); with contrast
+    prompts, ``ℓ = −log softmax_i(τ·⟨·, tᵢ⟩)[target]`` over the target and the contrast embeddings
+    (:func:`contrastive_clip_loss`, the CLIP as a zero-shot classifier; τ = ``logit_scale``), whose
+    gradient fades once the target wins, like classifier guidance's.
+
+    ``through_denoiser`` back-propagates through D (the full Jacobian); otherwise the gradient is taken
+    at the detached x̂0 and mapped to x with ∂x̂0/∂x ≈ I/(1 + σ²), the Jacobian of the exact denoiser of
+    unit-variance Gaussian data (cheaper, cruder). ``grad_clamp > 0`` caps the per-sample RMS of g,
+    ``shift_clamp > 0`` the per-sample RMS of the x̂0 shift s·σ²·g. Cutouts and flips are drawn per
+    sample from the run's seed.
     """
 
     inner: Guidance
@@ -92,6 +110,9 @@ class ClipGradient(Guidance):
     augment: bool = False
     through_denoiser: bool = False
     grad_clamp: float = 0.0
+    contrast: tuple[Conditioning, ...] = ()
+    logit_scale: float = 100.0
+    shift_clamp: float = 0.0
 
     def grads_through_denoiser(self) -> bool:
         return self.through_denoiser
@@ -113,7 +134,12 @@ class ClipGradient(Guidance):
             cuts = make_cutouts(x0, self.cutouts, step.generators, self.augment)  # (B·K, C, H, W)
             image = self.clip.encode_image(cuts)  # (B·K, E)
             text = self.text.embedding.to(image.device, image.dtype)  # (E,)
-            loss = spherical_distance(image, text[None]).reshape(b, -1).mean(dim=1).sum()
+            if self.contrast:
+                texts = torch.stack([text, *(c.embedding.to(text) for c in self.contrast)])  # (N, E)
+                per_cut = contrastive_clip_loss(image, texts, self.logit_scale)  # (B·K,)
+            else:
+                per_cut = spherical_distance(image, text[None])  # (B·K,)
+            loss = per_cut.reshape(b, -1).mean(dim=1).sum()
             (grad,) = torch.autograd.grad(loss, wrt, retain_graph=wrt is step.x_grad)
         grad = -grad.detach()
         if wrt is not step.x_grad:
@@ -123,4 +149,14 @@ class ClipGradient(Guidance):
         if self.grad_clamp > 0:
             rms = append_dims(grad.flatten(1).pow(2).mean(dim=1).sqrt(), grad.ndim)  # (B, 1, 1, 1)
             grad = grad * rms.clamp(max=self.grad_clamp) / rms.clamp(min=1e-12)
-        return add_score(denoised, step.sigma, grad, self.scale)
+        shift = add_score(torch.zeros_like(grad), step.sigma, grad, self.scale)  # s·σ²·g, (B, C, H, W)
+        if self.shift_clamp > 0:
+            rms = append_dims(shift.flatten(1).pow(2).mean(dim=1).sqrt(), shift.ndim)  # (B, 1, 1, 1)
+            shift = shift * rms.clamp(max=self.shift_clamp) / rms.clamp(min=1e-12)
+        return denoised + shift.to(denoised.dtype)
+
+
+def clip_logit_scale(clip: Clip) -> float:
+    """τ of a CLIP: ``exp(module.logit_scale)`` when the module has one, else 100 (OpenAI CLIP's cap)."""
+    raw = getattr(clip.module, "logit_scale", None)
+    return float(torch.as_tensor(raw).detach().float().exp()) if raw is not None else 100.0

@@ -16,6 +16,7 @@ COLOURS_BY_STRATEGY = {
     "classifier": (214, 39, 40),
     "clip": (44, 160, 44),
     "clip_window": (23, 190, 207),
+    "clip_contrast": (255, 127, 14),
     "cfg+classifier": (148, 103, 189),
 }
 

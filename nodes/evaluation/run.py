@@ -12,7 +12,7 @@ import torch
 
 from nodes.data.shapes import CLASS_NAMES, caption_for
 from nodes.diffusion.conventions import Denoiser, denoiser_from_metadata
-from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
+from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, cfg, window
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import calculate_sigmas
@@ -31,6 +31,8 @@ DESCRIPTIONS = {
     "cfg": "classifier-free guidance u + w(c − u), c = the full caption, u = the null prompt",
     "classifier": "unconditional model + noise-aware classifier gradient, D + s·σ²·∇ log p(y|x,σ)",
     "clip": "unconditional model + CLIP loss gradient through the denoiser, D + s·σ²·(−∇ sphdist)",
+    "clip_contrast": "unconditional model + CLIP zero-shot classifier gradient through the denoiser, "
+    "D + s·σ²·∇ log softmax_i(τ·cos(E_img(x̂0), E_txt(captionᵢ)))[target], contrast = the other 15 captions",
     "clip_window": "as clip, but only while σ > 1 (structure forms there; below it the gradient of a small "
     "CLIP mostly adds adversarial texture), the plain unconditional model after",
     "cfg+classifier": "CFG at w = 3 plus the classifier gradient at scale s",
@@ -85,6 +87,8 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
     if setting.strategy == "clip":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
         return ClipGradient(null, models.clip, text, s, through_denoiser=True) if s else null
+    if setting.strategy == "clip_contrast":
+        return clip_contrast_program(models, null, label, s) if s else null
     if setting.strategy == "clip_window":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
         term = ClipGradient(null, models.clip, text, s, through_denoiser=True)
@@ -92,6 +96,17 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
     if setting.strategy == "cfg+classifier":
         return ClassifierGradient(cfg(cond, null, 3.0), models.classifier, label, s)
     raise ValueError(f"unknown strategy {setting.strategy!r}; expected one of {sorted(DESCRIPTIONS)}")
+
+
+def clip_contrast_program(models: Models, null: Guidance, label: int, scale: float) -> Guidance:
+    """CLIP as a zero-shot classifier over the 16 captions: the target's caption against the other 15."""
+    embeddings = models.clip.encode_text([caption_for(k) for k in range(len(CLASS_NAMES))])  # (16, E)
+    texts = [Conditioning.of(e, f'clip text "{caption_for(k)}"') for k, e in enumerate(embeddings)]
+    contrast = tuple(t for k, t in enumerate(texts) if k != label)
+    tau = clip_logit_scale(models.clip)
+    return ClipGradient(
+        null, models.clip, texts[label], scale, through_denoiser=True, contrast=contrast, logit_scale=tau
+    )
 
 
 def evaluate_setting(

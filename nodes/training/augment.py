@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +47,18 @@ def augment(
     x = mean + fade[:, None, None, None] * (x - mean)
     noise = torch.where(rand(b) < noise_prob, noise_max * rand(b), torch.zeros(b, device=x.device))
     return x + noise[:, None, None, None] * torch.randn_like(x)
+
+
+def adversarial_l2(
+    x: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], eps: torch.Tensor
+) -> torch.Tensor:
+    """One L2 gradient-ascent step per image: ``x + εᵢ·∇ₓℓ/‖∇ₓℓ‖`` (FGM; Madry et al. 2018 with one step).
+
+    ``loss_of`` maps images (B, C, H, W) to a scalar loss to increase; ``eps`` (B,) the L2 radius of each
+    image's perturbation (in [-1, 1] pixel units, over all C·H·W values). Returns detached images.
+    """
+    with torch.enable_grad():
+        probe = x.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(loss_of(probe), probe)
+    norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)  # (B,)
+    return (x + (eps / norm)[:, None, None, None] * grad).detach()

@@ -40,7 +40,7 @@ from nodes.diffusion.conventions import vp_sigmas
 from nodes.networks.classifiers import Evaluator, NoisyClassifier
 from nodes.networks.clip import ShapesCLIP
 from nodes.networks.unet import ShapesUNet
-from nodes.training.augment import augment, gaussian_blur
+from nodes.training.augment import adversarial_l2, augment, gaussian_blur
 
 BETA_SCHEDULE, TIMESTEPS = "linear", 1000
 SCHEDULE: dict[str, Any] = {"type": "discrete_vp", "beta_schedule": BETA_SCHEDULE, "timesteps": TIMESTEPS}
@@ -209,6 +209,38 @@ def clip_loss(
     return (i2t - t2i.mean()) / 2
 
 
+CLIP_ADV_EPS = 4.0  # L2 radius in [-1, 1] pixel units: RMS 0.07, far below a real colour or shape change
+
+
+def clip_robust_loss(
+    model: nn.Module, data: ShapesDataset, step: int, batch: int, device: torch.device
+) -> torch.Tensor:
+    """:func:`clip_loss` plus image→text cross-entropy (16 captions) on adversarial copies of the images.
+
+    Each copy is one L2 gradient step of radius U(0, ε) against its own caption (fast adversarial training,
+    Wong et al. 2020; Madry et al. 2018), so a small pixel change can no longer move the image
+    embedding to another caption and the CLIP's input gradient has to follow colour and shape
+    (Santurkar et al. 2019: gradients of robust models are perceptually aligned), which CLIP
+    guidance relies on.
+    """
+    assert isinstance(model, ShapesCLIP)
+    b = data.batch(step, batch, device)
+    g = _step_generator(data, step + 1_000_003)
+    images = clip_augment(b.images, g)
+    captions = model.encode_words(label_multi_hot(torch.arange(len(CLASS_NAMES), device=device)))  # (K, E)
+    scale = model.logit_scale.exp().clamp(max=100)
+
+    def caption_loss(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            scale.detach() * model.encode_image(x).float() @ captions.detach().float().T, b.labels
+        )
+
+    eps = CLIP_ADV_EPS * torch.rand(batch, generator=g).to(device)  # (B,)
+    adversarial = adversarial_l2(images, caption_loss, eps)  # (B, 3, H, W)
+    adv = F.cross_entropy(scale * model.encode_image(adversarial).float() @ captions.float().T, b.labels)
+    return (clip_loss(model, data, step, batch, device) + adv) / 2
+
+
 @torch.no_grad()
 def clip_metrics(model: nn.Module, device: torch.device, n: int) -> dict[str, Any]:
     """Zero-shot retrieval: image → the best of the 16 captions (and of 4 shape / 4 colour prompts)."""
@@ -230,8 +262,25 @@ def clip_metrics(model: nn.Module, device: torch.device, n: int) -> dict[str, An
                 ((img @ colours.T).argmax(-1) == b.labels % n_col).float().mean().item(), 4
             ),
         }
+    out["retrieval_adversarial_l2_4"] = _adversarial_retrieval(model, b.images, b.labels, captions)
     out["logit_scale"] = round(model.logit_scale.exp().item(), 3)
     return out
+
+
+def _adversarial_retrieval(
+    model: ShapesCLIP, images: torch.Tensor, labels: torch.Tensor, captions: torch.Tensor
+) -> float:
+    """Caption retrieval after a one-step L2 attack of radius ``CLIP_ADV_EPS`` on every image."""
+    scale = model.logit_scale.exp()
+    eps = torch.full((len(images),), CLIP_ADV_EPS, device=images.device)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(scale * model.encode_image(x) @ captions.T, labels)
+
+    adversarial = adversarial_l2(images, loss_of, eps)
+    return round(
+        ((model.encode_image(adversarial) @ captions.T).argmax(-1) == labels).float().mean().item(), 4
+    )
 
 
 # --- evaluator -----------------------------------------------------------------------------------
@@ -322,6 +371,23 @@ RECIPES: dict[str, Recipe] = {
         "4 shape and 4 colour prompts; "
         "captions 60% full, 20% shape only, 20% colour only; "
         "images 60% blurred (sigma<=3px), 60% faded (to 15-100% contrast), 30% noisy.",
+    ),
+    "clip_robust": Recipe(
+        name="clip_robust",
+        kind="clip",
+        filename="clip/shapes_clip.safetensors",
+        architecture=ShapesCLIP,
+        config={"channels": [32, 64, 128, 128], "blocks_per_level": 1, "embed_dim": 128},
+        smoke_config={"channels": [8, 8, 16, 16], "blocks_per_level": 1, "embed_dim": 16},
+        loss=clip_robust_loss,
+        evaluate=clip_metrics,
+        batch=128,
+        lr=1e-3,
+        ema_decay=0.99,
+        data_seed=5,
+        notes="Fine-tuning for guidance: the clip recipe's loss plus image->text cross-entropy on "
+        f"adversarial copies (one L2 gradient step of radius U(0, {CLIP_ADV_EPS}) per image against its "
+        "caption), so that the CLIP's input gradient follows colour and shape instead of pixel noise.",
     ),
     "evaluator": Recipe(
         name="evaluator",

@@ -55,14 +55,37 @@ def test_eval_writes_table_json_plot_and_samples(tmp_path: Path) -> None:
     files = tiny_models(tmp_path)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = ["--per-class", "1", "--steps", "1", "--scales", "cfg=2;classifier=1;clip=1", "--device", "cpu"]
+    argv = [
+        "--per-class",
+        "1",
+        "--steps",
+        "1",
+        "--scales",
+        "cfg=2;classifier=1;clip=1;clip_contrast=1",
+        "--device",
+        "cpu",
+    ]
     argv += ["--out-dir", str(tmp_path / "out")]
     for key, path in files.items():
         argv += [f"--{key}", str(path)]
     assert run(parser.parse_args(argv)) == 0
     rows = json.loads((tmp_path / "out" / "eval.json").read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["cfg", "classifier", "clip"]
+    assert [r["strategy"] for r in rows] == ["cfg", "classifier", "clip", "clip_contrast"]
     assert all(r["n"] == len(CLASS_NAMES) and 0 <= r["acc_class"] <= 1 for r in rows)
     assert "| cfg | 2 |" in (tmp_path / "out" / "eval.md").read_text()
     assert (tmp_path / "out" / "eval.png").stat().st_size > 0
     assert (tmp_path / "out" / "eval_samples.png").stat().st_size > 0
+
+
+def test_clip_contrast_strategy_contrasts_the_target_caption_with_the_other_fifteen(tmp_path: Path) -> None:
+    import torch
+
+    from nodes.diffusion.gradients import ClipGradient
+    from nodes.evaluation.run import Models, Setting, program_for
+
+    models = Models.load(tiny_models(tmp_path), torch.device("cpu"))
+    rule = program_for(models, Setting("clip_contrast", 30.0), label=5)
+    assert isinstance(rule, ClipGradient) and rule.through_denoiser
+    assert rule.text.meaning == 'clip text "a green square"' and len(rule.contrast) == len(CLASS_NAMES) - 1
+    assert rule.text.meaning not in {c.meaning for c in rule.contrast}
+    assert abs(rule.logit_scale - float(models.clip.module.logit_scale.exp())) < 1e-5

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from nodes.diffusion.conventions import Denoiser, from_space, to_space
-from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, make_cutouts
+from nodes.diffusion.gradients import (
+    ClassifierGradient,
+    ClipGradient,
+    clip_logit_scale,
+    contrastive_clip_loss,
+    make_cutouts,
+    spherical_distance,
+)
 from nodes.diffusion.guidance import CompiledGuidance, Prediction, Rescale, Threshold, cfg, combine, window
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import sigmas_karras
@@ -211,3 +218,90 @@ def test_a_sample_does_not_depend_on_its_position_in_the_batch(
     batch, _ = guided_sample(program, torch.zeros(3, 3, 8, 8), [10, 11, 12], sigmas, sampler, device=CPU)
     alone, _ = guided_sample(program, torch.zeros(1, 3, 8, 8), [12], sigmas, sampler, device=CPU)
     assert torch.allclose(batch[2:], alone, atol=1e-5)
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def test_contrastive_clip_loss_is_the_zero_shot_cross_entropy_on_the_target() -> None:
+    image, texts = unit(torch.randn(5, 8)), unit(torch.randn(4, 8))
+    expected = torch.nn.functional.cross_entropy(
+        20.0 * image @ texts.T, torch.zeros(5, dtype=torch.long), reduction="none"
+    )
+    assert torch.allclose(contrastive_clip_loss(image, texts, 20.0), expected, atol=1e-6)
+
+
+def test_contrastive_gradient_fades_once_the_target_dominates_where_the_distance_keeps_pulling() -> None:
+    texts = torch.eye(4)  # target e0 against e1, e2, e3
+
+    def grad_norms(image: torch.Tensor) -> tuple[float, float]:
+        image = image.clone().requires_grad_()
+        (g_ce,) = torch.autograd.grad(contrastive_clip_loss(unit(image), texts, 20.0).sum(), image)
+        (g_sph,) = torch.autograd.grad(spherical_distance(unit(image), texts[:1]).sum(), image)
+        return float(g_ce.norm()), float(g_sph.norm())
+
+    undecided_ce, _ = grad_norms(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
+    classified_ce, classified_sph = grad_norms(torch.tensor([[0.8, 0.3, 0.3, 0.3]]))
+    assert undecided_ce > 1.0 and classified_ce < 1e-3 * undecided_ce
+    assert classified_sph > 0.3  # the spherical distance still pulls toward e0 itself
+
+
+def test_clip_gradient_with_contrast_fades_when_the_sample_is_already_the_target(
+    gaussian, cond: CondFn, clip: Clip
+) -> None:
+    m = gaussian()
+    base = Prediction(m, cond(m, ""))
+    texts = clip.module.encode_text(["red", "green", "blue"])
+    red, others = (
+        Conditioning.of(texts[0], "red"),
+        tuple(Conditioning.of(t, c) for t, c in zip(texts[1:], ("green", "blue"), strict=True)),
+    )
+    x = torch.zeros(2, 3, 8, 8)
+    x[:, 0] = 3.0  # very red: D(x) keeps it red at σ = 0.5
+    plain = run(base, x, 0.5)[0]
+    contrast = run(ClipGradient(base, clip, red, 1.0, contrast=others, logit_scale=100.0), x, 0.5)[0]
+    distance = run(ClipGradient(base, clip, red, 1.0), x, 0.5)[0]
+    assert (contrast - plain).abs().max() < 1e-4 < (distance - plain).abs().max()
+
+
+def test_clip_gradient_shift_clamp_caps_the_rms_of_the_x0_shift(
+    gaussian, cond: CondFn, clip: Clip, x
+) -> None:
+    m = gaussian()
+    base = Prediction(m, cond(m, ""))
+    text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
+    plain = run(base, x, 3.0)[0]
+    capped = run(ClipGradient(base, clip, text, 1e4, shift_clamp=0.1), x, 3.0)[0]
+    rms = (capped - plain).flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.1), rtol=1e-4)
+
+
+def test_contrastive_clip_guidance_steers_a_sample_toward_its_prompt(mixture, clip: Clip) -> None:
+    model, _ = mixture
+    null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
+    texts = clip.module.encode_text(["red", "green", "blue"])
+    conds = [Conditioning.of(t, c) for t, c in zip(texts, ("red", "green", "blue"), strict=True)]
+    sigmas, start, seeds = sigmas_karras(8, 0.05, 10.0), torch.zeros(4, 3, 8, 8), [1, 2, 3, 4]
+    plain, _ = guided_sample(null, start, seeds, sigmas, "euler", device=CPU)
+    for k, channel_name in enumerate(("red", "green", "blue")):
+        rule = ClipGradient(
+            null,
+            clip,
+            conds[k],
+            3.0,
+            through_denoiser=True,
+            contrast=tuple(conds[:k] + conds[k + 1 :]),
+            logit_scale=10.0,
+            shift_clamp=1.0,
+        )
+        out, _ = guided_sample(rule, start, seeds, sigmas, "euler", device=CPU)
+        gain = out.mean(dim=(2, 3)) - plain.mean(dim=(2, 3))  # (B, C)
+        assert bool((gain.argmax(dim=1) == k).all()), (channel_name, gain)
+
+
+def test_clip_logit_scale_reads_the_module_or_falls_back_to_openai_cap(clip: Clip) -> None:
+    from nodes.networks import ShapesCLIP
+
+    assert clip_logit_scale(clip) == 100.0
+    assert abs(clip_logit_scale(Clip(ShapesCLIP(channels=[8, 8, 8, 8], embed_dim=8))) - 10.0) < 1e-4

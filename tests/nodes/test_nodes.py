@@ -14,7 +14,7 @@ from graph_runtime.context import CancelToken, Context, Paths
 from nodes import node_classes
 from nodes.diffusion.guidance import Combine, Prediction, Window
 from nodes.diffusion.types import Latent
-from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss, Composable, GuidanceWindow
+from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss, Composable, GuidanceWindow, Predict
 from nodes.image_nodes import Decode, Encode, ImageGrid, LoadImage, SaveImage
 from nodes.model_nodes import ClassifierLoader, ClipLoader, Condition, Model, NullCondition
 from nodes.networks import UnsafeModelFileError
@@ -185,3 +185,31 @@ def test_image_grid_tiles_with_labels() -> None:
     assert grid.shape[0] == 1 and grid.shape[-1] == 3
     assert plain.shape == (1, 16, 24, 3)
     assert grid.shape[1] > 2 * 16 and grid.shape[2] > 3 * 16  # room for labels
+
+
+def test_clip_loss_with_contrast_prompts_builds_the_zero_shot_loss(model_dirs: Path) -> None:
+    ctx = ctx_for(model_dirs)
+    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    (clip,) = ClipLoader.run(ctx, clip="tiny_clip.safetensors")
+    (neg,) = NullCondition.run(ctx, model=model, meaning="empty prompt")
+    base = Predict.run(ctx, model, neg)[0]
+    (rule,) = ClipLoss.run(
+        ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, "a blue circle\n\n a red square ", 0.5
+    )
+    assert [c.meaning for c in rule.contrast] == ["clip text 'a blue circle'", "clip text 'a red square'"]
+    assert rule.shift_clamp == 0.5 and abs(rule.logit_scale - float(clip.module.logit_scale.exp())) < 1e-5
+    (plain,) = ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0)
+    assert plain.contrast == ()
+
+
+def test_clip_loss_rejects_contrast_lines_that_repeat_the_prompt_or_each_other(model_dirs: Path) -> None:
+    ctx = ctx_for(model_dirs)
+    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    (clip,) = ClipLoader.run(ctx, clip="tiny_clip.safetensors")
+    base = Predict.run(ctx, model, NullCondition.run(ctx, model=model, meaning="empty prompt")[0])[0]
+    contrast = "a blue circle\nred circle\nthe blue circle"
+    with pytest.raises(ValueError) as info:
+        ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, contrast)
+    message = str(info.value)
+    assert "line 2 'red circle' encodes the same as the prompt" in message
+    assert "line 3 'the blue circle' encodes the same as an earlier line" in message
