@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/guidegraph showcase
+	$(BIN)/guidegraph run workflows/showcase.api.json
 
 # Debian's chromium drives the end-to-end editor test (never a browser download).
 browser-deps:
