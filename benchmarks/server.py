@@ -1,6 +1,7 @@
 """Server load: concurrent API clients, many WebSocket clients, memory after many prompts.
 
-Run: ``.venv/bin/python -m benchmarks.server [--prompts-per-client 25] [--memory-prompts 1000]``.
+Run: ``.venv/bin/python -m benchmarks.server [--prompts-per-client 25] [--memory-prompts 1000]
+[--status-intervals 0,0.02]``; the WebSocket fan-out runs once per ``status`` coalescing interval.
 The server runs as a subprocess over the tiny test nodes (a number and a 1x1 PNG writer), so the
 numbers measure the server (HTTP, validation, SQLite commits, the worker, WebSocket fan-out), not
 the diffusion nodes. Results are printed as Markdown for ``benchmarks/results/server.md``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import statistics
@@ -17,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from server.config import ServerConfig
 from tests.server.conftest import make_config
 from tests.server.test_restart import ROOT, free_port
 
@@ -152,7 +156,9 @@ async def memory_after(url: str, pid: int, prompts: int) -> dict[str, float]:
     return {"prompts": prompts, "rss_before_mib": before, "rss_after_mib": rss_mib(pid)}
 
 
-async def main_async(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def serving(status_interval_s: float) -> AsyncIterator[tuple[str, int]]:
+    """A fresh server subprocess over the test nodes in a temporary folder: ``(url, pid)``."""
     with tempfile.TemporaryDirectory() as tmp:
         config = make_config(Path(tmp))
         port = free_port()
@@ -167,6 +173,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 str(config.data_dir),
                 "--workflows-dir",
                 str(config.workflows_dir),
+                "--ws-status-interval",
+                str(status_interval_s),
             ],
             cwd=ROOT,
         )
@@ -179,13 +187,30 @@ async def main_async(args: argparse.Namespace) -> None:
                             break
                     except aiohttp.ClientError:
                         await asyncio.sleep(0.1)
-            idle_rss = rss_mib(proc.pid)
-            load = await concurrent_clients(url, 20, args.prompts_per_client)
-            fan = await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)
-            mem = await memory_after(url, proc.pid, args.memory_prompts)
+            yield url, proc.pid
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def fan_row(label: str, fan: dict[str, float]) -> str:
+    return (
+        f"| {label} | {fan['prompts']:.0f} | {fan['complete_per_s']:.0f} | {fan['e2e_p50_ms']:.0f} ms | "
+        f"{fan['e2e_p95_ms']:.0f} ms | {fan['status_msgs_per_idle']:.0f} | {fan['idle_open']:.0f}/200 |"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    default = ServerConfig.ws_status_interval_s
+    async with serving(default) as (url, pid):
+        idle_rss = rss_mib(pid)
+        load = await concurrent_clients(url, 20, args.prompts_per_client)
+        fans = {default: await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)}
+        mem = await memory_after(url, pid, args.memory_prompts)
+    for interval in args.status_intervals:
+        if interval not in fans:
+            async with serving(interval) as (url, _):
+                fans[interval] = await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)
     print(f"## Server benchmark ({platform.machine()}, {platform.python_version()}, CPU only)\n")
     print(f"Server RSS at start: {idle_rss:.0f} MiB\n")
     print("| scenario | prompts | throughput (prompts/s) | p50 | p95 |")
@@ -194,16 +219,14 @@ async def main_async(args: argparse.Namespace) -> None:
     row += f"accepted {load['accept_per_s']:.0f}, completed {load['complete_per_s']:.0f} | "
     row += f"{load['post_p50_ms']:.1f} ms | {load['post_p95_ms']:.1f} ms |"
     print(row)
+    print("\n200 idle + 20 active WebSocket clients, POST→execution_success, by `status` interval:\n")
+    print("| status interval | prompts | prompts/s | p50 | p95 | status frames per idle client | idle open |")
+    print("|---|---|---|---|---|---|---|")
+    for interval, fan in sorted(fans.items()):
+        label = "one event-loop tick" if interval == 0 else f"{1000 * interval:g} ms"
+        print(fan_row(label + (" (default)" if interval == default else ""), fan))
     print(
-        f"| 200 idle + 20 active WebSocket clients, POST→execution_success | {fan['prompts']} | "
-        f"{fan['complete_per_s']:.0f} | {fan['e2e_p50_ms']:.0f} ms | {fan['e2e_p95_ms']:.0f} ms |"
-    )
-    print(
-        f"\nIdle WebSocket clients still connected afterwards: {fan['idle_open']:.0f}/200 "
-        f"(each received {fan['status_msgs_per_idle']:.0f} status broadcasts).\n"
-    )
-    print(
-        f"Server RSS before/after {mem['prompts']} more prompts: {mem['rss_before_mib']:.0f} MiB → "
+        f"\nServer RSS before/after {mem['prompts']} more prompts: {mem['rss_before_mib']:.0f} MiB → "
         f"{mem['rss_after_mib']:.0f} MiB."
     )
 
@@ -213,6 +236,12 @@ def main() -> None:
     parser.add_argument("--prompts-per-client", type=int, default=25)
     parser.add_argument("--ws-prompts-per-client", type=int, default=5)
     parser.add_argument("--memory-prompts", type=int, default=1000)
+    parser.add_argument(
+        "--status-intervals",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[0.0, ServerConfig.ws_status_interval_s],
+        help="seconds between coalesced status broadcasts to compare (default 0,0.02)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

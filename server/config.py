@@ -47,6 +47,7 @@ class ServerConfig:
     history_page_default: int = 1_000
     ws_queue_size: int = 256
     ws_send_timeout_s: float = 10.0
+    ws_status_interval_s: float = 0.02  # queue-length broadcasts are coalesced to at most one per interval
     preview_max_side: int = 512
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -5,6 +5,12 @@ each addressed client's queue without waiting. A client whose queue is full lose
 first; when a JSON message does not fit either, the client is disconnected (it can reconnect and catch
 up from ``/jobs`` and ``/history``). A slow or dead client therefore never blocks execution or the
 other clients.
+
+``status`` (the queue length) is coalesced: ``send_status`` only records the latest value and schedules
+one broadcast for the next event-loop tick, at most once per ``status_interval_s``. The broadcast reads
+the value when it runs, so a client sees the latest queue length after every message that was handed
+to the hub before that value was set (``status`` 0 arrives after the last prompt's
+``execution_success``), and a burst of queue changes costs every client one frame instead of one each.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,10 +48,17 @@ class Client:
 class Hub:
     """Who is connected, and how messages reach them."""
 
-    def __init__(self, queue_size: int = 256, send_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, queue_size: int = 256, send_timeout_s: float = 10.0, status_interval_s: float = 0.02
+    ) -> None:
         self._queue_size = queue_size
         self._send_timeout_s = send_timeout_s
+        self._status_interval_s = status_interval_s
         self._clients: dict[str, list[Client]] = {}
+        self._status = 0
+        self._status_flush: asyncio.Handle | None = None
+        self._status_sent_at = -math.inf
+        self.status_broadcasts = 0
 
     @property
     def client_count(self) -> int:
@@ -70,6 +84,9 @@ class Hub:
             await client.ws.close()
 
     async def close_all(self) -> None:
+        if self._status_flush is not None:
+            self._status_flush.cancel()
+            self._status_flush = None
         for peers in list(self._clients.values()):
             for client in list(peers):
                 await self.disconnect(client)
@@ -81,6 +98,24 @@ class Hub:
         frame = json.dumps({"type": type, "data": data}, separators=(",", ":"), default=str)
         for client in self._targets(sid):
             self._offer(client, frame, droppable=False)
+
+    def send_status(self, queue_remaining: int) -> None:
+        """Tell everyone the queue length, coalesced with other changes in this tick (or interval)."""
+        self._status = queue_remaining
+        if self._status_flush is not None:
+            return  # the pending broadcast has not run yet; it will send this value
+        loop = asyncio.get_running_loop()
+        wait = self._status_sent_at + self._status_interval_s - loop.time()
+        if wait > 0:
+            self._status_flush = loop.call_later(wait, self._flush_status)
+        else:
+            self._status_flush = loop.call_soon(self._flush_status)
+
+    def _flush_status(self) -> None:
+        self._status_flush = None
+        self._status_sent_at = asyncio.get_running_loop().time()
+        self.status_broadcasts += 1
+        self.send("status", status_payload(self._status))
 
     def send_to(self, client: Client, type: str, data: dict[str, Any]) -> None:
         self._offer(client, json.dumps({"type": type, "data": data}, default=str), droppable=False)
@@ -116,15 +151,26 @@ class Hub:
         try:
             while True:
                 frame = await client.queue.get()
-                if isinstance(frame, str):
-                    await asyncio.wait_for(client.ws.send_str(frame), self._send_timeout_s)
-                else:
-                    await asyncio.wait_for(client.ws.send_bytes(frame), self._send_timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as the send
+                # completes, and this task then waits on the queue forever (and shutdown with it).
+                async with asyncio.timeout(self._send_timeout_s):
+                    if isinstance(frame, str):
+                        await client.ws.send_str(frame)
+                    else:
+                        await client.ws.send_bytes(frame)
         except asyncio.CancelledError:
             raise
         except Exception:  # a dead or stuck socket: drop this client only
             log.info("websocket client %s went away", client.sid)
             asyncio.get_running_loop().create_task(self.disconnect(client))
+
+
+def status_payload(queue_remaining: int, sid: str | None = None) -> dict[str, Any]:
+    """``{status: {exec_info: {queue_remaining}}, sid?}``; ``sid`` only in a client's first message."""
+    data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": queue_remaining}}}
+    if sid is not None:
+        data["sid"] = sid
+    return data
 
 
 def _drain(queue: asyncio.Queue[str | bytes]) -> list[str | bytes]:

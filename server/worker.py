@@ -316,7 +316,8 @@ class PromptWorker:
             remaining = self._store.queue_remaining()
         except Exception:
             return
-        self._loop.call_soon_threadsafe(self._hub.send, "status", status_payload(remaining), None)
+        # Through the loop, after the events already handed over: status 0 follows execution_success.
+        self._loop.call_soon_threadsafe(self._hub.send_status, remaining)
 
     @staticmethod
     def _safely(fn: Callable[[], Any]) -> None:
@@ -324,13 +325,6 @@ class PromptWorker:
             fn()
         except Exception:
             log.exception("%s failed", getattr(fn, "__name__", fn))
-
-
-def status_payload(queue_remaining: int, sid: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": queue_remaining}}}
-    if sid is not None:
-        data["sid"] = sid
-    return data
 
 
 def encode_jpeg(preview: PreviewImage, max_side: int) -> bytes | None:

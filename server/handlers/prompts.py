@@ -15,7 +15,6 @@ from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
 from server.store import DuplicatePromptId
-from server.worker import status_payload
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
@@ -118,7 +117,7 @@ def _workflow_id(extra_data: dict[str, Any]) -> str | None:
 
 async def broadcast_status(app: web.Application) -> None:
     remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
-    app[state.HUB].send("status", status_payload(remaining))
+    app[state.HUB].send_status(remaining)
 
 
 async def get_queue(request: web.Request) -> web.Response:

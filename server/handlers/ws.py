@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from server import state
 from server.handlers.info import server_features
-from server.worker import status_payload
+from server.hub import status_payload
 
 _SID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 

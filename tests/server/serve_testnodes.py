@@ -20,9 +20,15 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--workflows-dir", type=Path, required=True)
     parser.add_argument("--builtin", action="store_true", help="use the installed node packs instead")
+    parser.add_argument("--ws-status-interval", type=float, default=ServerConfig.ws_status_interval_s)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = ServerConfig(port=args.port, data_dir=args.data_dir, workflows_dir=args.workflows_dir)
+    config = ServerConfig(
+        port=args.port,
+        data_dir=args.data_dir,
+        workflows_dir=args.workflows_dir,
+        ws_status_interval_s=args.ws_status_interval,
+    )
     registry = Registry.from_entry_points() if args.builtin else Registry(NODES)
     web.run_app(create_app(config, registry=registry), host="127.0.0.1", port=args.port, print=None)
 

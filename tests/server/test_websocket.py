@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from server import state
 from tests.server.conftest import failing_prompt, queue, slow_prompt, square_prompt, wait_done
 
 END = {"execution_success", "execution_error", "execution_interrupted"}
@@ -201,4 +202,68 @@ async def test_ignores_garbage_from_clients(client) -> None:
     await ws.send_json({"type": "feature_flags", "data": "nonsense"})
     answer = await ws.receive_json(timeout=5)
     assert answer["type"] == "feature_flags"
+    await ws.close()
+
+
+async def statuses_until_quiet(ws: Any, quiet: float = 0.3) -> list[int]:
+    """queue_remaining of every status frame until nothing arrives for ``quiet`` seconds."""
+    seen: list[int] = []
+    while True:
+        try:
+            msg = await ws.receive(timeout=quiet)
+        except TimeoutError:
+            return seen
+        data = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {"type": "binary"}
+        if data["type"] == "status":
+            seen.append(data["data"]["status"]["exec_info"]["queue_remaining"])
+
+
+async def test_status_changes_in_one_tick_reach_each_client_once_with_the_latest_value(client) -> None:
+    first, second = await connect(client, "first"), await connect(client, "second")
+    hub = client.app[state.HUB]
+    before = hub.status_broadcasts
+    for remaining in (3, 2, 1):
+        hub.send_status(remaining)
+    assert await statuses_until_quiet(first) == [1]
+    assert await statuses_until_quiet(second) == [1]
+    assert hub.status_broadcasts == before + 1
+    await first.close()
+    await second.close()
+
+
+async def test_status_broadcasts_are_spaced_by_the_interval(make_client) -> None:
+    client = await make_client(ws_status_interval_s=0.25)
+    ws = await connect(client, "watcher")
+    hub = client.app[state.HUB]
+    hub.send_status(5)
+    assert (await ws.receive_json(timeout=5))["data"]["status"]["exec_info"]["queue_remaining"] == 5
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    hub.send_status(4)
+    hub.send_status(3)
+    later = await ws.receive_json(timeout=5)
+    assert later["data"]["status"]["exec_info"]["queue_remaining"] == 3
+    assert loop.time() - sent >= 0.2
+    await ws.close()
+
+
+async def test_queue_empty_status_arrives_after_the_last_prompts_success(make_client) -> None:
+    client = await make_client(ws_status_interval_s=0.1)
+    ws = await connect(client, "editor")
+    answers = [await queue(client, square_prompt(value=40 + n), client_id="editor") for n in range(6)]
+    last = answers[-1]["prompt_id"]
+    order: list[tuple[str, Any]] = []
+    async with asyncio.timeout(10):
+        while True:
+            data = await ws.receive_json()
+            if data["type"] == "status":
+                order.append(("status", data["data"]["status"]["exec_info"]["queue_remaining"]))
+            elif data["type"] == "execution_success":
+                order.append(("success", data["data"]["prompt_id"]))
+            if order[-1:] == [("status", 0)] and ("success", last) in order:
+                break
+    succeeded = order.index(("success", last))
+    assert ("status", 0) in order[succeeded:]
+    assert [kind for kind, _ in order].count("status") < 3 * len(answers)  # 18 changes, coalesced
+    assert await statuses_until_quiet(ws) == []  # nothing stale after the final 0
     await ws.close()
