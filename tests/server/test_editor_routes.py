@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 from server.config import ServerConfig
 from tests.server.conftest import UI_WORKFLOW
+from tests.server.test_restart import ROOT
 
 BOOT_JSON = {
     "/api/users": dict,
@@ -150,6 +152,22 @@ async def test_templates_list_and_serve_our_workflows_with_thumbnails(client, co
     extensions = await (await client.get("/api/extensions")).json()
     script = await client.get(extensions[0])
     assert script.status == 200 and "registerExtension" in await script.text()
+
+
+async def test_every_shipped_workflow_is_a_template_with_its_own_thumbnail(make_client, tmp_path) -> None:
+    shipped = ROOT / "workflows"
+    names = sorted(p.name.removesuffix(".ui.json") for p in shipped.glob("*.ui.json"))
+    assert "showcase" in names
+    client = await make_client(ServerConfig(data_dir=tmp_path / "user", workflows_dir=shipped))
+    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": names}
+    for name in names:
+        workflow = await client.get(f"/api/workflow_templates/guidegraph/{name}.json")
+        assert await workflow.json() == json.loads((shipped / f"{name}.ui.json").read_text()), name
+        thumb = await client.get(f"/api/workflow_templates/guidegraph/{name}.jpg")
+        assert thumb.content_type == "image/jpeg", name
+        assert await thumb.read() == (shipped / f"{name}.jpg").read_bytes(), f"{name}: not its own .jpg"
+    default = await (await client.get("/api/guidegraph/default_workflow")).json()
+    assert default["name"] == "showcase"
 
 
 async def test_models_routes(client) -> None:
