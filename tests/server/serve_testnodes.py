@@ -1,4 +1,4 @@
-"""The server over the test nodes, for the restart and browser tests (``python -m`` this module)."""
+"""The server over the test nodes, for the restart test and the server benchmark (``python -m`` it)."""
 
 from __future__ import annotations
 
