@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ DEFAULT_SCALES: dict[str, list[float]] = {  # the ranges benchmarks/results/mode
     "cfg": [1.0, 3.0, 5.0, 7.0],
     "classifier": [1.0, 3.0, 5.0, 10.0],
     "clip": [10.0, 30.0, 60.0],
+    "clip_capped": [30.0, 100.0, 300.0],
 }
 DESCRIPTIONS = {
     "none": "unconditional model (null prompt), no guidance",
@@ -33,11 +34,14 @@ DESCRIPTIONS = {
     "clip": "unconditional model + CLIP loss gradient through the denoiser, D + s·σ²·(−∇ sphdist)",
     "clip_contrast": "unconditional model + CLIP zero-shot classifier gradient through the denoiser, "
     "D + s·σ²·∇ log softmax_i(τ·cos(E_img(x̂0), E_txt(captionᵢ)))[target], contrast = the other 15 captions",
+    "clip_capped": "as clip, with the per-sample RMS of the x̂0 shift s·σ²·g capped at 1 (shift_clamp)",
+    "clip_contrast_capped": "as clip_contrast, with the per-sample RMS of the x̂0 shift s·σ²·g capped at 1",
     "clip_window": "as clip, but only while σ > 1 (structure forms there; below it the gradient of a small "
     "CLIP mostly adds adversarial texture), the plain unconditional model after",
     "cfg+classifier": "CFG at w = 3 plus the classifier gradient at scale s",
 }
 CLIP_WINDOW_SIGMA_LO = 1.0
+CLIP_SHIFT_CLAMP = 1.0  # RMS of the x̂0 shift per sample and step, data range [-1, 1]
 
 
 @dataclass
@@ -87,6 +91,9 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
     if setting.strategy == "clip":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
         return ClipGradient(null, models.clip, text, s, through_denoiser=True) if s else null
+    if setting.strategy in ("clip_capped", "clip_contrast_capped"):
+        plain = program_for(models, Setting(setting.strategy.removesuffix("_capped"), s), label)
+        return replace(plain, shift_clamp=CLIP_SHIFT_CLAMP) if isinstance(plain, ClipGradient) else plain
     if setting.strategy == "clip_contrast":
         return clip_contrast_program(models, null, label, s) if s else null
     if setting.strategy == "clip_window":

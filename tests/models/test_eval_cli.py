@@ -89,3 +89,8 @@ def test_clip_contrast_strategy_contrasts_the_target_caption_with_the_other_fift
     assert rule.text.meaning == 'clip text "a green square"' and len(rule.contrast) == len(CLASS_NAMES) - 1
     assert rule.text.meaning not in {c.meaning for c in rule.contrast}
     assert abs(rule.logit_scale - float(models.clip.module.logit_scale.exp())) < 1e-5
+    capped = program_for(models, Setting("clip_contrast_capped", 30.0), label=5)
+    assert isinstance(capped, ClipGradient) and capped.shift_clamp > 0 and capped.contrast == rule.contrast
+    assert program_for(models, Setting("clip_capped", 0.0), label=5) == program_for(
+        models, Setting("none", 0.0), 5
+    )
