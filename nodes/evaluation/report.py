@@ -17,6 +17,8 @@ COLOURS_BY_STRATEGY = {
     "clip": (44, 160, 44),
     "clip_window": (23, 190, 207),
     "clip_contrast": (255, 127, 14),
+    "clip_capped": (188, 189, 34),
+    "clip_contrast_capped": (140, 86, 75),
     "cfg+classifier": (148, 103, 189),
 }
 
