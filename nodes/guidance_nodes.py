@@ -169,10 +169,10 @@ class ClipLoss(Node):
         Socket(name="guidance", type="GUIDANCE"),
         Socket(name="clip", type="CLIP"),
         String(name="prompt", default="a red circle", multiline=True),
-        Float(name="scale", default=100.0, min=-1e6, max=1e6, step=1.0),
-        Int(name="cutouts", default=4, min=0, max=64),
-        Boolean(name="augment", default=True),
-        Boolean(name="through_denoiser", default=False),
+        Float(name="scale", default=300.0, min=-1e6, max=1e6, step=1.0),
+        Int(name="cutouts", default=0, min=0, max=64),
+        Boolean(name="augment", default=False),
+        Boolean(name="through_denoiser", default=True),
         Float(name="grad_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
         String(
             name="contrast",
@@ -180,7 +180,7 @@ class ClipLoss(Node):
             multiline=True,
             placeholder="other prompts, one per line (empty: spherical distance to the prompt)",
         ),
-        Float(name="shift_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
+        Float(name="shift_clamp", default=1.0, min=0.0, max=1e6, step=0.01),
     )
     outputs = GUIDANCE_OUT
 
