@@ -69,8 +69,8 @@ def side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, rep
 
 def model_files() -> dict[str, str]:
     """Shipped files per kind, or random-weight stand-ins written to a temporary folder."""
-    from nodes.networks import NoisyClassifier, ShapesUNet, read_metadata, save_network
-    from nodes.networks.clip import ShapesCLIP
+    from families.shapes.networks import NoisyClassifier, ShapesUNet, read_metadata, save_network
+    from families.shapes.networks.clip import ShapesCLIP
 
     found: dict[str, str] = {}
     wanted = {"checkpoints": "denoiser", "classifiers": "noisy_classifier", "clip": "clip"}
@@ -265,8 +265,8 @@ def bench_gradients(
 
 
 def load(kind: str, name: str, device: torch.device) -> torch.nn.Module:
+    from families.shapes.networks import load_network
     from graph_runtime.folders import resolve_file
-    from nodes.networks import load_network
 
     return load_network(resolve_file(kind, name), device=device).module
 

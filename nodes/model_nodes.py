@@ -1,4 +1,4 @@
-"""Loaders (denoiser, classifier, CLIP) and conditions: thin nodes over ``nodes.networks.io``."""
+"""Loaders (denoiser, classifier, CLIP) and conditions: thin nodes over ``families.shapes.networks.io``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 def _load(kind: str, name: str, expected: str, ctx: Context) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load ``name`` from the ``kind`` folders (safetensors only) and check its declared kind."""
-    from nodes.networks.io import load_network  # the models package; imported when a loader runs
+    from families.shapes.networks.io import load_network  # the models package; imported when a loader runs
 
     loaded = load_network(resolve_file(kind, name), device=ctx.device)
     if loaded.kind != expected:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from families.shapes.networks import UnsafeModelFileError
 from graph_runtime.api import Interrupted
 from graph_runtime.context import CancelToken, Context, Paths
 from nodes import node_classes
@@ -17,7 +18,6 @@ from nodes.diffusion.types import Latent
 from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss, Composable, GuidanceWindow, Predict
 from nodes.image_nodes import Decode, Encode, ImageGrid, LoadImage, SaveImage
 from nodes.model_nodes import ClassifierLoader, ClipLoader, Condition, Model, NullCondition
-from nodes.networks import UnsafeModelFileError
 from nodes.sampling_nodes import EmptyLatent, Sampler
 
 

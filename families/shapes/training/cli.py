@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from families.shapes.training.recipes import RECIPES
 from nodes import MODELS_DIR
-from nodes.training.recipes import RECIPES
 
 RUNS_DIR = Path("runs")
 
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from nodes.training.cards import write_model_card
-    from nodes.training.loop import TrainOptions, train
+    from families.shapes.training.cards import write_model_card
+    from families.shapes.training.loop import TrainOptions, train
 
     recipe = args.recipe.replace("-", "_")
     out = args.out or MODELS_DIR / RECIPES[recipe].filename

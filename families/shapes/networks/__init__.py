@@ -8,19 +8,19 @@ only to score samples). Files are loaded with :func:`load_network`; pickles are 
 
 from __future__ import annotations
 
-from nodes.networks.classifiers import Evaluator, NoisyClassifier
-from nodes.networks.clip import ShapesCLIP
-from nodes.networks.io import (
+from families.base import UnsafeModelFileError
+from families.shapes.networks.classifiers import Evaluator, NoisyClassifier
+from families.shapes.networks.clip import ShapesCLIP
+from families.shapes.networks.io import (
     ARCHITECTURES,
     LoadedNetwork,
     ModelMetadataError,
-    UnsafeModelFileError,
     build_network,
     load_network,
     read_metadata,
     save_network,
 )
-from nodes.networks.unet import ShapesUNet
+from families.shapes.networks.unet import ShapesUNet
 
 __all__ = [
     "ARCHITECTURES",

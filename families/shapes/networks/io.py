@@ -12,7 +12,6 @@ are refused with :class:`UnsafeModelFileError`; ``torch.load`` is never called.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nodes.networks.classifiers import Evaluator, NoisyClassifier
-from nodes.networks.clip import ShapesCLIP
-from nodes.networks.unet import ShapesUNet
+from families.base import read_header
+from families.shapes.networks.classifiers import Evaluator, NoisyClassifier
+from families.shapes.networks.clip import ShapesCLIP
+from families.shapes.networks.unet import ShapesUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "shapes_unet": ShapesUNet,
@@ -34,12 +34,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "evaluator": Evaluator,
 }
 KINDS = ("denoiser", "noisy_classifier", "clip", "evaluator")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class UnsafeModelFileError(ValueError):
-    """A model file that is not safetensors (a pickle, or bytes without a valid safetensors header)."""
 
 
 class ModelMetadataError(ValueError):
@@ -70,32 +64,7 @@ def architecture_name(module: nn.Module) -> str:
 
 def check_safetensors_file(path: Path) -> None:
     """Refuse anything that is not a safetensors file, by name and by content, with a clear reason."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UnsafeModelFileError(
-            f"{path.name}: '{path.suffix}' files are pickled checkpoints, which can run arbitrary code when "
-            "loaded; guidegraph loads only .safetensors files (convert the weights with safetensors first)"
-        )
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        body = f.read(n) if 0 < n <= min(_MAX_HEADER, size - 8) else b""
-    try:
-        header = json.loads(body.decode("utf-8")) if body[:1] == b"{" else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
-    if isinstance(header, dict):
-        return
-    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[
-        :4
-    ] == b"PK\x03\x04":
-        raise UnsafeModelFileError(
-            f"{path.name}: this is a pickle (or a zipped torch.save archive), not safetensors; "
-            "pickles can run arbitrary code when loaded and are refused"
-        )
-    raise UnsafeModelFileError(
-        f"{path.name}: not a safetensors file (its first bytes are not a length-prefixed JSON header)"
-    )
+    read_header(path)
 
 
 def _decode(value: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from nodes.evaluation.run import DESCRIPTIONS, Setting
+from families.shapes.evaluation.run import DESCRIPTIONS, Setting
 
 COLOURS_BY_STRATEGY = {
     "none": (120, 120, 120),

@@ -18,9 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nodes.data.shapes import CLASS_NAMES, ShapesDataset
-from nodes.networks.io import load_network, save_network
-from nodes.training.recipes import DATA_NOTE, RECIPES, Recipe, lr_at
+from families.shapes.data.shapes import CLASS_NAMES, ShapesDataset
+from families.shapes.networks.io import load_network, save_network
+from families.shapes.training.recipes import DATA_NOTE, RECIPES, Recipe, lr_at
 
 
 @dataclass

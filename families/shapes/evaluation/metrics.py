@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.data.shapes import COLOURS
+from families.shapes.data.shapes import COLOURS
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nodes.networks.io import read_metadata
+from families.shapes.networks.io import read_metadata
 
 _PURPOSE = {
     "denoiser": "Conditional and unconditional ε-prediction denoiser (one network; the empty prompt is the "

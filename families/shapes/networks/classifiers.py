@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodes.data.shapes import CLASS_NAMES
-from nodes.networks.layers import ResBlock, groups_for, sinusoidal_embedding
+from families.shapes.data.shapes import CLASS_NAMES
+from families.shapes.networks.layers import ResBlock, groups_for, sinusoidal_embedding
 
 
 class ConvEncoder(nn.Module):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodes.data.shapes import CLASS_NAMES, VOCAB, prompt_words
-from nodes.networks.layers import (
+from families.shapes.data.shapes import CLASS_NAMES, VOCAB, prompt_words
+from families.shapes.networks.layers import (
     Attention,
     BagOfWords,
     ResBlock,

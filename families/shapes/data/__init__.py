@@ -6,7 +6,7 @@ index ``shape_index * len(COLOURS) + colour_index``; captions are built from the
 
 from __future__ import annotations
 
-from nodes.data.shapes import (
+from families.shapes.data.shapes import (
     CLASS_NAMES,
     COLOURS,
     IMAGE_SIZE,

@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     import torch
 
-    from nodes.evaluation.report import markdown_table, plot, sample_sheet
-    from nodes.evaluation.run import DEFAULT_SCALES, Models, Setting, evaluate
-    from nodes.training.loop import device_description, pick_device
+    from families.shapes.evaluation.report import markdown_table, plot, sample_sheet
+    from families.shapes.evaluation.run import DEFAULT_SCALES, Models, Setting, evaluate
+    from families.shapes.training.loop import device_description, pick_device
 
     device = pick_device(args.device)
     scales = parse_scales(args.scales) if args.scales else DEFAULT_SCALES
@@ -107,6 +107,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nodes.evaluation", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m families.shapes.evaluation", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

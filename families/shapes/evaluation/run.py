@@ -10,15 +10,15 @@ from typing import Any
 
 import torch
 
-from nodes.data.shapes import CLASS_NAMES, caption_for
+from families.shapes.data.shapes import CLASS_NAMES, caption_for
+from families.shapes.evaluation.metrics import accuracies, clip_score, within_class_diversity
+from families.shapes.networks.io import load_network
 from nodes.diffusion.conventions import Denoiser, denoiser_from_metadata
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, cfg, window
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import calculate_sigmas
 from nodes.diffusion.types import Classifier, Clip, Conditioning
-from nodes.evaluation.metrics import accuracies, clip_score, within_class_diversity
-from nodes.networks.io import load_network
 
 DEFAULT_SCALES: dict[str, list[float]] = {  # the ranges benchmarks/results/models.md measured
     "none": [0.0],

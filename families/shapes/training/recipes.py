@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodes.data.shapes import (
+from families.shapes.data.shapes import (
     CLASS_NAMES,
     COLOURS,
     SHAPES,
@@ -36,16 +36,17 @@ from nodes.data.shapes import (
     label_multi_hot,
     random_prompt_multi_hot,
 )
+from families.shapes.networks.classifiers import Evaluator, NoisyClassifier
+from families.shapes.networks.clip import ShapesCLIP
+from families.shapes.networks.unet import ShapesUNet
+from families.shapes.training.augment import adversarial_l2, augment, gaussian_blur
 from nodes.diffusion.conventions import vp_sigmas
-from nodes.networks.classifiers import Evaluator, NoisyClassifier
-from nodes.networks.clip import ShapesCLIP
-from nodes.networks.unet import ShapesUNet
-from nodes.training.augment import adversarial_l2, augment, gaussian_blur
 
 BETA_SCHEDULE, TIMESTEPS = "linear", 1000
 SCHEDULE: dict[str, Any] = {"type": "discrete_vp", "beta_schedule": BETA_SCHEDULE, "timesteps": TIMESTEPS}
 DATA_NOTE = (
-    "procedural shapes (nodes.data.shapes): 16 classes = 4 shapes x 4 colours, 32x32 RGB, made on the fly"
+    "procedural shapes (families.shapes.data.shapes): 16 classes = 4 shapes x 4 colours, 32x32 RGB, "
+    "made on the fly"
 )
 
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodes.data.shapes import VOCAB
-from nodes.networks.classifiers import ConvEncoder
-from nodes.networks.layers import BagOfWords
+from families.shapes.data.shapes import VOCAB
+from families.shapes.networks.classifiers import ConvEncoder
+from families.shapes.networks.layers import BagOfWords
 
 
 class ShapesCLIP(nn.Module):
