@@ -16,11 +16,21 @@ MODEL_KINDS = ("checkpoints", "classifiers", "clip", "evaluators")
 
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
-    from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
+    from nodes import (
+        batch_nodes,
+        composition_nodes,
+        guidance_nodes,
+        image_nodes,
+        model_nodes,
+        rule_nodes,
+        sampling_nodes,
+    )
 
     return [
         *model_nodes.NODES,
         *guidance_nodes.NODES,
+        *rule_nodes.NODES,
+        *composition_nodes.NODES,
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,

@@ -11,7 +11,8 @@ import torch
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
 from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
-from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.guidance import Guidance, Prediction, cfg, combine, window
+from nodes.diffusion.rules import Rescale, Threshold
 from nodes.diffusion.types import Classifier, Clip, Conditioning
 
 CATEGORY = "guidegraph/guidance"
@@ -86,12 +87,12 @@ class Composable(Node):
         unconditional: Conditioning,
         condition_1: Conditioning,
         weight_1: float,
-        condition_2: Conditioning | None = None,
-        weight_2: float = 0.0,
-        condition_3: Conditioning | None = None,
-        weight_3: float = 0.0,
-        condition_4: Conditioning | None = None,
-        weight_4: float = 0.0,
+        condition_2: Conditioning | None,
+        weight_2: float,
+        condition_3: Conditioning | None,
+        weight_3: float,
+        condition_4: Conditioning | None,
+        weight_4: float,
     ) -> tuple[Guidance]:
         pairs = [
             (condition_1, weight_1),
@@ -195,8 +196,8 @@ class ClipLoss(Node):
         augment: bool,
         through_denoiser: bool,
         grad_clamp: float,
-        contrast: str = "",
-        shift_clamp: float = 0.0,
+        contrast: str,
+        shift_clamp: float,
     ) -> tuple[Guidance]:
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")

@@ -7,6 +7,7 @@ inside a sampler that otherwise runs without grad; nothing here needs a global m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ class ClassifierGradient(Guidance):
     gradient goes through the classifier only, never through the denoiser.
     """
 
+    space: ClassVar[str] = "gradient"
     inner: Guidance
     classifier: Classifier
     label: int
@@ -102,17 +104,18 @@ class ClipGradient(Guidance):
     sample from the run's seed.
     """
 
+    space: ClassVar[str] = "gradient"
     inner: Guidance
     clip: Clip
     text: Conditioning
     scale: float
-    cutouts: int = 0
-    augment: bool = False
-    through_denoiser: bool = False
-    grad_clamp: float = 0.0
-    contrast: tuple[Conditioning, ...] = ()
-    logit_scale: float = 100.0
-    shift_clamp: float = 0.0
+    cutouts: int
+    augment: bool
+    through_denoiser: bool
+    grad_clamp: float
+    contrast: tuple[Conditioning, ...]
+    logit_scale: float
+    shift_clamp: float
 
     def grads_through_denoiser(self) -> bool:
         return self.through_denoiser

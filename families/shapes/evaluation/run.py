@@ -90,7 +90,7 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
         return ClassifierGradient(null, models.classifier, label, s) if s else null
     if setting.strategy == "clip":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
-        return ClipGradient(null, models.clip, text, s, through_denoiser=True) if s else null
+        return clip_term(models, null, text, s) if s else null
     if setting.strategy in ("clip_capped", "clip_contrast_capped"):
         plain = program_for(models, Setting(setting.strategy.removesuffix("_capped"), s), label)
         return replace(plain, shift_clamp=CLIP_SHIFT_CLAMP) if isinstance(plain, ClipGradient) else plain
@@ -98,7 +98,7 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
         return clip_contrast_program(models, null, label, s) if s else null
     if setting.strategy == "clip_window":
         text = Conditioning.of(models.clip.encode_text([caption])[0], f'clip text "{caption}"')
-        term = ClipGradient(null, models.clip, text, s, through_denoiser=True)
+        term = clip_term(models, null, text, s)
         return window(term, sigma_hi=float("inf"), sigma_lo=CLIP_WINDOW_SIGMA_LO, outside=null) if s else null
     if setting.strategy == "cfg+classifier":
         return ClassifierGradient(cfg(cond, null, 3.0), models.classifier, label, s)
@@ -111,9 +111,13 @@ def clip_contrast_program(models: Models, null: Guidance, label: int, scale: flo
     texts = [Conditioning.of(e, f'clip text "{caption_for(k)}"') for k, e in enumerate(embeddings)]
     contrast = tuple(t for k, t in enumerate(texts) if k != label)
     tau = clip_logit_scale(models.clip)
-    return ClipGradient(
-        null, models.clip, texts[label], scale, through_denoiser=True, contrast=contrast, logit_scale=tau
-    )
+    return replace(clip_term(models, null, texts[label], scale), contrast=contrast, logit_scale=tau)
+
+
+def clip_term(models: Models, inner: Guidance, text: Conditioning, scale: float) -> ClipGradient:
+    """CLIP-loss guidance through the denoiser, whole image, no clamps."""
+    tau = clip_logit_scale(models.clip)
+    return ClipGradient(inner, models.clip, text, scale, 0, False, True, 0.0, (), tau, 0.0)
 
 
 def evaluate_setting(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,13 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map, residual."""
+    """Multi-head self-attention over the pixels of a feature map, residual.
+
+    Perturbable (``nodes.diffusion.perturbation``): each ``(p, rows)`` in ``perturbations`` replaces
+    the attention output of those rows by ``p.attend(q, k, v, (H, W))``, or skips the layer there.
+    """
+
+    perturbable = True
 
     def __init__(self, channels: int, heads: int = 4) -> None:
         super().__init__()
@@ -57,13 +64,29 @@ class Attention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         zero_init(self.out)
+        self.perturbations: list[tuple[Any, slice]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C/heads) each
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+        skipped: list[slice] = []
+        for p, rows in self.perturbations:
+            changed = p.attend(q[rows], k[rows], v[rows], (h, w))
+            if changed is None:
+                skipped.append(rows)
+            else:
+                y = _splice(y, rows, changed)
+        out = x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+        for rows in skipped:
+            out = _splice(out, rows, x[rows])
+        return out
+
+
+def _splice(base: torch.Tensor, rows: slice, replacement: torch.Tensor) -> torch.Tensor:
+    """``base`` with rows ``rows`` replaced, out of place (autograd-safe)."""
+    return torch.cat([base[: rows.start], replacement, base[rows.stop :]])
 
 
 class BagOfWords(nn.Module):
