@@ -64,15 +64,15 @@ class Perturbation:
 def blur_queries(q: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
     """Gaussian blur of queries (B, heads, H·W, d) over the (H, W) grid, reflect-padded.
 
-    Kernel side ⌈6σ⌉ + 1, capped at the largest odd side the grid allows (diffusers' SEG sizing);
+    Kernel side: the odd number ⌈6σ⌉ or ⌈6σ⌉ + 1, capped by the grid (diffusers' SEG sizing);
     σ ≥ :data:`INFINITE_BLUR` gives the mean query.
     """
     b, heads, n, d = q.shape
     h, w = size
     if sigma >= INFINITE_BLUR:
         return q.mean(dim=2, keepdim=True).expand_as(q)
-    side = min(h, w)
-    kernel = min(math.ceil(6 * sigma) + 1, side - (side % 2 - 1))
+    side, reach = min(h, w), math.ceil(6 * sigma)
+    kernel = min(reach + 1 - reach % 2, side - (side % 2 - 1))  # odd
     if kernel < 2 or sigma <= 0:
         return q
     half = (kernel - 1) / 2
