@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from nodes import node_classes
 from nodes.composition_nodes import (
     PAG,
     SEG,
+    Autoguidance,
     GuidanceCombine,
     GuidanceInterval,
     GuidanceSchedule,
@@ -247,3 +249,31 @@ def test_clip_loss_rejects_contrast_lines_that_repeat_the_prompt_or_each_other(m
     message = str(info.value)
     assert "line 2 'red circle' encodes the same as the prompt" in message
     assert "line 3 'the blue circle' encodes the same as an earlier line" in message
+
+
+def test_every_node_takes_its_defaults_from_its_declaration_only() -> None:
+    for cls in node_classes():
+        params = inspect.signature(cls.run).parameters
+        for spec in cls.inputs:
+            declared = getattr(spec, "default", None)
+            param = params.get(spec.name)
+            given = inspect.Parameter.empty if param is None else param.default  # or in **inputs
+            assert given is inspect.Parameter.empty or given == declared, (cls.__name__, spec.name)
+
+
+def test_sampler_names_the_schedule_when_the_program_has_two_models(gaussian, cond) -> None:
+    good, weak = gaussian(), gaussian(std=0.3)
+    (program,) = Autoguidance.run(Context(), good, weak, cond(good, "red"), 2.0)
+    latent = EmptyLatent.run(Context(), 8, 8, 1, 3)[0]
+    with pytest.raises(ValueError, match="schedule_model"):
+        Sampler.run(Context(), program, latent, 0, 2, "euler", "karras", 1.0)
+    out = Sampler.run(Context(), program, latent, 0, 2, "euler", "karras", 1.0, 0, good)[0]
+    assert bool(out.samples.isfinite().all())
+    with pytest.raises(ValueError, match="weaker"):
+        Autoguidance.run(Context(), good, good, cond(good, "red"), 2.0)
+
+
+def test_interval_node_refuses_start_after_stop(gaussian, cond) -> None:
+    m = gaussian()
+    with pytest.raises(ValueError, match="start"):
+        GuidanceInterval.run(Context(), Prediction(m, cond(m, "red")), 0.8, 0.2)
