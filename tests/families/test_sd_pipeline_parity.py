@@ -6,8 +6,9 @@ scheduler's σ list. Euler is k-diffusion's Euler in σ-space on both sides; DDI
 σ-space too (Song et al. 2021, eq. 14 is that ODE step), ending at σ(t = 0) rather than 0 because
 ``set_alpha_to_one=False``. Measured max abs difference: 1e-5 to 3.7e-5 on latents of magnitude up
 to 18 (relative 2e-6); the tolerance 2e-4 covers float32 reassociation, and a real difference (a
-wrong layer, scale, time id or schedule) moves the latents by 1e-2 or more: our σ ↔ t conversion interpolates a float64 log-σ table where diffusers indexes the
-timestep directly, and the two sides order the batched arithmetic differently.
+wrong layer, scale, time id or schedule) moves the latents by 1e-2 or more. The residue comes from
+our σ ↔ t conversion interpolating a float64 log-σ table where diffusers indexes the timestep
+directly, and from the two sides ordering the batched arithmetic differently.
 """
 
 from __future__ import annotations
