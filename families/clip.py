@@ -132,3 +132,49 @@ def load_clip_model(path: Path, options: LoadOptions, name: str = "") -> Clip:
         f"{path.name}: not a CLIP model guidegraph knows. Found {source.summary()}. Supported: the shapes "
         "CLIP (metadata kind 'clip') and OpenAI CLIP in the transformers CLIPModel layout"
     )
+
+
+def _config(
+    vision: tuple[int, int, int, int, int], text: tuple[int, int, int], projection: int
+) -> dict[str, Any]:
+    hidden, layers, mlp, patch, image = vision
+    t_hidden, t_layers, t_mlp = text
+    return {
+        "projection_dim": projection,
+        "vision_config": {
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
+            "intermediate_size": mlp, "patch_size": patch, "image_size": image, "hidden_act": "quick_gelu",
+        },
+        "text_config": {
+            "hidden_size": t_hidden, "num_hidden_layers": t_layers, "num_attention_heads": t_hidden // 64,
+            "intermediate_size": t_mlp, "vocab_size": 49408, "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu", "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+        },
+    }  # fmt: skip
+
+
+# OpenAI CLIP's published sizes (open_clip's ViT-B-32-quickgelu / ViT-L-14 model configs), and a tiny
+# one for tests: (hidden, layers, mlp, patch, image), (text hidden, layers, mlp), projection.
+CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "vit-b-32": _config((768, 12, 3072, 32, 224), (512, 12, 2048), 512),
+    "vit-l-14": _config((1024, 24, 4096, 14, 224), (768, 12, 3072), 768),
+    "tiny": _config((64, 2, 128, 8, 32), (64, 2, 128), 32),
+}
+
+
+def write_random_clip(path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """A random-weight OpenAI-layout CLIP (transformers ``CLIPModel`` keys) as safetensors."""
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    if size not in CLIP_CONFIGS:
+        raise ValueError(f"unknown CLIP size {size!r}; known: {', '.join(CLIP_CONFIGS)}")
+    hub_offline()
+    torch.manual_seed(seed)
+    model: Any = CLIPModel(CLIPConfig(**CLIP_CONFIGS[size]))
+    state = {
+        k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt", "clip_size": size})
+    return path
