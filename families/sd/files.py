@@ -10,6 +10,7 @@ reaches a model hub. Every failure becomes a :class:`CheckpointError` naming the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -24,10 +25,10 @@ from torch import nn  # noqa: E402
 
 from families.base import CheckpointError, LoadOptions, Source  # noqa: E402
 from families.sd.components import SDComponents  # noqa: E402
-from families.sd.configs import variant_configs, write_config_folder  # noqa: E402
+from families.sd.configs import FILES, variant_configs, write_config_folder  # noqa: E402
+from families.sd.detect import detect_prediction  # noqa: E402
 
-# Metadata keys our writer records (``families.sd.make``); they take precedence over key detection.
-META_VARIANT = "guidegraph.variant"
+# Metadata our writer records (``families.sd.make``); it takes precedence over key detection.
 META_CONFIGS = "guidegraph.configs"
 CLIP_L_PAD, OPEN_CLIP_PAD = "<|endoftext|>", "!"
 # variant -> its text encoders in the order the UNet concatenates them: (component, class, pad token)
@@ -49,7 +50,7 @@ def checkpoint_configs(source: Source, variant: str) -> dict[str, dict[str, Any]
     file's metadata, or the published ones shipped for ``variant``."""
     if source.model_index is not None:
         configs: dict[str, dict[str, Any]] = {}
-        for component, rel in _files().items():
+        for component, rel in FILES.items():
             path = source.path / rel
             if path.is_file():
                 try:
@@ -61,12 +62,6 @@ def checkpoint_configs(source: Source, variant: str) -> dict[str, dict[str, Any]
     if isinstance(recorded, dict) and recorded.get("unet"):
         return {k: dict(v) for k, v in recorded.items()}
     return variant_configs(variant)
-
-
-def _files() -> dict[str, str]:
-    from families.sd.configs import FILES
-
-    return FILES
 
 
 def resolve_dtype(options: LoadOptions) -> torch.dtype:
@@ -106,6 +101,8 @@ def load_components(
         net.eval().requires_grad_(False)
     scheduler = dict(configs.get("scheduler") or variant_configs(variant)["scheduler"])
     chosen = prediction if prediction != "auto" else options.prediction
+    if chosen == "auto" and source.model_index is None:
+        chosen = detect_prediction(source) or "auto"
     if chosen != "auto":
         if chosen not in PREDICTIONS:
             raise CheckpointError(f"{source.name}: prediction {chosen!r} is not one of auto, eps, v")
@@ -202,6 +199,10 @@ def _from_folder(
 
 def _guarded(source: Source, what: str, build: Any) -> nn.Module:
     """Run one library loader; any failure, or weights left unloaded, is a CheckpointError naming the file."""
+    # diffusers' loaders cast with their own .to(dtype), which warns about an empty list of fp32 modules
+    noisy = logging.getLogger("diffusers.models.modeling_utils")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
     try:
         net: nn.Module = build()
     except CheckpointError:
@@ -210,10 +211,13 @@ def _guarded(source: Source, what: str, build: Any) -> nn.Module:
         raise CheckpointError(
             f"{source.name}: could not load its {what}: {type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        noisy.setLevel(level)
     missing = [n for n, p in [*net.named_parameters(), *net.named_buffers()] if p.device.type == "meta"]
     if missing:
         shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
         raise CheckpointError(
-            f"{source.name}: its {what} is incomplete: {len(missing)} tensors have no weights in the file ({shown})"
+            f"{source.name}: its {what} is incomplete: the file has no weights for {len(missing)} "
+            f"tensors ({shown})"
         )
     return net

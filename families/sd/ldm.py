@@ -116,7 +116,8 @@ def _vae_key(key: str, levels: int) -> tuple[str, bool]:
     part, _, rest = key.partition(".")
     if part in ("quant_conv", "post_quant_conv"):
         return key, False
-    rest = rest.replace("conv_norm_out.", "norm_out.", 1) if rest.startswith("conv_norm_out.") else rest
+    if rest.startswith("conv_norm_out."):
+        rest = "norm_out." + rest.removeprefix("conv_norm_out.")
     if m := re.match(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", rest):
         level = int(m[2]) if m[1] == "down" else levels - 1 - int(m[2])
         inner = m[4].replace("conv_shortcut.", "nin_shortcut.")
@@ -163,7 +164,7 @@ _OPEN_CLIP_LAYER = {
 
 
 def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """A transformers ``CLIPTextModel[WithProjection]`` state dict as OpenCLIP's text tower under ``prefix``."""
+    """A transformers ``CLIPTextModel[WithProjection]`` state dict as OpenCLIP's text tower at ``prefix``."""
     state = {key.removeprefix("text_model."): value for key, value in state.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from families.sd.configs import variant_configs, write_config_folder
-from families.sd.files import ENCODERS, META_CONFIGS, META_VARIANT
+from families.sd.detect import META_VARIANT
+from families.sd.files import ENCODERS, META_CONFIGS
 from families.sd.ldm import to_single_file
 from families.sd.tokenizer import clip_tokenizer
 

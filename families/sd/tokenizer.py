@@ -55,7 +55,7 @@ def _byte_chars() -> list[str]:
 @cache
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     lines = gzip.decompress(VOCAB_FILE.read_bytes()).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # 48,894 pairs
     byte_chars = _byte_chars()
     tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m) for m in merges), BOS, EOS]
     return {t: i for i, t in enumerate(tokens)}, [(a, b) for a, b in merges]
@@ -72,7 +72,7 @@ def clip_tokenizer(pad_token: str) -> Any:
         raise ValueError(f"pad token {pad_token!r} is not in the CLIP vocabulary")
     tok = CLIPTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]  # pairs, as tokenizers' BPE takes them
         pad_token=EOS,
         bos_token=BOS,
         eos_token=EOS,
