@@ -102,9 +102,11 @@ class Autoguidance(Node):
     """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself"):
     ``out = D_weak + w·(D_model − D_weak)``, both under the same condition.
 
-    ``weak_model`` is a smaller or less-trained version of ``model`` that reads the same conditions.
-    The two networks run one forward each per step. Name the schedule on the Sampler
-    (``schedule_model``): with two models it is never guessed.
+    ``weak_model`` is a smaller or less-trained version of ``model``. When it has its own text encoder
+    (each shapes UNet has one), connect ``weak_condition``, the same prompt through the weak model's
+    encoder; a condition is never fed to a model of another encoder. The two networks run one forward
+    each per step. Name the schedule on the Sampler (``schedule_model``): with two models it is never
+    guessed.
     """
 
     category = CATEGORY
@@ -113,16 +115,23 @@ class Autoguidance(Node):
         Socket(name="weak_model", type="MODEL"),
         Socket(name="condition", type="CONDITIONING"),
         Float(name="scale", default=2.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+        Socket(name="weak_condition", type="CONDITIONING", optional=True),
     )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(
-        ctx: Context, model: Denoiser, weak_model: Denoiser, condition: Conditioning, scale: float
+        ctx: Context,
+        model: Denoiser,
+        weak_model: Denoiser,
+        condition: Conditioning,
+        scale: float,
+        weak_condition: Conditioning | None = None,
     ) -> tuple[Guidance]:
         if weak_model is model:
             raise ValueError("weak_model is the same model as model: autoguidance needs a weaker one")
-        return (combine(Prediction(weak_model, condition), [(Prediction(model, condition), scale)]),)
+        weak = Prediction(weak_model, condition if weak_condition is None else weak_condition)
+        return (combine(weak, [(Prediction(model, condition), scale)]),)
 
 
 def perturbed_term(

@@ -13,7 +13,7 @@ from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, cfg, combine, window
 from nodes.diffusion.rules import Rescale, Threshold
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
 CATEGORY = "guidegraph/guidance"
 GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
@@ -163,12 +163,17 @@ class ClipLoss(Node):
     denoiser), which costs no backward pass through the model. ``cutouts`` random crops (0: the whole image),
     ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of g and
     ``shift_clamp`` the per-sample RMS of the x̂0 shift s·σ²·g (0: off).
+
+    Latent models (Stable Diffusion) connect their ``vae``: x̂0 is decoded to pixels before the CLIP
+    sees it, and the gradient flows back through the decoder ("CLIP-guided Stable Diffusion"). The
+    decoder runs under activation checkpointing (its activations are recomputed in the backward pass
+    rather than kept), and ``decode_scale`` < 1 decodes a downsampled x̂0 to cut the cost further.
     """
 
     category = CATEGORY
     inputs = (
         Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="clip", type="CLIP"),
+        Socket(name="clip", type="CLIP_MODEL"),
         String(name="prompt", default="a red circle", multiline=True),
         Float(name="scale", default=300.0, min=-1e6, max=1e6, step=1.0),
         Int(name="cutouts", default=0, min=0, max=64),
@@ -182,6 +187,8 @@ class ClipLoss(Node):
             placeholder="other prompts, one per line (empty: spherical distance to the prompt)",
         ),
         Float(name="shift_clamp", default=1.0, min=0.0, max=1e6, step=0.01),
+        Socket(name="vae", type="VAE", optional=True),
+        Float(name="decode_scale", default=1.0, min=0.125, max=1.0, step=0.125, optional=True),
     )
     outputs = GUIDANCE_OUT
 
@@ -198,6 +205,8 @@ class ClipLoss(Node):
         grad_clamp: float,
         contrast: str,
         shift_clamp: float,
+        vae: VAE | None = None,
+        decode_scale: float = 1.0,
     ) -> tuple[Guidance]:
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
@@ -214,6 +223,8 @@ class ClipLoss(Node):
             contrast=others,
             logit_scale=clip_logit_scale(clip),
             shift_clamp=shift_clamp,
+            vae=vae if vae is not None and vae.downscale > 1 else None,
+            decode_scale=decode_scale,
         )
         return (rule,)
 

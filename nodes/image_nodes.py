@@ -19,33 +19,48 @@ from PIL.PngImagePlugin import PngInfo
 
 from graph_runtime.api import Combo, Context, FolderFiles, Int, Node, Output, Result, Socket, String
 from graph_runtime.folders import resolve_file
-from nodes.diffusion.types import Latent
+from nodes.diffusion.types import VAE, Latent
 
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class Decode(Node):
-    """LATENT → IMAGE: x̂0 (B, C, H, W) in [-1, 1] → (B, H, W, C) in [0, 1] (pixel-space models)."""
+    """LATENT → IMAGE through the VAE: latents → pixels in [-1, 1] → (B, H, W, C) in [0, 1].
+
+    ``tile_size`` > 0 decodes in overlapping tiles of that many pixels (blended at the seams), which
+    bounds the memory of large images; 0 decodes in one piece.
+    """
 
     category = "guidegraph/image"
-    inputs = (Socket(name="latent", type="LATENT"),)
+    inputs = (
+        Socket(name="latent", type="LATENT"),
+        Socket(name="vae", type="VAE"),
+        Int(name="tile_size", default=0, min=0, max=4096, step=64, optional=True),
+    )
     outputs = (Output("IMAGE", "IMAGE"),)
 
     @staticmethod
-    def run(ctx: Context, latent: Latent) -> tuple[torch.Tensor]:
-        return (((latent.samples.float().cpu() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous(),)
+    def run(ctx: Context, latent: Latent, vae: VAE, tile_size: int = 0) -> tuple[torch.Tensor]:
+        from nodes.diffusion.vae import decode_latents
+
+        pixels = decode_latents(vae, latent.samples, ctx.device, tile_size)  # (B, 3, H, W) in [-1, 1]
+        return (((pixels.float().cpu() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous(),)
 
 
 class Encode(Node):
-    """IMAGE → LATENT: (B, H, W, C) in [0, 1] → (B, C, H, W) in [-1, 1], for img2img and inpainting."""
+    """IMAGE → LATENT through the VAE: (B, H, W, C) in [0, 1] → pixels in [-1, 1] → latents, for
+    img2img and inpainting. Width and height must be multiples of the VAE's downscale factor."""
 
     category = "guidegraph/image"
-    inputs = (Socket(name="image", type="IMAGE"),)
+    inputs = (Socket(name="image", type="IMAGE"), Socket(name="vae", type="VAE"))
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
-    def run(ctx: Context, image: torch.Tensor) -> tuple[Latent]:
-        return (Latent(image.float().permute(0, 3, 1, 2).contiguous() * 2 - 1),)
+    def run(ctx: Context, image: torch.Tensor, vae: VAE) -> tuple[Latent]:
+        from nodes.diffusion.vae import encode_pixels
+
+        pixels = image[..., :3].float().permute(0, 3, 1, 2).contiguous() * 2 - 1  # (B, 3, H, W)
+        return (Latent(encode_pixels(vae, pixels, ctx.device).float().cpu()),)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -105,20 +105,29 @@ def schedule_source(guidance: Guidance, schedule_model: Denoiser | None) -> Deno
 
 
 class EmptyLatent(Node):
-    """A batch of empty latents (zeros) to sample from; our models work in pixel space (3 channels)."""
+    """A batch of empty latents (zeros) for ``model``: width and height in pixels (multiples of 8);
+    the latents have the model's channels at its downscale (SD: 4 channels at 1/8, shapes: pixels)."""
 
     category = "guidegraph/latent"
     inputs = (
-        Int(name="width", default=32, min=8, max=4096, step=8),
-        Int(name="height", default=32, min=8, max=4096, step=8),
+        Socket(name="model", type="MODEL"),
+        Int(name="width", default=512, min=8, max=16384, step=8),
+        Int(name="height", default=512, min=8, max=16384, step=8),
         Int(name="batch_size", default=1, min=1, max=4096),
-        Int(name="channels", default=3, min=1, max=64),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
-    def run(ctx: Context, width: int, height: int, batch_size: int, channels: int) -> tuple[Latent]:
-        return (Latent(torch.zeros(batch_size, channels, height, width)),)
+    def run(ctx: Context, model: Denoiser, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        f = model.downscale
+        problems = [
+            f"{n} {v} is not a multiple of {max(f, 8)}"
+            for n, v in (("width", width), ("height", height))
+            if v % max(f, 8)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (model {model.name!r} works at 1/{f} of the pixels)")
+        return (Latent(torch.zeros(batch_size, model.latent_channels, height // f, width // f)),)
 
 
 class SetNoiseMask(Node):

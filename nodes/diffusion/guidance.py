@@ -23,7 +23,7 @@ import torch
 
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.perturbation import Perturbation, perturbed, row_plan
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.types import Conditioning, batch_conditions
 
 
 @dataclass
@@ -89,11 +89,24 @@ class Guidance:
 @dataclass(frozen=True)
 class Prediction(Guidance):
     """A leaf: the x0 prediction of ``model`` under ``condition``, optionally with its forward perturbed
-    (PAG, SEG, skip-layer: the perturbation applies to this leaf's slice of the batched forward only)."""
+    (PAG, SEG, skip-layer: the perturbation applies to this leaf's slice of the batched forward only).
+    A condition from another text encoder than the model's is refused (:func:`check_encoder`)."""
 
     model: Denoiser
     condition: Conditioning
     perturbation: Perturbation | None = None
+
+    def __post_init__(self) -> None:
+        check_encoder(self.model, self.condition)
+
+
+def check_encoder(model: Denoiser, condition: Conditioning) -> None:
+    """Refuse a condition made by another text encoder than the model's (when both say which)."""
+    if model.encoder and condition.encoder and model.encoder != condition.encoder:
+        raise ValueError(
+            f"condition {condition.meaning} was encoded by {condition.encoder!r}, but model "
+            f"{model.name!r} reads conditions of {model.encoder!r}; encode it with that model's text encoder"
+        )
 
 
 @dataclass(frozen=True)
@@ -269,11 +282,7 @@ class CompiledGuidance:
         self.sigmas = None if sigmas is None else sigmas.detach().to("cpu", torch.float64)
         self.windows = [n for n in self.nodes if isinstance(n, Window)]
         self.bounds = [w.sigma_bounds(self.sigmas) for w in self.windows]
-        self.embeddings = {
-            i: n.condition.embedding.to(device, dtype)
-            for i, n in enumerate(self.nodes)
-            if isinstance(n, Prediction)
-        }
+        self.conditions = {i: n.condition for i, n in enumerate(self.nodes) if isinstance(n, Prediction)}
         self.states = {i: n.new_state() for i, n in enumerate(self.nodes)}
         self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
         self.plans: dict[tuple[bool, ...], _Plan] = {}
@@ -355,15 +364,16 @@ class CompiledGuidance:
         b, k = x.shape[0], len(leaf_ids)
         xs = x.repeat(k, *([1] * (x.ndim - 1)))  # (k·B, C, H, W)
         sigmas = sigma.repeat(k)  # (k·B,)
-        conds = torch.cat([self.embeddings[i].expand(b, -1) for i in leaf_ids])  # (k·B, D)
+        conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
         perturbations = [_leaf(self.nodes[i]).perturbation for i in leaf_ids]
         rows = xs.shape[0]
         chunk = self.max_batch if 0 < self.max_batch < rows else rows
         outs = []
         for start in range(0, rows, chunk):
-            end = min(start + chunk, rows)
-            with perturbed(model.network, row_plan(perturbations, b, start, end)):
-                outs.append(model(xs[start:end], sigmas[start:end], conds[start:end]))
+            part = slice(start, min(start + chunk, rows))
+            cond = {k: v[part] for k, v in conds.items()} if isinstance(conds, dict) else conds[part]
+            with perturbed(model.network, row_plan(perturbations, b, part.start, part.stop)):
+                outs.append(model(xs[part], sigmas[part], cond))
             self.stats.model_calls += 1
             self.stats.per_model[model.name] = self.stats.per_model.get(model.name, 0) + 1
         self.stats.rows += rows

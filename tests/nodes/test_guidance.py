@@ -33,8 +33,8 @@ def run(program, x: torch.Tensor, sigma: float, seeds=None) -> tuple[torch.Tenso
 
 def clip_term(inner: Guidance, clip: Clip, text: Conditioning, scale: float, **options) -> ClipGradient:
     """A CLIP term with every option off unless given: whole image, detached x̂0, no clamps."""
-    plain = {"cutouts": 0, "augment": False, "through_denoiser": False, "grad_clamp": 0.0}
-    plain |= {"contrast": (), "logit_scale": 100.0, "shift_clamp": 0.0}
+    plain = {"cutouts": 0, "augment": False, "through_denoiser": False, "grad_clamp": 0.0, "vae": None}
+    plain |= {"contrast": (), "logit_scale": 100.0, "shift_clamp": 0.0, "decode_scale": 1.0}
     return ClipGradient(inner, clip, text, scale, **(plain | options))
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers.hooks.smoothed_energy_guidance_utils import _gaussian_blur_2d
 
+from families.shapes.family import ShapesText
 from families.shapes.networks import ShapesUNet
 from nodes.diffusion.conventions import Denoiser, vp_sigmas
 from nodes.diffusion.guidance import CompiledGuidance, Difference, Prediction, cfg
@@ -29,13 +30,12 @@ def unet() -> Denoiser:
     for param in net.parameters():  # residual branches start at zero; give them weight so they matter
         if param.ndim > 1 and not param.any():
             torch.nn.init.normal_(param, std=0.2)
-    return Denoiser(net.eval(), "eps", vp_sigmas("linear", 1000), name="tiny")
+    return Denoiser(net.eval(), "eps", vp_sigmas("linear", 1000), name="tiny", encoder="tiny")
 
 
 def conditions(model: Denoiser) -> tuple[Conditioning, Conditioning]:
-    with torch.no_grad():
-        emb = model.encode_prompts(["a red circle", ""])
-    return Conditioning.of(emb[0], "red circle"), Conditioning.of(emb[1], "null")
+    text = ShapesText(model.network, model.name)
+    return text.encode_text("a red circle"), text.encode_text("")
 
 
 def evaluate(program, x: torch.Tensor, max_batch: int = 0) -> tuple[torch.Tensor, CompiledGuidance]:
@@ -53,10 +53,10 @@ def test_pag_plus_cfg_is_one_forward_and_perturbs_only_its_slice(unet: Denoiser,
     out, compiled = evaluate(Difference(cfg(c, u, 5.0), c, perturbed, 3.0), x)
     assert compiled.stats.model_calls == 1 and compiled.stats.rows == 6  # [c, u, c̃] in one forward
     dc, du, dp = (evaluate(leaf, x)[0] for leaf in (c, u, perturbed))  # each alone
-    assert torch.allclose(out, du + 5.0 * (dc - du) + 3.0 * (dc - dp), atol=1e-4)
+    assert torch.allclose(out, du + 5.0 * (dc - du) + 3.0 * (dc - dp), atol=5e-4)  # |values| ≈ 5, weights 9
     assert (dc - dp).abs().max() > 1e-3  # the perturbation changes the prediction
     split, _ = evaluate(Difference(cfg(c, u, 5.0), c, perturbed, 3.0), x, max_batch=3)
-    assert torch.allclose(split, out, atol=1e-4)  # chunk boundaries cut through the slices
+    assert torch.allclose(split, out, atol=5e-4)  # chunk boundaries cut through the slices
 
 
 def test_identity_attention_returns_the_values() -> None:
@@ -85,3 +85,10 @@ def test_unknown_layers_fail_listing_the_choices(unet: Denoiser) -> None:
         check_layers(unet.network, ("middle",), "tiny")
     with pytest.raises(ValueError, match="unknown perturbation"):
         Perturbation("dropout", ("mid",))
+
+
+def test_a_condition_from_another_encoder_is_refused(unet: Denoiser) -> None:
+    other = ShapesText(unet.network, "other.safetensors").encode_text("a red circle")
+    with pytest.raises(ValueError, match=r"encoded by 'other\.safetensors'.*reads conditions of 'tiny'"):
+        Prediction(unet, other)
+    assert Prediction(unet, conditions(unet)[0]).model is unet

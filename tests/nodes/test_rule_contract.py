@@ -156,7 +156,7 @@ CASES: dict[str, Case] = {
     ),
     "ClipGradient": (
         lambda p, neutral: gradients.ClipGradient(
-            p[0], CLIP, TEXT, 0.0 if neutral else 50.0, 0, False, False, 0.0, (), 100.0, 0.0
+            p[0], CLIP, TEXT, 0.0 if neutral else 50.0, 0, False, False, 0.0, (), 100.0, 0.0, None, 1.0
         ),
         None,
     ),
