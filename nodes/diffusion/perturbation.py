@@ -5,8 +5,9 @@ batch only, so the plain and the perturbed predictions of one model still share 
 (as diffusers' PAG pipelines batch ``[uncond, cond, cond_perturbed]`` with an attention processor
 that perturbs the last chunk).
 
-Families opt in per self-attention module: a module with ``perturbable = True`` and a
-``perturbations`` list applies, in its forward, for each ``(p, rows)`` in the list
+Families opt in per self-attention layer: a module (or a diffusers attention processor) with
+``perturbable = True`` and a ``perturbations`` list applies, in its forward, for each ``(p, rows)``
+in the list
 ``y[rows] = p.attend(q[rows], k[rows], v[rows], (H, W))`` to its attention output, and when
 ``attend`` returns None it returns its input unchanged on those rows (the layer is skipped).
 :func:`perturbed` fills those lists for one forward and empties them afterwards.
@@ -18,6 +19,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,14 +88,27 @@ def blur_queries(q: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.
     return blurred.reshape(b, heads, d, n).permute(0, 1, 3, 2)  # (B, heads, H·W, d)
 
 
-def perturbable_layers(network: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The network's perturbable self-attention modules by name."""
-    return {name: m for name, m in network.named_modules() if getattr(m, "perturbable", False)}
+def perturbable_layers(network: torch.nn.Module) -> dict[str, Any]:
+    """The network's perturbable self-attention layers by module name: modules that are perturbable
+    themselves, or whose attention ``processor`` is (diffusers' Attention modules)."""
+    found: dict[str, Any] = {}
+    for name, module in network.named_modules():
+        for layer in (module, getattr(module, "processor", None)):
+            if getattr(layer, "perturbable", False):
+                found[name] = layer
+    return found
 
 
 def matching_layers(names: list[str], patterns: tuple[str, ...]) -> list[str]:
-    """Layer names equal to a pattern or inside a module it names ("mid" matches "mid.attn")."""
-    return [n for n in names if any(n == p or n.startswith(p + ".") for p in patterns)]
+    """Layer names with a pattern at a module boundary: "mid" matches "mid.attn" (shapes UNet) and
+    "unet.mid_block.attentions.0.transformer_blocks.0.attn1" (diffusers UNet); "up.1" matches
+    "up.1.attn" but not "up.10.attn"."""
+
+    def matches(name: str, pattern: str) -> bool:
+        tails = [name[i + 1 :] for i, ch in enumerate(name) if ch == "."]
+        return any(t == pattern or t.startswith((pattern + ".", pattern + "_")) for t in (name, *tails))
+
+    return [n for n in names if any(matches(n, p) for p in patterns)]
 
 
 def check_layers(network: torch.nn.Module, patterns: tuple[str, ...], model_name: str = "") -> None:
@@ -127,7 +142,7 @@ def perturbed(network: torch.nn.Module, plan: list[tuple[Perturbation, slice]]) 
         yield
         return
     layers = perturbable_layers(network)
-    touched: list[torch.nn.Module] = []
+    touched: list[Any] = []
     try:
         for p, rows in plan:
             names = matching_layers(list(layers), p.layers)
@@ -142,6 +157,11 @@ def perturbed(network: torch.nn.Module, plan: list[tuple[Perturbation, slice]]) 
             _slots(module).clear()
 
 
-def _slots(module: torch.nn.Module) -> list[tuple[Perturbation, slice]]:
-    slots: list[tuple[Perturbation, slice]] = module.__dict__["perturbations"]
+def _slots(layer: Any) -> list[tuple[Perturbation, slice]]:
+    slots: list[tuple[Perturbation, slice]] = layer.perturbations
     return slots
+
+
+def splice(base: torch.Tensor, rows: slice, replacement: torch.Tensor) -> torch.Tensor:
+    """``base`` with rows ``rows`` replaced, out of place (autograd-safe)."""
+    return torch.cat([base[: rows.start], replacement, base[rows.stop :]])

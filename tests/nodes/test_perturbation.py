@@ -11,7 +11,13 @@ from families.shapes.family import ShapesText
 from families.shapes.networks import ShapesUNet
 from nodes.diffusion.conventions import Denoiser, vp_sigmas
 from nodes.diffusion.guidance import CompiledGuidance, Difference, Prediction, cfg
-from nodes.diffusion.perturbation import INFINITE_BLUR, Perturbation, blur_queries, check_layers
+from nodes.diffusion.perturbation import (
+    INFINITE_BLUR,
+    Perturbation,
+    blur_queries,
+    check_layers,
+    matching_layers,
+)
 from nodes.diffusion.types import Conditioning
 
 CPU = torch.device("cpu")
@@ -78,6 +84,12 @@ def test_seg_query_blur_matches_diffusers(sigma: float) -> None:
     theirs = theirs.permute(0, 2, 1).reshape(2, 3, 4, 64).permute(0, 1, 3, 2)
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert torch.allclose(blur_queries(q, (8, 8), INFINITE_BLUR), q.mean(dim=2, keepdim=True).expand_as(q))
+
+
+def test_layer_patterns_match_at_module_boundaries() -> None:
+    names = ["mid.attn", "up.1.attn", "up.10.attn", "unet.mid_block.attentions.0.attn1", "unet.midway.attn1"]
+    assert matching_layers(names, ("mid",)) == ["mid.attn", "unet.mid_block.attentions.0.attn1"]
+    assert matching_layers(names, ("up.1",)) == ["up.1.attn"]
 
 
 def test_unknown_layers_fail_listing_the_choices(unet: Denoiser) -> None:

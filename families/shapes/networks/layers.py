@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from families.shapes.data.shapes import prompt_words
+from nodes.diffusion.perturbation import splice
 
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -77,16 +78,11 @@ class Attention(nn.Module):
             if changed is None:
                 skipped.append(rows)
             else:
-                y = _splice(y, rows, changed)
+                y = splice(y, rows, changed)
         out = x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
         for rows in skipped:
-            out = _splice(out, rows, x[rows])
+            out = splice(out, rows, x[rows])
         return out
-
-
-def _splice(base: torch.Tensor, rows: slice, replacement: torch.Tensor) -> torch.Tensor:
-    """``base`` with rows ``rows`` replaced, out of place (autograd-safe)."""
-    return torch.cat([base[: rows.start], replacement, base[rows.stop :]])
 
 
 class BagOfWords(nn.Module):
