@@ -67,7 +67,8 @@ class CFGZeroStar(Node):
     Models"): ``α = ⟨P_c, P_u⟩/‖P_u‖²`` per sample, ``out = α·P_u + w·(P_c − α·P_u)``, and the first
     ``zero_steps`` steps of the run do not move the sample (zero velocity: D = x).
 
-    Space eps by default (in σ-space ε is the ODE velocity, the paper's flow velocity).
+    Space eps by default (in σ-space ε is the ODE velocity, the paper's flow velocity). Zero-init
+    needs a single-step sampler (euler, heun, ddim, …); multistep ones are refused.
     """
 
     category = CATEGORY

@@ -78,6 +78,10 @@ class Guidance:
         """What stands in for this rule outside a guidance window (the rule with its effect removed)."""
         return self
 
+    def needs_single_step_sampler(self) -> bool:
+        """True when a multistep sampler's history would carry the rule's output wrongly (zero-init)."""
+        return False
+
     def new_state(self) -> Any:
         """Per-run memory of a rule that needs it across steps (APG momentum); None when stateless."""
         return None

@@ -158,8 +158,10 @@ class ZeroStar(Guidance):
 
     Space eps by default: in σ-space ε = (x − D)/σ is the probability-flow velocity dx/dσ, the
     counterpart of the paper's flow velocity (diffusers' guider also works on the raw output, ε for
-    ε-models, and zero-inits it the same way). ComfyUI's CFGZeroStar scales the unconditional x0
-    instead and has no zero-init (guidance-methods.md §1F.2). Neutral: w = 1, no zero steps.
+    ε-models, and zero-inits it the same way). Zero-init needs a single-step sampler: a multistep one
+    (lms, dpmpp_2m, dpmpp_2m_sde) would extrapolate from D = x. ComfyUI's CFGZeroStar scales the
+    unconditional x0 instead and has no zero-init (guidance-methods.md §1F.2). Neutral: w = 1, no
+    zero steps.
     """
 
     cond: Guidance
@@ -176,6 +178,10 @@ class ZeroStar(Guidance):
 
     def passthrough(self) -> Guidance:
         return self.cond
+
+    def needs_single_step_sampler(self) -> bool:
+        """Zero-init answers D = x, which a multistep sampler would keep as an x0 history point."""
+        return self.zero_steps > 0
 
     def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
         if self.zero_steps > 0:

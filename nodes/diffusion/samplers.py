@@ -377,3 +377,4 @@ SAMPLERS: dict[str, Sampler] = {
 }
 STOCHASTIC: frozenset[str] = frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
 RENOISING: frozenset[str] = frozenset({"euler", "euler_ancestral", "ddim"})  # samplers that run CFG++
+MULTISTEP: frozenset[str] = frozenset({"lms", "dpmpp_2m", "dpmpp_2m_sde"})  # reuse past x̂0 or d

@@ -11,7 +11,7 @@ import torch
 
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
-from nodes.diffusion.samplers import RENOISING, SAMPLERS, Callback, PerSampleNoise
+from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise
 
 
 def leaf_models(root: Guidance) -> list[Denoiser]:
@@ -58,6 +58,11 @@ def guided_sample(
     compiled = CompiledGuidance(
         program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch, sigmas=sigmas
     )
+    if sampler_name in MULTISTEP and any(n.needs_single_step_sampler() for n in compiled.nodes):
+        raise ValueError(
+            f"the guidance holds CFG-Zero*'s zero-init, which multistep sampler {sampler_name!r} would "
+            f"extrapolate from; choose a single-step sampler ({sorted(set(SAMPLERS) - MULTISTEP)})"
+        )
     renoising = any(n.renoise_input is not None for n in compiled.nodes)
     if renoising and sampler_name not in RENOISING:
         raise ValueError(

@@ -219,6 +219,10 @@ def test_cfg_zero_star_zero_init_holds_the_sample_still_for_its_steps(gaussian, 
         callback=lambda i, x, s, d: seen.append(torch.equal(x, d)),
     )
     assert seen == [True, True, False]
+    with pytest.raises(ValueError, match="multistep sampler 'dpmpp_2m'"):
+        guided_sample(
+            ZeroStar(c, u, 4.0, 2, "eps"), torch.zeros(1, 3, 8, 8), [2], sigmas, "dpmpp_2m", device=CPU
+        )
 
 
 def test_eps_space_rules_round_trip_through_x0() -> None:
