@@ -67,7 +67,9 @@ def blur_queries(q: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.
     """Gaussian blur of queries (B, heads, H·W, d) over the (H, W) grid, reflect-padded.
 
     Kernel side: the odd number ⌈6σ⌉ or ⌈6σ⌉ + 1, capped by the grid (diffusers' SEG sizing);
-    σ ≥ :data:`INFINITE_BLUR` gives the mean query.
+    σ ≥ :data:`INFINITE_BLUR` gives the mean query (the paper's σ → ∞). diffusers 0.42's
+    ``_gaussian_blur_2d`` has the two branches swapped: it takes the mean below its "infinite"
+    threshold and blurs above it; its blur itself equals this one (tested).
     """
     b, heads, n, d = q.shape
     h, w = size

@@ -29,6 +29,16 @@ NAMES = (
     "cfg_window",
     "scale_sweep",
     "showcase",
+    "apg",
+    "cfg_zero_star",
+    "cfg_pp",
+    "cfg_rescale",
+    "cfg_interval",
+    "cfg_schedule",
+    "pag",
+    "seg",
+    "perp_neg",
+    "tcfg",
 )
 
 
