@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from families.sd.configs import variant_configs, write_config_folder
-from families.sd.detect import META_VARIANT
-from families.sd.files import ENCODERS, META_CONFIGS
+from families.sd.detect import META_FOLDER_VARIANT, META_VARIANT
+from families.sd.files import ENCODERS, META_CONFIGS, quiet_diffusers
 from families.sd.ldm import to_single_file
 from families.sd.tokenizer import clip_tokenizer
 
@@ -113,13 +113,15 @@ def write_diffusers_folder(
 ) -> Path:
     """A diffusers pipeline folder (configs, safetensors weights, tokenizers) that diffusers loads too."""
     write_config_folder({k: dict(v) for k, v in configs.items()}, path)
-    unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)  # type: ignore[operator]
-    vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)  # type: ignore[operator]
+    with quiet_diffusers():
+        unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)  # type: ignore[operator]
+        vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)  # type: ignore[operator]
     for component, encoder in encoders.items():
         encoder.to(dtype).save_pretrained(path / component)  # type: ignore[operator]
     for component, _, pad in ENCODERS[variant]:
         clip_tokenizer(pad).save_pretrained(path / component.replace("text_encoder", "tokenizer"))
-    (path / "model_index.json").write_text(json.dumps(configs["model_index"], indent=2) + "\n")
+    index = {**configs["model_index"], META_FOLDER_VARIANT: variant}  # diffusers ignores "_" keys
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path
 
 
