@@ -27,32 +27,36 @@ from families.sd.tokenizer import clip_tokenizer
 FORMATS = ("single", "diffusers")
 
 
+def networks(
+    variant: str, configs: Mapping[str, Mapping[str, Any]]
+) -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
+    """(unet, vae, text encoders by component) of ``configs``, built on the current default device
+    (under ``torch.device("meta")``: full-size shapes without memory)."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(dict(configs["unet"]))
+    vae = AutoencoderKL.from_config(dict(configs["vae"]))
+    encoders = {
+        component: getattr(transformers, name)(
+            transformers.CLIPTextConfig(**_clip_fields(configs[component]))
+        )
+        for component, name, _ in ENCODERS[variant]
+    }
+    return unet, vae, encoders
+
+
 def build_networks(
     variant: str, size: str, seed: int
 ) -> tuple[dict[str, dict[str, Any]], nn.Module, nn.Module, dict[str, nn.Module]]:
     """(configs, unet, vae, text encoders by component) with random weights, float32 on the CPU."""
-    import transformers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     configs = variant_configs(variant, size)
-
-    def build() -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
-        unet = UNet2DConditionModel.from_config(configs["unet"])
-        vae = AutoencoderKL.from_config(configs["vae"])
-        encoders = {
-            component: getattr(transformers, name)(
-                transformers.CLIPTextConfig(**_clip_fields(configs[component]))
-            )
-            for component, name, _ in ENCODERS[variant]
-        }
-        return unet, vae, encoders
-
     if size == "tiny":
         torch.manual_seed(seed)
-        unet, vae, encoders = build()
+        unet, vae, encoders = networks(variant, configs)
     else:
         with torch.device("meta"):
-            unet, vae, encoders = build()
+            unet, vae, encoders = networks(variant, configs)
         generator = torch.Generator().manual_seed(seed)
         for net in (unet, vae, *encoders.values()):
             _fill(net, generator)
