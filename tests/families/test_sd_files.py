@@ -185,10 +185,10 @@ def test_a_vae_that_does_not_match_is_refused_by_name(
     state = dict(vae.state_dict())
     state["decoder.conv_in.weight"] = torch.zeros(64, 16, 3, 3)
     save_file(state, tmp_path / "flux_like.safetensors")
-    with pytest.raises(CheckpointError, match="flux_like.safetensors: this VAE has 16 latent channels"):
+    with pytest.raises(CheckpointError, match=r"flux_like.safetensors: this VAE has 16 latent channels"):
         load_vae(tmp_path / "flux_like.safetensors", LoadOptions(), configs["vae"])
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4)}, tmp_path / "unet.safetensors")
-    with pytest.raises(CheckpointError, match="unet.safetensors: not a VAE"):
+    with pytest.raises(CheckpointError, match=r"unet.safetensors: not a VAE"):
         load_vae(tmp_path / "unet.safetensors", LoadOptions())
 
 
@@ -201,25 +201,25 @@ def test_bad_files_give_clear_errors_naming_the_file(
 ) -> None:
     good = tiny["sd1"][0].read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="cut.safetensors: truncated"):
+    with pytest.raises(CheckpointError, match=r"cut.safetensors: truncated"):
         load_components(Source.open(tmp_path / "cut.safetensors"), "sd1", LoadOptions())
     (tmp_path / "noise.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(UnsafeModelFileError, match="noise.safetensors: not a safetensors file"):
+    with pytest.raises(UnsafeModelFileError, match=r"noise.safetensors: not a safetensors file"):
         Source.open(tmp_path / "noise.safetensors")
     torch.save({"state_dict": {}}, tmp_path / "model.ckpt")
-    with pytest.raises(UnsafeModelFileError, match="model.ckpt.*convert-checkpoint"):
+    with pytest.raises(UnsafeModelFileError, match=r"model.ckpt.*convert-checkpoint"):
         load_vae(tmp_path / "model.ckpt", LoadOptions())
     state = load_file(tiny["sd1"][0])
     del state["model.diffusion_model.out.2.weight"]
     save_file(state, tmp_path / "holey.safetensors")
-    with pytest.raises(CheckpointError, match="holey.safetensors: .*UNet"):
+    with pytest.raises(CheckpointError, match=r"holey.safetensors: .*UNet"):
         load_components(Source.open(tmp_path / "holey.safetensors"), "sd1", LoadOptions())
 
 
 def test_a_file_of_another_variant_is_an_error_not_a_crash(
     tiny: dict[str, tuple[Path, tuple]],  # type: ignore[type-arg]
 ) -> None:
-    with pytest.raises(CheckpointError, match="sd1.safetensors: "):
+    with pytest.raises(CheckpointError, match=r"sd1.safetensors: "):
         load_components(
             Source.open(tiny["sd1"][0]), "sdxl", LoadOptions(), configs=variant_configs("sdxl", "tiny")
         )

@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from families.sd.tokenizer import CHUNK, CONTEXT, clip_tokenizer, encode, token_chunks
+from families.sd.tokenizer import CONTEXT, clip_tokenizer, encode, token_chunks
 
 PROMPTS = [
     "a photograph of an astronaut riding a horse",
