@@ -174,10 +174,13 @@ class SDVAE:
 
 def checkpoint_from_components(components: SDComponents, options: LoadOptions) -> Checkpoint:
     """Wrap loaded SD networks as MODEL, CLIP and VAE (moved to the options' device and dtype)."""
-    device = options.device or torch.device("cpu")
+    device = torch.device(options.device or "cpu")
     dtype = options.dtype or torch.float32
     for module in (components.unet, components.vae, *components.text_encoders):
-        module.to(device, dtype).eval().requires_grad_(False)
+        first = next(module.parameters())
+        if first.device != device or first.dtype != dtype:  # diffusers warns on every .to()
+            module.to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
     name = components.name
     vae = SDVAE(components.vae, name)
     config = dict(components.scheduler_config)
