@@ -186,3 +186,16 @@ class Family(Protocol):
     def load(self, source: Source, variant: str, options: LoadOptions) -> Checkpoint:
         """Build the networks of ``variant`` and load ``source``'s weights into them."""
         ...
+
+
+def hub_offline() -> None:
+    """Switch huggingface_hub, transformers and diffusers to offline mode: nothing may reach a hub.
+
+    Set before those libraries are imported (they read the variables at import time); loaders also
+    pass ``local_files_only=True`` everywhere.
+    """
+    import os
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+        os.environ[var] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -1,13 +1,15 @@
 """The explicit list of families, detection across them, and one cache of loaded checkpoints.
 
 Each file is loaded once per (path, modification time, options) and shared by every node and prompt
-that names it; :func:`release` drops them (the server's ``/free``).
+that names it, for as long as anything (the node cache, a running prompt) holds it: the table holds
+checkpoints weakly, so evicting them from the node cache or the server's ``/free`` releases the memory.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
+import weakref
 from pathlib import Path
 
 from families.base import Checkpoint, CheckpointError, Family, LoadOptions, Source
@@ -16,7 +18,7 @@ from families.base import Checkpoint, CheckpointError, Family, LoadOptions, Sour
 FAMILY_MODULES: tuple[str, ...] = ("families.shapes.family", "families.sd.family")
 
 _families: list[Family] = []
-_loaded: dict[tuple[object, ...], Checkpoint] = {}
+_loaded: weakref.WeakValueDictionary[tuple[object, ...], Checkpoint] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 
 
@@ -49,8 +51,9 @@ def load_checkpoint(
     stamp = path.stat().st_mtime_ns
     key = (str(path), stamp, str(options.device), str(options.dtype), options.prediction, variant)
     with _lock:
-        if key in _loaded:
-            return _loaded[key]
+        found_before = _loaded.get(key)
+        if found_before is not None:
+            return found_before
         source = Source.open(path)
         family, found = detect(source)
         if variant != "auto":
@@ -63,11 +66,3 @@ def load_checkpoint(
         checkpoint = family.load(source, found, options)
         _loaded[key] = checkpoint
         return checkpoint
-
-
-def release() -> int:
-    """Forget every loaded checkpoint (the memory goes once nothing else holds it); returns how many."""
-    with _lock:
-        count = len(_loaded)
-        _loaded.clear()
-        return count

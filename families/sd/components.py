@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 # Variants: what the networks are and how the UNet was trained.
 #   sd1           SD 1.x: CLIP ViT-L/14 (last layer), ε-prediction, 512 px
 #   sd2           SD 2.x base: OpenCLIP ViT-H/14 (penultimate layer), ε-prediction, 512 px
@@ -34,9 +32,9 @@ class SDComponents:
     """
 
     variant: str
-    unet: nn.Module
-    vae: nn.Module
-    text_encoders: list[nn.Module]
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
+    text_encoders: list[Any]  # transformers CLIPTextModel / CLIPTextModelWithProjection
     pad_tokens: list[str]
     scheduler_config: Mapping[str, Any]
     name: str = ""

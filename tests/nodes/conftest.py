@@ -132,7 +132,7 @@ def make_denoiser(net: nn.Module, parametrization: str = "eps", name: str = "fak
 
 
 def condition(model: Denoiser, prompt: str) -> Conditioning:
-    return Conditioning.of(model.encode_prompts([prompt])[0], f"prompt {prompt!r}")
+    return Conditioning.of(embed_prompt(prompt), f"prompt {prompt!r}")
 
 
 @pytest.fixture

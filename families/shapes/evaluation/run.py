@@ -12,6 +12,7 @@ import torch
 
 from families.shapes.data.shapes import CLASS_NAMES, caption_for
 from families.shapes.evaluation.metrics import accuracies, clip_score, within_class_diversity
+from families.shapes.family import ShapesText
 from families.shapes.networks.io import load_network
 from nodes.diffusion.conventions import Denoiser, denoiser_from_metadata
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
@@ -79,8 +80,9 @@ def program_for(models: Models, setting: Setting, label: int) -> Guidance:
     """The GUIDANCE program of one strategy at one scale for one requested class."""
     model = models.denoiser
     caption = caption_for(label)
-    null = Prediction(model, Conditioning.of(model.encode_prompts([""])[0], "null: empty prompt"))
-    cond = Prediction(model, Conditioning.of(model.encode_prompts([caption])[0], f'prompt "{caption}"'))
+    words = ShapesText(model.network, model.name)
+    null = Prediction(model, words.encode_text("").with_tensors("null: empty prompt"))
+    cond = Prediction(model, words.encode_text(caption))
     s = setting.scale
     if setting.strategy == "none":
         return null
