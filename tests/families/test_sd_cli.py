@@ -28,7 +28,8 @@ def test_make_checkpoint_writes_a_detectable_loadable_single_file(tmp_path: Path
 
 def test_make_checkpoint_folder_in_half_precision(tmp_path: Path) -> None:
     out = tmp_path / "sd2v"
-    assert main(["make-checkpoint", "sd2_v", "--format", "diffusers", "--dtype", "float16", "-o", str(out)]) == 0
+    args = ["make-checkpoint", "sd2_v", "--format", "diffusers", "--dtype", "float16", "-o", str(out)]
+    assert main(args) == 0
     assert detect_variant(Source.open(out)) == "sd2_v"
     got = load_components(Source.open(out), "sd2_v", LoadOptions(dtype=torch.float16))
     assert next(got.unet.parameters()).dtype == torch.float16

@@ -61,7 +61,8 @@ def test_sd2_epsilon_or_v_from_the_weight_statistic(spread: float, variant: str,
 def test_sd2_without_evidence_is_epsilon_and_modelspec_decides() -> None:
     shapes = full_shapes("sd2")
     assert detect_variant(header(shapes)) == "sd2"
-    assert detect_variant(header(shapes, **{"modelspec.architecture": "stable-diffusion-v2-768-v"})) == "sd2_v"
+    declared = {"modelspec.architecture": "stable-diffusion-v2-768-v"}
+    assert detect_variant(header(shapes, **declared)) == "sd2_v"
     assert detect_variant(header(shapes, **{"modelspec.prediction_type": "v"})) == "sd2_v"
 
 
