@@ -152,9 +152,11 @@ def _from_single_file(
         unet = _guarded(
             source, "UNet", lambda: UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
         )
+        _drop(state, "model.diffusion_model.")  # the file's copy of what is loaded: peak memory
         vae = _guarded(
             source, "VAE", lambda: AutoencoderKL.from_single_file(state, subfolder="vae", **common)
         )
+        _drop(state, "first_stage_model.")
         encoders = [
             _guarded(
                 source,
@@ -166,6 +168,11 @@ def _from_single_file(
             for component, name, _ in ENCODERS[variant]
         ]
     return unet, vae, encoders
+
+
+def _drop(state: dict[str, torch.Tensor], prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
 
 
 def _from_folder(
