@@ -6,7 +6,8 @@ For each workflow: ``guidegraph run workflows/NAME.api.json`` (wall-clock second
 included; the Stable Diffusion workflows, run here on tiny random-weight checkpoints named as they
 expect, at ``SD_SMOKE_SIZE`` pixels: see workflows/README.md), then ``workflows/NAME.jpg`` (the
 editor's template thumbnail, at most 320 px wide) from the PNG it wrote; the showcase's grid is
-also copied to ``workflows/showcase.png`` (the README's picture). Prints a Markdown table of the run times for workflows/README.md.
+also copied to ``workflows/showcase.png`` (the README's picture). Prints a Markdown table of the
+run times for workflows/README.md.
 """
 
 from __future__ import annotations
