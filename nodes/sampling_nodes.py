@@ -99,9 +99,11 @@ def run_sampler(
     sampler_name: str,
     add_noise: bool = True,
     max_batch: int = 0,
+    last: list[Any] | None = None,
 ) -> tuple[Latent]:
     """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
-    progress (with previews when asked) and stopping when cancelled."""
+    progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
+    given, receives the last step's x̂0."""
     from nodes.diffusion.samplers import PerSampleNoise
     from nodes.diffusion.sampling import guided_sample
     from nodes.diffusion.types import Latent
@@ -110,6 +112,8 @@ def run_sampler(
     total = len(sigmas) - 1
 
     def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
+        if last is not None:
+            last[0] = denoised
         ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
 
     source = None

@@ -194,3 +194,46 @@ def test_clip_set_last_layer_is_clip_skip(loaded: Any) -> None:
     via_node = CLIPTextEncode.run(ctx, "a red house", skipped)[0]
     assert torch.equal(via_node.embedding, Condition.run(ctx, clip, "a red house", "prompt", 1)[0].embedding)
     assert CLIPSetLastLayer.run(ctx, clip, -1)[0].encode_text("x") == clip.encode_text("x")
+
+
+def test_sampler_custom_advanced_with_cfg_guider_equals_ksampler(loaded: Any) -> None:
+    from nodes.comfy.custom_sampling import (
+        BasicScheduler,
+        CFGGuider,
+        DisableNoise,
+        KSamplerSelect,
+        RandomNoise,
+        SamplerCustomAdvanced,
+        SplitSigmas,
+    )
+
+    model, clip, _ = loaded
+    ctx = Context()
+    pos, neg = clip.encode_text("a red house"), clip.encode_text("")
+    latent = Latent(torch.zeros(1, 4, 16, 16))
+    (reference,) = KSampler.run(ctx, model, 5, 4, 6.0, "euler", "karras", pos, neg, latent, 1.0)
+    (guider,) = CFGGuider.run(ctx, model, pos, neg, 6.0)
+    (sigmas,) = BasicScheduler.run(ctx, model, "karras", 4, 1.0)
+    noise, sampler = RandomNoise.run(ctx, 5)[0], KSamplerSelect.run(ctx, "euler")[0]
+    out, denoised = SamplerCustomAdvanced.run(ctx, noise, guider, sampler, sigmas, latent)
+    assert torch.equal(out.samples, reference.samples)
+    assert denoised.samples.shape == out.samples.shape
+    high, low = SplitSigmas.run(ctx, sigmas, 2)
+    first, _ = SamplerCustomAdvanced.run(ctx, noise, guider, sampler, high, latent)
+    second, _ = SamplerCustomAdvanced.run(ctx, DisableNoise.run(ctx)[0], guider, sampler, low, first)
+    assert torch.allclose(second.samples, reference.samples, atol=1e-5)
+
+
+def test_dual_cfg_guider_is_its_formula(gaussian: Any, cond: Any) -> None:
+    from nodes.comfy.custom_sampling import DualCFGGuider
+    from nodes.diffusion.guidance import CompiledGuidance
+
+    m = gaussian()
+    c1, c2, u = cond(m, "red"), cond(m, "blue"), cond(m, "")
+    (guider,) = DualCFGGuider.run(Context(), m, c1, c2, u, 3.0, 2.0)
+    x, sigma = torch.randn(2, 3, 8, 8), torch.full((2,), 1.5)
+    program = CompiledGuidance(guider, seeds=[0, 1], device=torch.device("cpu"))
+    d = {k: m(x, sigma, c.embedding.expand(2, -1)) for k, c in (("c1", c1), ("c2", c2), ("u", u))}
+    expected = d["u"] + 2.0 * (d["c2"] - d["u"]) + 3.0 * (d["c1"] - d["c2"])
+    assert torch.allclose(program(x, sigma), expected, atol=1e-5)
+    assert program.stats.model_calls == 1  # three predictions, one batched forward
