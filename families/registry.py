@@ -48,21 +48,25 @@ def load_checkpoint(
     """Detect and load ``path`` (a safetensors file or a diffusers folder), once per file and options."""
     options = options or LoadOptions()
     path = Path(path).resolve()
-    stamp = path.stat().st_mtime_ns
-    key = (str(path), stamp, str(options.device), str(options.dtype), options.prediction, variant)
+    source = Source.open(path)  # the header only: cheap
+    family, found = detect(source)
+    if variant != "auto":
+        if variant not in family.variants:
+            raise CheckpointError(
+                f"{path.name}: variant {variant!r} is not one of the {family.name} family's "
+                f"{list(family.variants)}"
+            )
+        found = variant
+    key = (
+        str(path),
+        path.stat().st_mtime_ns,
+        str(options.device),
+        str(options.dtype),
+        options.prediction,
+        found,
+    )
     with _lock:
-        found_before = _loaded.get(key)
-        if found_before is not None:
-            return found_before
-        source = Source.open(path)
-        family, found = detect(source)
-        if variant != "auto":
-            if variant not in family.variants:
-                raise CheckpointError(
-                    f"{path.name}: variant {variant!r} is not one of the {family.name} family's "
-                    f"{list(family.variants)}"
-                )
-            found = variant
-        checkpoint = family.load(source, found, options)
-        _loaded[key] = checkpoint
-        return checkpoint
+        cached = _loaded.get(key)
+        if cached is None:
+            cached = _loaded[key] = family.load(source, found, options)
+        return cached

@@ -25,6 +25,7 @@ def node_classes() -> list[type[Node]]:
         rule_nodes,
         sampling_nodes,
     )
+    from nodes.comfy import core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
@@ -34,6 +35,9 @@ def node_classes() -> list[type[Node]]:
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,
+        *core.NODES,
+        *custom_sampling.NODES,
+        *latent.NODES,
     ]
 
 

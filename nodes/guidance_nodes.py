@@ -13,6 +13,7 @@ from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, cfg, combine, window
 from nodes.diffusion.rules import Rescale, Threshold
+from nodes.diffusion.sampling import leaf_models
 from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
 CATEGORY = "guidegraph/guidance"
@@ -145,6 +146,14 @@ class ClassifierGrad(Node):
     def run(
         ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
     ) -> tuple[Guidance]:
+        takes = getattr(classifier.module, "in_channels", None)
+        for model in leaf_models(guidance):
+            if takes is not None and takes != model.latent_channels:
+                raise ValueError(
+                    f"classifier: {classifier.name!r} reads {takes}-channel inputs, but model "
+                    f"{model.name!r} samples {model.latent_channels}-channel latents; a classifier for "
+                    "guidance must be trained on the space the model samples in"
+                )
         return (ClassifierGradient(guidance, classifier, classifier.label_index(label), scale),)
 
 

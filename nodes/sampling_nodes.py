@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, Int, Node, Output, PreviewImage, Socket
-from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.guidance import Guidance
-from nodes.diffusion.samplers import SAMPLERS
-from nodes.diffusion.sampling import guided_sample, leaf_models
-from nodes.diffusion.schedules import SCHEDULERS, sigmas_for_denoise
-from nodes.diffusion.types import Latent
+from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Latent
 
 SEED_MAX = 2**64 - 1
 
 
 def preview_of(denoised: torch.Tensor) -> PreviewImage:
     """The first sample's x̂0 (C, H, W) in [-1, 1] → uint8 (H, W, 3) for the editor's live preview."""
+    import torch
+
     first = denoised[0, :3].detach().float()
     if first.shape[0] < 3:
         first = first[:1].expand(3, -1, -1)  # grey preview for 1- or 2-channel data
@@ -43,8 +47,8 @@ class Sampler(Node):
         Socket(name="latent", type="LATENT"),
         Int(name="seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
         Int(name="steps", default=20, min=1, max=10000),
-        Combo(name="sampler_name", options=tuple(SAMPLERS), default="euler"),
-        Combo(name="scheduler", options=SCHEDULERS, default="karras"),
+        Combo(name="sampler_name", options=SAMPLER_NAMES, default="euler"),
+        Combo(name="scheduler", options=SCHEDULER_NAMES, default="karras"),
         Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
         Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
         Socket(name="schedule_model", type="MODEL", optional=True),
@@ -64,32 +68,79 @@ class Sampler(Node):
         max_batch: int | None = 0,
         schedule_model: Denoiser | None = None,
     ) -> tuple[Latent]:
+        from nodes.diffusion.schedules import sigmas_for_denoise
+
         sigmas = sigmas_for_denoise(scheduler, schedule_source(guidance, schedule_model), steps, denoise)
-        seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
-        total = len(sigmas) - 1
+        return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
 
-        def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
-            ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
 
-        ctx.check_cancelled()
-        out, _ = guided_sample(
-            guidance,
-            latent.samples,
-            seeds,
-            sigmas,
-            sampler_name,
-            device=ctx.device,
-            dtype=ctx.dtype,
-            noise_mask=latent.noise_mask,
-            callback=on_step,
-            max_batch=max_batch or 0,
-        )
-        return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
+class _NoFirstDraw:
+    """A noise source whose first draw (the initial noise) is zero: sampling starts from the latent
+    as it is (ComfyUI's ``add_noise: disable``); later draws come from ``source``."""
+
+    def __init__(self, source: Any, like: torch.Tensor) -> None:
+        self.source, self.like, self.first = source, like, True
+
+    def __call__(self) -> torch.Tensor:
+        if self.first:
+            self.first = False
+            return self.like.new_zeros(self.like.shape)
+        out: torch.Tensor = self.source()
+        return out
+
+
+def run_sampler(
+    ctx: Context,
+    guidance: Guidance,
+    latent: Latent,
+    seed: int,
+    sigmas: torch.Tensor,
+    sampler_name: str,
+    add_noise: bool = True,
+    max_batch: int = 0,
+    last: list[Any] | None = None,
+) -> tuple[Latent]:
+    """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
+    progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
+    given, receives the last step's x̂0."""
+    from nodes.diffusion.samplers import PerSampleNoise
+    from nodes.diffusion.sampling import guided_sample
+    from nodes.diffusion.types import Latent
+
+    seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
+    total = len(sigmas) - 1
+
+    def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
+        if last is not None:
+            last[0] = denoised
+        ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
+
+    source = None
+    if not add_noise:
+        per_sample = PerSampleNoise(seeds, latent.samples.shape[1:], ctx.device, ctx.dtype)
+        source = _NoFirstDraw(per_sample, latent.samples.to(ctx.device, ctx.dtype))
+    ctx.check_cancelled()
+    out, _ = guided_sample(
+        guidance,
+        latent.samples,
+        seeds,
+        sigmas,
+        sampler_name,
+        device=ctx.device,
+        dtype=ctx.dtype,
+        noise_mask=latent.noise_mask,
+        callback=on_step,
+        max_batch=max_batch,
+        noise_source=source,
+    )
+    return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
 
 
 def schedule_source(guidance: Guidance, schedule_model: Denoiser | None) -> Denoiser:
     """The model whose noise schedule the Sampler follows: ``schedule_model`` when connected, else the
     program's one model; a program with several models (autoguidance) must name it."""
+    from nodes.diffusion.sampling import leaf_models
+
     if schedule_model is not None:
         return schedule_model
     models = leaf_models(guidance)
@@ -119,6 +170,10 @@ class EmptyLatent(Node):
 
     @staticmethod
     def run(ctx: Context, model: Denoiser, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
         f = model.downscale
         problems = [
             f"{n} {v} is not a multiple of {max(f, 8)}"
@@ -139,6 +194,10 @@ class SetNoiseMask(Node):
 
     @staticmethod
     def run(ctx: Context, latent: Latent, mask: torch.Tensor) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
         m = mask.float().reshape(-1, 1, *mask.shape[-2:])  # (B or 1, 1, H, W)
         if m.shape[-2:] != latent.samples.shape[-2:]:
             m = torch.nn.functional.interpolate(m, size=latent.samples.shape[-2:], mode="bilinear")

@@ -2,8 +2,9 @@
 
 Order of evidence for a single file:
 
-1. ``guidegraph.variant`` in ``__metadata__`` (written by ``guidegraph make-checkpoint``: a tiny random
-   network's keys cannot tell its variant);
+1. ``guidegraph.variant`` in ``__metadata__`` (``_guidegraph_variant`` in a folder's
+   ``model_index.json``), written by ``guidegraph make-checkpoint``: a tiny random network's keys and
+   configs cannot tell its variant;
 2. layouts we know but do not load (SD3, Flux, Playground v2.5, inpainting and other extra-channel
    UNets, unCLIP): a :class:`CheckpointError` that names them;
 3. the UNet's shapes: SDXL's ``label_emb`` input width (2816 base, 2560 refiner, as 6 or 5 size/crop/score
@@ -21,8 +22,10 @@ from __future__ import annotations
 import json
 
 from families.base import CheckpointError, Source
+from families.sd.components import VARIANTS
 
-META_VARIANT = "guidegraph.variant"  # the single home of this name; families.sd.files imports it
+META_VARIANT = "guidegraph.variant"  # in a single file's __metadata__ (families.sd.make writes it)
+META_FOLDER_VARIANT = "_guidegraph_variant"  # in a diffusers folder's model_index.json
 UNET = "model.diffusion_model."
 V_STATISTIC_KEY = UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 V_STATISTIC_THRESHOLD = 0.09
@@ -58,17 +61,15 @@ SUPPORTED = "SD 1.x, SD 2.x (512 px ε, 768 px v), SDXL base 1.0, SDXL refiner 1
 def detect_variant(source: Source) -> str | None:
     """The SD variant of ``source`` (sd1, sd2, sd2_v, sdxl, sdxl_refiner), None when it is no SD
     checkpoint, or a CheckpointError for a known layout we do not load."""
-    if source.model_index is not None:
-        return _detect_folder(source)
-    recorded = source.metadata.get(META_VARIANT)
+    recorded = (source.model_index or {}).get(META_FOLDER_VARIANT) or source.metadata.get(META_VARIANT)
     if isinstance(recorded, str):
-        from families.sd.components import VARIANTS
-
         if recorded not in VARIANTS:
             raise CheckpointError(
                 f"{source.name}: its metadata names SD variant {recorded!r}, not one of {', '.join(VARIANTS)}"
             )
         return recorded
+    if source.model_index is not None:
+        return _detect_folder(source)
     keys = source.tensors
     for fragment, what in UNSUPPORTED_KEYS:
         if any(fragment in k for k in keys):

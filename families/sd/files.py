@@ -13,20 +13,25 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
-    os.environ[_switch] = "1"
+import huggingface_hub.constants as hub_constants
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from families.base import CheckpointError, LoadOptions, Source
+from families.sd.components import SDComponents
+from families.sd.configs import FILES, variant_configs, write_config_folder
+from families.sd.detect import detect_prediction
 
-from families.base import CheckpointError, LoadOptions, Source  # noqa: E402
-from families.sd.components import SDComponents  # noqa: E402
-from families.sd.configs import FILES, variant_configs, write_config_folder  # noqa: E402
-from families.sd.detect import detect_prediction  # noqa: E402
+# Offline, whatever the environment says: the switches are read when diffusers and transformers are
+# first imported (here they are imported later, inside the loaders), and huggingface_hub's directly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+hub_constants.HF_HUB_OFFLINE = True
 
 # Metadata our writer records (``families.sd.make``); it takes precedence over key detection.
 META_CONFIGS = "guidegraph.configs"
@@ -151,9 +156,11 @@ def _from_single_file(
         unet = _guarded(
             source, "UNet", lambda: UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
         )
+        _drop(state, "model.diffusion_model.")  # the file's copy of what is loaded: peak memory
         vae = _guarded(
             source, "VAE", lambda: AutoencoderKL.from_single_file(state, subfolder="vae", **common)
         )
+        _drop(state, "first_stage_model.")
         encoders = [
             _guarded(
                 source,
@@ -165,6 +172,11 @@ def _from_single_file(
             for component, name, _ in ENCODERS[variant]
         ]
     return unet, vae, encoders
+
+
+def _drop(state: dict[str, torch.Tensor], prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
 
 
 def _from_folder(
@@ -197,22 +209,29 @@ def _from_folder(
     return unet, vae, encoders
 
 
-def _guarded(source: Source, what: str, build: Any) -> nn.Module:
-    """Run one library loader; any failure, or weights left unloaded, is a CheckpointError naming the file."""
-    # diffusers' loaders cast with their own .to(dtype), which warns about an empty list of fp32 modules
+@contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """diffusers' loaders cast with its own ``.to(dtype)``, which warns about an empty list of modules."""
     noisy = logging.getLogger("diffusers.models.modeling_utils")
     level = noisy.level
     noisy.setLevel(logging.ERROR)
     try:
-        net: nn.Module = build()
+        yield
+    finally:
+        noisy.setLevel(level)
+
+
+def _guarded(source: Source, what: str, build: Any) -> nn.Module:
+    """Run one library loader; any failure, or weights left unloaded, is a CheckpointError naming the file."""
+    try:
+        with quiet_diffusers():
+            net: nn.Module = build()
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(
             f"{source.name}: could not load its {what}: {type(exc).__name__}: {exc}"
         ) from exc
-    finally:
-        noisy.setLevel(level)
     missing = [n for n, p in [*net.named_parameters(), *net.named_buffers()] if p.device.type == "meta"]
     if missing:
         shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
@@ -221,3 +240,74 @@ def _guarded(source: Source, what: str, build: Any) -> nn.Module:
             f"tensors ({shown})"
         )
     return net
+
+
+_LDM_VAE_PROBE = "encoder.down.0.block.0.conv1.weight"
+_DIFFUSERS_VAE_PROBE = "encoder.down_blocks.0.resnets.0.conv1.weight"
+
+
+def load_vae(path: str | Path, options: LoadOptions, config: Mapping[str, Any] | None = None) -> nn.Module:
+    """A separate VAE file (``models/vae``): LDM keys, bare or under ``first_stage_model.``/``vae.``, or
+    diffusers keys, as an ``AutoencoderKL`` of ``config`` (default: the SD 1.x/2.x/SDXL architecture,
+    which they share; the latent scaling factor belongs to the checkpoint and is the caller's)."""
+    from diffusers import AutoencoderKL
+
+    source = Source.open(Path(path))
+    config = dict(config or variant_configs("sd1")["vae"])
+    layout, prefix = _vae_layout(source)
+    _check_vae_shapes(source, prefix, config)
+    dtype = resolve_dtype(options)
+    state = read_state(source.path)
+    if layout == "ldm":
+        with tempfile.TemporaryDirectory(prefix="guidegraph-vae-config-") as tmp:
+            folder = str(write_config_folder({"vae": config}, Path(tmp)))
+            vae = _guarded(
+                source,
+                "VAE",
+                lambda: AutoencoderKL.from_single_file(
+                    state, config=folder, subfolder="vae", local_files_only=True, torch_dtype=dtype
+                ),
+            )
+    else:
+
+        def build() -> nn.Module:
+            net = AutoencoderKL.from_config(config)
+            net.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            return net.to(dtype)
+
+        vae = _guarded(source, "VAE", build)
+    device = torch.device(options.device) if options.device is not None else torch.device("cpu")
+    if next(vae.parameters()).device != device:
+        vae.to(device=device)
+    return vae.eval().requires_grad_(False)
+
+
+def _vae_layout(source: Source) -> tuple[str, str]:
+    """("ldm" | "diffusers", key prefix) of a VAE file, or a CheckpointError saying what it holds."""
+    for key in source.tensors:
+        for layout, probe in (("ldm", _LDM_VAE_PROBE), ("diffusers", _DIFFUSERS_VAE_PROBE)):
+            if key.endswith(probe):
+                return layout, key[: -len(probe)]
+    raise CheckpointError(
+        f"{source.name}: not a VAE: no autoencoder encoder weights (encoder.down.0… or "
+        f"encoder.down_blocks.0…) among {source.summary()}"
+    )
+
+
+def _check_vae_shapes(source: Source, prefix: str, config: Mapping[str, Any]) -> None:
+    """The file's latent channels and widths against the VAE the checkpoint expects."""
+    latent = source.shape(prefix + "decoder.conv_in.weight")
+    first = source.shape(prefix + "encoder.conv_in.weight")
+    want_latent, want_first = int(config["latent_channels"]), int(config["block_out_channels"][0])
+    if latent is None or first is None:
+        raise CheckpointError(f"{source.name}: not a complete VAE (no encoder.conv_in / decoder.conv_in)")
+    if latent[1] != want_latent:
+        raise CheckpointError(
+            f"{source.name}: this VAE has {latent[1]} latent channels; this model's latents have "
+            f"{want_latent} (an SD3/Flux VAE with an SD 1.x/2.x/SDXL model?)"
+        )
+    if first[0] != want_first:
+        raise CheckpointError(
+            f"{source.name}: this VAE's first layer has {first[0]} channels; this model's VAE has "
+            f"{want_first}: a VAE of another architecture"
+        )

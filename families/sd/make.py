@@ -19,40 +19,44 @@ import torch
 from torch import nn
 
 from families.sd.configs import variant_configs, write_config_folder
-from families.sd.detect import META_VARIANT
-from families.sd.files import ENCODERS, META_CONFIGS
+from families.sd.detect import META_FOLDER_VARIANT, META_VARIANT
+from families.sd.files import ENCODERS, META_CONFIGS, quiet_diffusers
 from families.sd.ldm import to_single_file
 from families.sd.tokenizer import clip_tokenizer
 
 FORMATS = ("single", "diffusers")
 
 
+def networks(
+    variant: str, configs: Mapping[str, Mapping[str, Any]]
+) -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
+    """(unet, vae, text encoders by component) of ``configs``, built on the current default device
+    (under ``torch.device("meta")``: full-size shapes without memory)."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(dict(configs["unet"]))
+    vae = AutoencoderKL.from_config(dict(configs["vae"]))
+    encoders = {
+        component: getattr(transformers, name)(
+            transformers.CLIPTextConfig(**_clip_fields(configs[component]))
+        )
+        for component, name, _ in ENCODERS[variant]
+    }
+    return unet, vae, encoders
+
+
 def build_networks(
     variant: str, size: str, seed: int
 ) -> tuple[dict[str, dict[str, Any]], nn.Module, nn.Module, dict[str, nn.Module]]:
     """(configs, unet, vae, text encoders by component) with random weights, float32 on the CPU."""
-    import transformers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     configs = variant_configs(variant, size)
-
-    def build() -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
-        unet = UNet2DConditionModel.from_config(configs["unet"])
-        vae = AutoencoderKL.from_config(configs["vae"])
-        encoders = {
-            component: getattr(transformers, name)(
-                transformers.CLIPTextConfig(**_clip_fields(configs[component]))
-            )
-            for component, name, _ in ENCODERS[variant]
-        }
-        return unet, vae, encoders
-
     if size == "tiny":
         torch.manual_seed(seed)
-        unet, vae, encoders = build()
+        unet, vae, encoders = networks(variant, configs)
     else:
         with torch.device("meta"):
-            unet, vae, encoders = build()
+            unet, vae, encoders = networks(variant, configs)
         generator = torch.Generator().manual_seed(seed)
         for net in (unet, vae, *encoders.values()):
             _fill(net, generator)
@@ -113,13 +117,15 @@ def write_diffusers_folder(
 ) -> Path:
     """A diffusers pipeline folder (configs, safetensors weights, tokenizers) that diffusers loads too."""
     write_config_folder({k: dict(v) for k, v in configs.items()}, path)
-    unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)  # type: ignore[operator]
-    vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)  # type: ignore[operator]
+    with quiet_diffusers():
+        unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)  # type: ignore[operator]
+        vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)  # type: ignore[operator]
     for component, encoder in encoders.items():
         encoder.to(dtype).save_pretrained(path / component)  # type: ignore[operator]
     for component, _, pad in ENCODERS[variant]:
         clip_tokenizer(pad).save_pretrained(path / component.replace("text_encoder", "tokenizer"))
-    (path / "model_index.json").write_text(json.dumps(configs["model_index"], indent=2) + "\n")
+    index = {**configs["model_index"], META_FOLDER_VARIANT: variant}  # diffusers ignores "_" keys
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path
 
 

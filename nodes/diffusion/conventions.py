@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 import torch
 
+from nodes.diffusion.names import SPACES
+
 Parametrization = Literal["eps", "v", "x0", "edm"]
 Space = Literal["x0", "eps", "v"]
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "v", "x0", "edm")
-SPACES: tuple[str, ...] = ("x0", "eps", "v")
 
 
 def betas_for_schedule(name: str, timesteps: int) -> torch.Tensor:

@@ -18,9 +18,11 @@ from families.shapes.networks.layers import ResBlock, groups_for, sinusoidal_emb
 class ConvEncoder(nn.Module):
     """Residual CNN: 32×32 → 4×4 by stride-2 convolutions, then a global mean pool → (B, C_last)."""
 
-    def __init__(self, channels: list[int], blocks_per_level: int, emb_dim: int | None) -> None:
+    def __init__(
+        self, channels: list[int], blocks_per_level: int, emb_dim: int | None, in_channels: int = 3
+    ) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList()
         c = channels[0]
         for level, ch in enumerate(channels):
@@ -40,7 +42,11 @@ class ConvEncoder(nn.Module):
 
 
 class NoisyClassifier(nn.Module):
-    """log p(y | x, σ) for x = x0 + σ·n: logits (B, K)."""
+    """log p(y | x, σ) for x = x0 + σ·n: logits (B, K).
+
+    ``in_channels`` is the space it reads: 3 for pixels, 4 for Stable Diffusion latents (any model
+    whose samples it was trained on).
+    """
 
     def __init__(
         self,
@@ -48,15 +54,17 @@ class NoisyClassifier(nn.Module):
         blocks_per_level: int = 2,
         emb_dim: int = 128,
         labels: tuple[str, ...] | list[str] = CLASS_NAMES,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.labels = list(labels)
+        self.in_channels = in_channels
         self.sigma_mlp = nn.Sequential(nn.Linear(64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.encoder = ConvEncoder(list(channels), blocks_per_level, emb_dim)
+        self.encoder = ConvEncoder(list(channels), blocks_per_level, emb_dim, in_channels)
         self.head = nn.Linear(self.encoder.out_channels, len(self.labels))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in σ-space, (B,) σ → logits (B, K)."""
+        """(B, C, H, W) in σ-space, (B,) σ → logits (B, K)."""
         sigma = sigma.to(x.dtype).reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.to(x.dtype)
         x_in = x / (sigma**2 + 1).sqrt()[:, None, None, None]
         emb = self.sigma_mlp(
