@@ -57,7 +57,7 @@ class Guidance:
     - ``children()`` lists the inputs in exactly the order ``apply()`` receives their values.
     - ``space`` names where the rule's arithmetic happens: ``"affine"`` for combinations whose weights
       sum to 1 (the same in every prediction space), else ``"x0"``, ``"eps"`` or ``"v"``
-      (``"gradient"`` for terms ``D + s·σ²·g``).
+      (``"gradient"`` for terms ``D + s·σ²·g``); a rule whose space is a node input has it as a field.
     - ``passthrough()`` is the rule with its effect removed; the rule at its neutral parameters (scale 1,
       a zero term) gives the same value.
     - ``new_state()`` returns fresh per-run memory (None: stateless); the compiled program calls it once

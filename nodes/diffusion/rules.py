@@ -46,7 +46,7 @@ class Rescale(Guidance):
     guided: Guidance
     reference: Guidance
     phi: float
-    space: str = "v"  # type: ignore[misc]
+    space: str  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         _check_space(self.space)
@@ -119,7 +119,7 @@ class AdaptiveProjected(Guidance):
     eta: float
     momentum: float
     norm_threshold: float
-    space: str = "x0"  # type: ignore[misc]
+    space: str  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         _check_space(self.space)
@@ -168,7 +168,7 @@ class ZeroStar(Guidance):
     uncond: Guidance
     scale: float
     zero_steps: int
-    space: str = "eps"  # type: ignore[misc]
+    space: str  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         _check_space(self.space)
