@@ -24,6 +24,7 @@ def node_classes() -> list[type[Node]]:
         model_nodes,
         rule_nodes,
         sampling_nodes,
+        universal_nodes,
     )
     from nodes.comfy import core, custom_sampling, latent
 
@@ -32,6 +33,7 @@ def node_classes() -> list[type[Node]]:
         *guidance_nodes.NODES,
         *rule_nodes.NODES,
         *composition_nodes.NODES,
+        *universal_nodes.NODES,
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,

@@ -279,3 +279,18 @@ def test_interval_node_refuses_start_after_stop(gaussian, cond) -> None:
     m = gaussian()
     with pytest.raises(ValueError, match="start"):
         GuidanceInterval.run(Context(), Prediction(m, cond(m, "red")), 0.8, 0.2)
+
+
+def test_universal_guidance_node_loads_a_clean_image_classifier_and_names_its_class(gaussian, cond) -> None:
+    from graph_runtime.folders import register_folders
+    from nodes import MODELS_DIR
+    from nodes.diffusion.gradients import UniversalGradient
+    from nodes.universal_nodes import ImageClassifierLoader, UniversalGuidance
+
+    register_folders({"evaluators": [MODELS_DIR / "evaluators"]})
+    (judge,) = ImageClassifierLoader.run(Context(), "shapes_evaluator.safetensors")
+    m = gaussian()
+    (rule,) = UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "blue square", 5.0, 2, 0.1)
+    assert isinstance(rule, UniversalGradient) and judge.labels[rule.label] == "blue square"
+    with pytest.raises(ValueError, match="unknown class"):
+        UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "purple blob", 5.0, 0, 0.1)

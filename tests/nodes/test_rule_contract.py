@@ -20,7 +20,7 @@ import nodes.diffusion.guidance as guidance
 import nodes.diffusion.rules as rules
 from nodes.diffusion.conventions import SPACES, from_space, to_space
 from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.types import Classifier, Clip, Conditioning, ImageClassifier
 
 CPU = torch.device("cpu")
 SIGMAS = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.0])
@@ -98,6 +98,14 @@ def flat_classifier() -> Classifier:
 
 FLAT = flat_classifier()
 
+
+class _ChannelMeans(torch.nn.Module):
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return 4 * x0.mean(dim=(2, 3))  # (B, 3): one class per channel
+
+
+CHANNELS = ImageClassifier(_ChannelMeans(), ("red", "green", "blue"), "channel means")
+
 # name → (build(leaves, neutral), formula or None); leaves are the predictions c, u, n
 Case = tuple[Callable[[list[Guidance], bool], Any], Callable[[Values, Any, Any], torch.Tensor] | None]
 CASES: dict[str, Case] = {
@@ -152,6 +160,12 @@ CASES: dict[str, Case] = {
     "Renoise": (lambda p, neutral: rules.Renoise(p[0], p[1]), lambda v, x, s: v["guided"]),
     "ClassifierGradient": (
         lambda p, neutral: gradients.ClassifierGradient(p[0], FLAT, 0, 0.0 if neutral else 3.0),
+        None,
+    ),
+    "UniversalGradient": (
+        lambda p, neutral: gradients.UniversalGradient(
+            p[0], CHANNELS, 0, 0.0 if neutral else 2.0, 0 if neutral else 3, 0.2
+        ),
         None,
     ),
     "ClipGradient": (
