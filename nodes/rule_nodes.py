@@ -65,7 +65,8 @@ class APG(Node):
 class CFGZeroStar(Node):
     """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching
     Models"): ``α = ⟨P_c, P_u⟩/‖P_u‖²`` per sample, ``out = α·P_u + w·(P_c − α·P_u)``, and the first
-    ``zero_steps`` steps of the run do not move the sample (zero velocity: D = x).
+    ``zero_steps`` steps of the run have zero flow velocity (x0 = x_t in flow coordinates, which is
+    D = x/(1 + σ); diffusers zeroes ε instead, D = x, which breaks deterministic sampling here).
 
     Space eps by default (in σ-space ε is the ODE velocity, the paper's flow velocity). Zero-init
     needs a single-step sampler (euler, heun, ddim, …); multistep ones are refused.
