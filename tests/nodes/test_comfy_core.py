@@ -280,3 +280,25 @@ def test_inpaint_encode_greys_the_mask_and_tiled_decode_matches_whole(loaded: An
     assert torch.equal(whole, one_tile)  # a tile as large as the image is the whole decode
     (tiled,) = VAEDecodeTiled.run(ctx, latent, vae, 16, 8)
     assert tiled.shape == whole.shape and bool(tiled.isfinite().all())
+
+
+def test_sdxl_encode_carries_its_size_conditioning_and_mixes_with_plain_prompts(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodes.comfy.core import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
+
+    make_checkpoint("sdxl", ckpt_dir / "checkpoints" / "xl.safetensors", size="tiny")
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", f"checkpoints={ckpt_dir / 'checkpoints'}")
+    ctx = Context()
+    model, clip, _ = Model.run(ctx, "xl.safetensors", "auto", "auto")
+    (pos,) = CLIPTextEncodeSDXL.run(ctx, clip, 64, 64, 0, 0, 64, 64, "a fox", "a (red:1.2) fox")
+    assert dict(pos.extras)["time_ids"].tolist() == [64, 64, 0, 0, 64, 64]
+    assert pos.embedding.shape == (77, 32 + 48)
+    (neg,) = CLIPTextEncode.run(ctx, "", clip)  # no time ids: the UNet's default (the image size)
+    latent = Latent(torch.zeros(1, 4, 32, 32))
+    (same,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", pos, neg, latent, 1.0)
+    (plain,) = CLIPTextEncodeSDXL.run(ctx, clip, 512, 512, 0, 0, 512, 512, "a fox", "a (red:1.2) fox")
+    (other,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", plain, neg, latent, 1.0)
+    assert not torch.allclose(same.samples, other.samples)  # the size conditioning reaches the UNet
+    with pytest.raises(ValueError, match="SDXL base encoder"):
+        CLIPTextEncodeSDXLRefiner.run(ctx, 6.0, 64, 64, "x", clip)
