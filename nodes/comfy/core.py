@@ -158,22 +158,6 @@ class CLIPSetLastLayer(Node):
         return (dataclasses.replace(clip, layer_skip=-1 - stop_at_clip_layer),)  # type: ignore[type-var]
 
 
-class ConditioningZeroOut(Node):
-    """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
-
-    category = "advanced/conditioning"
-    inputs = (Socket(name="conditioning", type="CONDITIONING"),)
-    outputs = (Output("CONDITIONING", "CONDITIONING"),)
-
-    @staticmethod
-    def run(ctx: Context, conditioning: Conditioning) -> tuple[Conditioning]:
-        import torch
-
-        zeros = {k: torch.zeros_like(v) for k, v in conditioning.extras if k != "time_ids"}
-        emb = torch.zeros_like(conditioning.embedding)
-        return (conditioning.with_tensors(f"zeroed {conditioning.meaning}", embedding=emb, **zeros),)
-
-
 class EmptyLatentImage(Node):
     """Create a new batch of empty latent images to be denoised via sampling (4 channels at 1/8 of
     the pixels, the Stable Diffusion latent space)."""
@@ -390,7 +374,6 @@ NODES: list[type[Node]] = [
     CLIPTextEncodeSDXL,
     CLIPTextEncodeSDXLRefiner,
     CLIPSetLastLayer,
-    ConditioningZeroOut,
     EmptyLatentImage,
     VAEDecode,
     VAEEncode,
