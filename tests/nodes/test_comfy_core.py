@@ -419,3 +419,22 @@ def test_lora_merges_w_plus_s_up_down_per_format_without_touching_the_checkpoint
 
 def up_down(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     return up @ down  # α absent: α = r, scale 1
+
+
+def test_the_docs_example_runs_a_comfyui_graph_with_clip_guidance_in_place_of_ksampler(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from families.clip import write_random_clip
+
+    write_random_clip(ckpt_dir / "clip" / "clip_vit_b32.safetensors", "tiny")
+    dirs = f"checkpoints={ckpt_dir / 'checkpoints'}:clip={ckpt_dir / 'clip'}"
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", dirs)
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "comfyui_clip_guided.api.json"
+    prompt = json.loads(example.read_text())
+    prompt["5"]["inputs"].update(width=64, height=64)
+    prompt["14"]["inputs"]["steps"] = 2
+    executor = Executor(Registry(node_classes()), device="cpu", paths=Paths(output=tmp_path / "out"))
+    result = executor.run(prompt)
+    assert result.ok, {k: f.message for k, f in result.failures.items()}
