@@ -11,7 +11,7 @@ from pathlib import Path
 from graph_runtime.api import Node, NodePack
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
+MODEL_KINDS = ("checkpoints", "vae", "loras", "classifiers", "clip", "evaluators")
 
 
 def node_classes() -> list[type[Node]]:
@@ -26,7 +26,7 @@ def node_classes() -> list[type[Node]]:
         sampling_nodes,
         universal_nodes,
     )
-    from nodes.comfy import core, custom_sampling, latent
+    from nodes.comfy import conditioning, core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
@@ -38,6 +38,7 @@ def node_classes() -> list[type[Node]]:
         *image_nodes.NODES,
         *batch_nodes.NODES,
         *core.NODES,
+        *conditioning.NODES,
         *custom_sampling.NODES,
         *latent.NODES,
     ]

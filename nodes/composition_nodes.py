@@ -11,6 +11,7 @@ from graph_runtime.api import Combo, Context, Float, Node, Socket, String
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import Difference, Guidance, Prediction, combine, step_window
 from nodes.diffusion.perturbation import INFINITE_BLUR, Perturbation, check_layers
+from nodes.diffusion.regions import predict
 from nodes.diffusion.rules import SCHEDULES, Scheduled
 from nodes.diffusion.types import Conditioning
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
@@ -130,8 +131,8 @@ class Autoguidance(Node):
     ) -> tuple[Guidance]:
         if weak_model is model:
             raise ValueError("weak_model is the same model as model: autoguidance needs a weaker one")
-        weak = Prediction(weak_model, condition if weak_condition is None else weak_condition)
-        return (combine(weak, [(Prediction(model, condition), scale)]),)
+        weak = predict(weak_model, condition if weak_condition is None else weak_condition)
+        return (combine(weak, [(predict(model, condition), scale)]),)
 
 
 def perturbed_term(
@@ -139,10 +140,12 @@ def perturbed_term(
 ) -> tuple[Guidance]:
     """``guidance + s·(D(c) − D̃(c))`` with D̃ the perturbed forward, after checking the layers exist."""
     check_layers(model.network, perturbation.layers, model.name)
+    if not isinstance(positive, Conditioning):
+        raise ValueError("positive: a perturbed prediction takes a single condition, not a conditioning set")
     plain = Prediction(model, positive)
     if scale == 0:
         return (guidance,)
-    return (Difference(guidance, plain, Prediction(model, positive, perturbation), scale),)
+    return (Difference(guidance, plain, Prediction(model, positive, perturbation=perturbation), scale),)
 
 
 def layer_names(text: str) -> tuple[str, ...]:

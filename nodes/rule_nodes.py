@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from graph_runtime.api import Combo, Context, Float, Int, Node, Socket
 from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.guidance import Guidance, Prediction, cfg
+from nodes.diffusion.guidance import Guidance, cfg
+from nodes.diffusion.regions import predict
 from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Tangential, ZeroStar
 from nodes.diffusion.types import Conditioning
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
@@ -56,7 +57,7 @@ class APG(Node):
         norm_threshold: float,
         space: str,
     ) -> tuple[Guidance]:
-        c, u = Prediction(model, positive), Prediction(model, negative)
+        c, u = predict(model, positive), predict(model, negative)
         if scale == 1.0:
             return (c,)
         return (AdaptiveProjected(c, u, scale, eta, momentum, norm_threshold, space),)
@@ -91,7 +92,7 @@ class CFGZeroStar(Node):
         zero_steps: int,
         space: str,
     ) -> tuple[Guidance]:
-        return (ZeroStar(Prediction(model, positive), Prediction(model, negative), scale, zero_steps, space),)
+        return (ZeroStar(predict(model, positive), predict(model, negative), scale, zero_steps, space),)
 
 
 class PerpNegGuidance(Node):
@@ -121,7 +122,7 @@ class PerpNegGuidance(Node):
         scale: float,
         neg_scale: float,
     ) -> tuple[Guidance]:
-        p, n, u = (Prediction(model, c) for c in (positive, negative, unconditional))
+        p, n, u = (predict(model, c) for c in (positive, negative, unconditional))
         return (PerpNeg(p, n, u, scale, neg_scale),)
 
 
@@ -139,7 +140,7 @@ class TangentialCFG(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
-        return (Tangential(Prediction(model, positive), Prediction(model, negative), scale),)
+        return (Tangential(predict(model, positive), predict(model, negative), scale),)
 
 
 class CFGPlusPlus(Node):
@@ -159,8 +160,8 @@ class CFGPlusPlus(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
-        u = Prediction(model, negative)
-        return (Renoise(cfg(Prediction(model, positive), u, scale), u),)
+        u = predict(model, negative)
+        return (Renoise(cfg(predict(model, positive), u, scale), u),)
 
 
 NODES: list[type[Node]] = [APG, CFGZeroStar, PerpNegGuidance, TangentialCFG, CFGPlusPlus]

@@ -42,6 +42,58 @@ class CheckpointLoaderSimple(Node):
         return Model.run(ctx, ckpt_name, "auto", "auto")
 
 
+class LoraLoader(Node):
+    """Apply a LoRA to the model and to CLIP, each with its own strength: ``W' = W + s·(α/r)·B·A``.
+    Kohya and diffusers/PEFT files (safetensors); the loaded checkpoint itself is never modified."""
+
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+        Socket(name="clip", type="CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES), tooltip="The name of the LoRA."),
+        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+        Float(name="strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"))
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        clip: TextEncoder,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
+    ) -> tuple[Any, Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return apply_lora(model, clip, resolve_file("loras", lora_name), strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    """Apply a LoRA to the model only."""
+
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL"),
+        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES)),
+        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", "MODEL"),)
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, lora_name: str, strength_model: float) -> tuple[Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0:
+            return (model,)
+        return (apply_lora(model, None, resolve_file("loras", lora_name), strength_model, 0.0)[0],)
+
+
 class CLIPTextEncode(Node):
     """Encodes a text prompt with CLIP into a CONDITIONING, with ComfyUI's emphasis syntax:
     ``(word)`` weighs 1.1 per level of parentheses, ``(word:1.3)`` sets 1.3, ``\\(`` is a literal
@@ -65,6 +117,79 @@ class CLIPTextEncode(Node):
         return (encode_segments(segments, 0, f"prompt {text!r}"),)
 
 
+def _xl_encoder(clip: TextEncoder, node: str) -> Any:
+    encode_parts = getattr(clip, "encode_parts", None)
+    if encode_parts is None or getattr(clip, "variant", "") not in ("sdxl", "sdxl_refiner"):
+        raise ValueError(f"clip: {node} needs an SDXL text encoder; {clip.name!r} is not one")
+    return encode_parts
+
+
+class CLIPTextEncodeSDXL(Node):
+    """SDXL prompt encoding with its micro-conditioning: ``text_l`` through CLIP-L, ``text_g`` through
+    OpenCLIP-bigG, and the original size, crop and target size the UNet is told about."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Socket(name="clip", type="CLIP"),
+        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="crop_w", default=0, min=0, max=MAX_RESOLUTION),
+        Int(name="crop_h", default=0, min=0, max=MAX_RESOLUTION),
+        Int(name="target_width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="target_height", default=1024, min=0, max=MAX_RESOLUTION),
+        String(name="text_g", multiline=True),
+        String(name="text_l", multiline=True),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        clip: TextEncoder,
+        width: int,
+        height: int,
+        crop_w: int,
+        crop_h: int,
+        target_width: int,
+        target_height: int,
+        text_g: str,
+        text_l: str,
+    ) -> tuple[Conditioning]:
+        from nodes.comfy.emphasis import parse_emphasis
+
+        encode_parts = _xl_encoder(clip, "CLIPTextEncodeSDXL")
+        parts = [parse_emphasis(text_l), parse_emphasis(text_g)]
+        ids = [height, width, crop_h, crop_w, target_height, target_width]
+        return (encode_parts(parts, 0, f"sdxl prompt g={text_g!r} l={text_l!r} size {ids}", ids),)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    """SDXL refiner prompt encoding with its aesthetic-score conditioning (6 for prompts, 2.5 for
+    negatives in the reference pipeline)."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Float(name="ascore", default=6.0, min=0.0, max=1000.0, step=0.01),
+        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
+        String(name="text", multiline=True),
+        Socket(name="clip", type="CLIP"),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(
+        ctx: Context, ascore: float, width: int, height: int, text: str, clip: TextEncoder
+    ) -> tuple[Conditioning]:
+        from nodes.comfy.emphasis import parse_emphasis
+
+        encode_parts = _xl_encoder(clip, "CLIPTextEncodeSDXLRefiner")
+        if getattr(clip, "variant", "") != "sdxl_refiner":
+            raise ValueError(f"clip: {clip.name!r} is an SDXL base encoder; use CLIPTextEncodeSDXL")
+        ids = [height, width, 0, 0, ascore]
+        return (encode_parts([parse_emphasis(text)], 0, f"refiner prompt {text!r} ascore {ascore}", ids),)
+
+
 class CLIPSetLastLayer(Node):
     """Stops CLIP at an earlier layer: -1 is the model's usual layer, -2 one before it (A1111's
     "clip skip 2"), and so on."""
@@ -83,22 +208,6 @@ class CLIPSetLastLayer(Node):
         if not hasattr(clip, "layer_skip"):
             raise ValueError(f"clip: the text encoder {clip.name!r} has no layers to stop at")
         return (dataclasses.replace(clip, layer_skip=-1 - stop_at_clip_layer),)  # type: ignore[type-var]
-
-
-class ConditioningZeroOut(Node):
-    """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
-
-    category = "advanced/conditioning"
-    inputs = (Socket(name="conditioning", type="CONDITIONING"),)
-    outputs = (Output("CONDITIONING", "CONDITIONING"),)
-
-    @staticmethod
-    def run(ctx: Context, conditioning: Conditioning) -> tuple[Conditioning]:
-        import torch
-
-        zeros = {k: torch.zeros_like(v) for k, v in conditioning.extras if k != "time_ids"}
-        emb = torch.zeros_like(conditioning.embedding)
-        return (conditioning.with_tensors(f"zeroed {conditioning.meaning}", embedding=emb, **zeros),)
 
 
 class EmptyLatentImage(Node):
@@ -313,9 +422,12 @@ class KSamplerAdvanced(Node):
 
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
+    LoraLoader,
+    LoraLoaderModelOnly,
     CLIPTextEncode,
+    CLIPTextEncodeSDXL,
+    CLIPTextEncodeSDXLRefiner,
     CLIPSetLastLayer,
-    ConditioningZeroOut,
     EmptyLatentImage,
     VAEDecode,
     VAEEncode,
