@@ -1,6 +1,6 @@
 """The rule contract (``Guidance``'s docstring), checked over every rule class.
 
-For each rule of ``nodes.diffusion`` (the lead's RegionMix included): it is registered here (a new rule
+For each rule of ``nodes.diffusion`` (RegionMix included): it is registered here (a new rule
 without a case fails), it declares a known space,
 ``children()`` lists its GUIDANCE fields in declaration order, ``apply`` reads its inputs in that
 order (its output equals the formula evaluated by field name), its neutral setting equals its
