@@ -1,17 +1,30 @@
 """The one worker thread: takes prompts from the store, runs them, streams their events to the loop.
 
 The executor (and its warm node cache) lives for the whole server, so a prompt that repeats earlier
-work runs only what changed. Events cross to the event loop with ``call_soon_threadsafe``; previews are
-encoded to JPEG here, off the loop. ``interrupt`` sets the running prompt's CancelToken, which the
-runtime checks between nodes and at every sampler step.
+work runs only what changed. ``interrupt`` sets the running prompt's CancelToken, which the runtime
+checks between nodes and at every sampler step.
+
+The event path costs O(1) per event, so a prompt of N nodes costs O(N) in time and WebSocket bytes:
+messages cross to the event loop in batches (one ``call_soon_threadsafe`` per batch, not per message);
+node states are updated in place; ``progress_state`` (the state of every node the prompt has touched)
+is sent at most once per ``progress_state_interval`` -- an interval that grows with the number of
+nodes, so its bytes per second stay bounded -- and always once before the prompt's outcome.
+
+Previews are made only when someone will see them: never with ``extra_data.preview_method: "none"``;
+with a method named (``auto``, ``latent2rgb``, ``taesd``) for the submitting client; with none named
+(the editor's "default") only while the submitting client is one that declared
+``supports_preview_metadata`` (the editor). They are encoded to JPEG here, off the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +37,7 @@ from graph_runtime.events import (
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
+    ExecutionSuccess,
     Progress,
 )
 from server.hub import Hub
@@ -39,6 +53,24 @@ STORED_MESSAGES = (
     "execution_error",
     "execution_interrupted",
 )
+PREVIEW_METHODS = ("default", "none", "auto", "latent2rgb", "taesd")  # the editor's choices
+DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
+
+
+def progress_state_interval(nodes: int) -> float:
+    """Seconds between two ``progress_state`` messages of one prompt: 50 ms, or 50 µs per node when
+    that is longer (a message carries ~200 bytes per node, so at most ~4 MB/s per prompt)."""
+    return max(0.05, 50e-6 * nodes)
+
+
+def wants_previews(extra_data: dict[str, Any], editor_connected: bool) -> tuple[bool, bool]:
+    """(make previews, send them to a client that did not declare ``supports_preview_metadata``)."""
+    method = extra_data.get("preview_method", "default")
+    if method == "none":
+        return False, False
+    if method == "default":
+        return editor_connected, False
+    return True, True
 
 
 @dataclass
@@ -58,7 +90,11 @@ class _RunState:
     row: PromptRow
     messages: list[list[Any]] = field(default_factory=list)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
     error: dict[str, Any] | None = None
+    states_changed: bool = False
+    states_sent_at: float = -math.inf
+    previews_to_all: bool = False  # also to clients that did not declare supports_preview_metadata
 
 
 class PromptWorker:
@@ -83,6 +119,8 @@ class PromptWorker:
         self._free_requested = threading.Event()
         self._lock = threading.Lock()
         self._running: Running | None = None
+        self._outbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._outbox_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="guidegraph-worker", daemon=True)
         self.prompts_run = 0
 
@@ -146,6 +184,9 @@ class PromptWorker:
         state = _RunState(row)
         self._broadcast_status()
         extra_pnginfo = row.extra_data.get("extra_pnginfo")
+        previews, state.previews_to_all = wants_previews(
+            row.extra_data, self._hub.shows_previews(row.client_id)
+        )
         status, outputs = ERROR, {}
         try:
             result = self._executor.run(
@@ -155,7 +196,7 @@ class PromptWorker:
                 on_event=lambda event: self._on_event(state, event),
                 cancel=token,
                 extra_pnginfo=extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
-                previews=True,
+                previews=previews,
             )
             status = {"success": SUCCESS, "interrupted": INTERRUPTED}.get(result.status, ERROR)
             outputs = dict(result.ui or {})
@@ -222,27 +263,27 @@ class PromptWorker:
             running = self._running
             if running is not None:
                 running.node = event.node
-            for info in state.nodes.values():
-                if info["state"] == "running":
-                    info["state"] = "finished"
+            self._finish_running(state)
             if event.node is not None:
-                self._node(state, event.node).update(state="running", value=0, max=1)
+                self._set_node(state, event.node, state="running", value=0, max=1)
+                state.running.add(event.node)
             self._emit(state, event.type, data)
             if event.node is not None:
-                self._emit_progress_state(state)
+                self._send_states(state)
             return
         if isinstance(event, ExecutionCached):
             for node in event.nodes:
-                self._node(state, node).update(state="finished", value=1, max=1)
+                self._set_node(state, node, state="finished", value=1, max=1)
         if isinstance(event, Progress):
-            self._node(state, event.node).update(state="running", value=event.value, max=event.max)
+            self._set_node(state, event.node, state="running", value=event.value, max=event.max)
             self._emit(state, event.type, data)
-            self._emit_progress_state(state)
+            self._send_states(state)
             if event.preview is not None:
                 self._emit_preview(state, event.node, event.preview)
             return
         if isinstance(event, Executed):
-            self._node(state, event.node)["state"] = "finished"
+            self._set_node(state, event.node, state="finished")
+            state.running.discard(event.node)
         if isinstance(event, ExecutionError):
             data = {
                 **data,
@@ -251,33 +292,54 @@ class PromptWorker:
                 "current_inputs": _short_inputs(data.get("current_inputs", {})),
             }
             if event.node_id:
-                self._node(state, event.node_id)["state"] = "error"
+                self._set_node(state, event.node_id, state="error")
+                state.running.discard(event.node_id)
             state.error = {
                 k: data[k] for k in ("node_id", "node_type", "exception_message", "exception_type")
             }
+        if isinstance(event, ExecutionSuccess):
+            self._finish_running(state)
+        if isinstance(event, (ExecutionSuccess, ExecutionInterrupted)):
+            self._send_states(state, now=True)  # the final states, before the outcome
         if isinstance(event, ExecutionInterrupted):
             self._emit(state, event.type, data, sid=None)  # ComfyUI broadcasts interruptions
             return
         self._emit(state, event.type, data)
-        if isinstance(event, (Executed, ExecutionError)):
-            self._emit_progress_state(state)
+        if isinstance(event, ExecutionError):
+            self._send_states(state, now=True)
+        elif isinstance(event, Executed):
+            self._send_states(state)
 
-    def _node(self, state: _RunState, node: str) -> dict[str, Any]:
-        return state.nodes.setdefault(
-            node,
-            {
+    def _finish_running(self, state: _RunState) -> None:
+        for node in state.running:
+            self._set_node(state, node, state="finished")
+        state.running.clear()
+
+    def _set_node(self, run: _RunState, node: str, **changes: Any) -> None:
+        info = run.nodes.get(node)
+        if info is None:
+            info = run.nodes[node] = {
                 "value": 0,
                 "max": 1,
                 "state": "pending",
                 "node_id": node,
-                "prompt_id": state.row.id,
+                "prompt_id": run.row.id,
                 "display_node_id": node,
                 "parent_node_id": None,
                 "real_node_id": node,
-            },
-        )
+            }
+        info.update(changes)
+        run.states_changed = True
 
-    def _emit_progress_state(self, state: _RunState) -> None:
+    def _send_states(self, state: _RunState, now: bool = False) -> None:
+        """``progress_state`` with every touched node, throttled (see ``progress_state_interval``)."""
+        if not state.states_changed:
+            return
+        clock = time.monotonic()
+        if not now and clock - state.states_sent_at < progress_state_interval(len(state.nodes)):
+            return
+        state.states_changed = False
+        state.states_sent_at = clock
         nodes = {node: dict(info) for node, info in state.nodes.items()}
         self._emit(state, "progress_state", {"prompt_id": state.row.id, "nodes": nodes})
 
@@ -295,7 +357,29 @@ class PromptWorker:
         if type in STORED_MESSAGES:
             state.messages.append([type, data])
         target = state.row.client_id if sid is self._UNSET else sid
-        self._loop.call_soon_threadsafe(self._hub.send, type, data, target)
+        self._post(self._hub.send, type, data, target)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Hand a call to the event loop, in order; one wake-up per batch, not per message."""
+        with self._outbox_lock:
+            self._outbox.append((fn, args))
+            first = len(self._outbox) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        """(event loop) Run up to DELIVER_BATCH handed-over calls; come back for the rest."""
+        with self._outbox_lock:
+            batch = [self._outbox.popleft() for _ in range(min(DELIVER_BATCH, len(self._outbox)))]
+        for fn, args in batch:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("could not deliver %s", getattr(fn, "__name__", fn))
+        with self._outbox_lock:
+            more = bool(self._outbox)
+        if more:
+            self._loop.call_soon(self._deliver)
 
     def _emit_preview(self, state: _RunState, node: str, preview: PreviewImage) -> None:
         image = encode_jpeg(preview, self._preview_max_side)
@@ -309,7 +393,7 @@ class PromptWorker:
             "prompt_id": state.row.id,
             "image_type": "image/jpeg",
         }
-        self._loop.call_soon_threadsafe(self._hub.send_preview, image, meta, state.row.client_id)
+        self._post(self._hub.send_preview, image, meta, state.row.client_id, state.previews_to_all)
 
     def _broadcast_status(self) -> None:
         try:
@@ -317,7 +401,7 @@ class PromptWorker:
         except Exception:
             return
         # Through the loop, after the events already handed over: status 0 follows execution_success.
-        self._loop.call_soon_threadsafe(self._hub.send_status, remaining)
+        self._post(self._hub.send_status, remaining)
 
     @staticmethod
     def _safely(fn: Callable[[], Any]) -> None:
