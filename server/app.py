@@ -115,7 +115,9 @@ def create_app(
     )
     app[state.CONFIG] = config
     app[state.REGISTRY] = registry
-    app[state.HUB] = Hub(config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s)
+    app[state.HUB] = Hub(
+        config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s, config.ws_queue_max_bytes
+    )
     app[state.TEMPLATES] = Templates(config.workflows_dir, config.default_workflow)
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor

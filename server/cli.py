@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--cache", default="lru", help="node cache policy (default lru)")
     parser.add_argument("--max-upload-mb", type=int, default=32)
+    parser.add_argument(
+        "--max-prompt-nodes",
+        type=int,
+        default=ServerConfig.max_prompt_nodes,
+        help=f"refuse prompts with more nodes (default {ServerConfig.max_prompt_nodes:,})",
+    )
     parser.set_defaults(func=serve)
 
 
@@ -63,6 +69,7 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device,
         cache=args.cache,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_prompt_nodes=args.max_prompt_nodes,
     )
     try:
         config.check()

@@ -45,7 +45,9 @@ class ServerConfig:
     max_json_depth: int = 64
     history_limit: int = 10_000
     history_page_default: int = 1_000
-    ws_queue_size: int = 256
+    max_prompt_nodes: int = 100_000  # larger prompts are refused with a 400
+    ws_queue_size: int = 256  # unsent frames per client before its chatter is merged and previews dropped
+    ws_queue_max_bytes: int = 64 * MiB  # unsent bytes per client before it is disconnected
     ws_send_timeout_s: float = 10.0
     ws_status_interval_s: float = 0.02  # queue-length broadcasts are coalesced to at most one per interval
     preview_max_side: int = 512

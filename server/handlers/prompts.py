@@ -15,6 +15,7 @@ from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
 from server.store import DuplicatePromptId
+from server.worker import PREVIEW_METHODS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
@@ -38,6 +39,12 @@ async def post_prompt(request: web.Request) -> web.Response:
     targets = _targets(body.get("partial_execution_targets"))
     try:
         prompt = await asyncio.to_thread(to_api_prompt, raw_prompt, registry)
+        if len(prompt) > config.max_prompt_nodes:
+            return _invalid(
+                f"the prompt has {len(prompt)} nodes; this server runs at most {config.max_prompt_nodes}",
+                "raise the server's node limit (ServerConfig.max_prompt_nodes, guidegraph serve"
+                " --max-prompt-nodes) to run it",
+            )
         report = await asyncio.to_thread(validate, prompt, registry, targets)
     except WorkflowFormatError as exc:
         return _invalid("the prompt is not a valid workflow", str(exc))
@@ -58,6 +65,9 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not isinstance(extra_data, dict):
         fail("extra_data must be an object", type="invalid_prompt")
     extra_data = strip_secrets(extra_data)
+    method = extra_data.get("preview_method", "default")
+    if method not in PREVIEW_METHODS:
+        fail(f"extra_data.preview_method must be one of {', '.join(PREVIEW_METHODS)}", type="invalid_prompt")
     if client_id is not None:
         extra_data["client_id"] = client_id
     store = app[state.STORE]
