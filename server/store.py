@@ -5,8 +5,17 @@ A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrup
 ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
 left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
 
-The database runs in WAL mode with ``synchronous=FULL``: once ``add`` returns, the prompt survives a
-crash. One connection is shared by the event loop's helper threads and the worker, behind a lock.
+The database runs in WAL mode. ``add`` commits with ``synchronous=FULL``: once it returns, the prompt
+survives a crash of the process or of the machine. Concurrent ``add`` calls share one commit (group
+commit): whoever takes the lock writes every prompt queued by then in one transaction, so twenty
+clients posting at once pay for one fsync, not twenty. The worker's own records (claiming a prompt,
+recording its outcome) commit with ``synchronous=NORMAL``: they survive a crash of the process, and
+the next FULL commit makes them durable in order; a power cut may only take back the newest of them,
+which ``recover`` then reports as interrupted. One connection is shared by the event loop's helper
+threads and the worker, behind a lock.
+
+The history is capped without scanning it: the store counts its finished rows and, past the cap,
+deletes exactly the oldest ones through the ``(end_time, seq)`` index.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,11 +169,20 @@ class PromptStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
         self._lock = threading.Lock()
+        self._adds_lock = threading.Lock()
+        self._adds: list[_Add] = []
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._durable = True
         self._db.executescript(_SCHEMA)
+        marks = ",".join("?" * len(FINISHED))
+        self._finished = int(
+            self._db.execute(f"SELECT COUNT(*) FROM prompts WHERE status IN ({marks})", FINISHED).fetchone()[
+                0
+            ]
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -185,39 +203,61 @@ class PromptStore:
         workflow_id: str | None = None,
     ) -> float:
         """Commit a pending prompt and return its queue number (lower runs first)."""
-        with self._lock, self._tx():
-            if number is None:
-                row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
-                number = -float(row["n"]) if front else float(row["n"])
-                if front:  # ahead of everything pending, including earlier front prompts
-                    low = self._db.execute(
-                        "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
-                    ).fetchone()["m"]
-                    if low is not None and low <= number:
-                        number = low - 1
-            try:
-                self._db.execute(
-                    "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
-                    " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        prompt_id,
-                        number,
-                        PENDING,
-                        _dump(prompt),
-                        _dump(extra_data),
-                        _dump(list(outputs_to_execute)),
-                        client_id,
-                        workflow_id,
-                        now_ms(),
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicatePromptId(prompt_id) from exc
+        request = _Add(
+            prompt_id,
+            (_dump(prompt), _dump(extra_data), _dump(list(outputs_to_execute)), client_id, workflow_id),
+            number,
+            front,
+        )
+        with self._adds_lock:
+            self._adds.append(request)
+        with self._lock:
+            if not request.done:  # nobody took it into their commit yet: commit everything queued
+                with self._adds_lock:
+                    batch, self._adds = self._adds, []
+                self._commit_adds(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.number is not None
+        return request.number
+
+    def _commit_adds(self, batch: list[_Add]) -> None:
+        """One FULL transaction for ``batch``; a duplicate id fails only its own request."""
+        try:
+            with self._tx():
+                for request in batch:
+                    try:
+                        request.number = self._insert(request)
+                    except sqlite3.IntegrityError as exc:
+                        request.error = DuplicatePromptId(request.prompt_id)
+                        request.error.__cause__ = exc
+        except Exception as exc:  # the commit itself failed: nobody's prompt is stored
+            for request in batch:
+                request.error = exc
+        for request in batch:
+            request.done = True
+
+    def _insert(self, request: _Add) -> float:
+        number = request.number
+        if number is None:
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
+            number = -float(row["n"]) if request.front else float(row["n"])
+            if request.front:  # ahead of everything pending, including earlier front prompts
+                low = self._db.execute(
+                    "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
+                ).fetchone()["m"]
+                if low is not None and low <= number:
+                    number = low - 1
+        self._db.execute(
+            "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
+            " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (request.prompt_id, number, PENDING, *request.values, now_ms()),
+        )
         return number
 
     def claim_next(self) -> PromptRow | None:
         """Mark the first pending prompt running and return it (None when the queue is empty)."""
-        with self._lock, self._tx():
+        with self._lock, self._tx(durable=False):
             row = self._db.execute(
                 "SELECT * FROM prompts WHERE status = ? ORDER BY number, seq LIMIT 1", (PENDING,)
             ).fetchone()
@@ -238,12 +278,13 @@ class PromptStore:
         error: dict[str, Any] | None = None,
     ) -> None:
         """Record the outcome of a prompt (its output files are already on disk) and trim history."""
-        with self._lock, self._tx():
-            self._db.execute(
+        with self._lock, self._tx(durable=False):
+            cur = self._db.execute(
                 "UPDATE prompts SET status = ?, end_time = ?, outputs = ?, messages = ?, error = ?"
-                " WHERE id = ?",
-                (status, now_ms(), _dump(outputs), _dump(messages), _dump(error), prompt_id),
+                " WHERE id = ? AND status NOT IN (?, ?, ?, ?)",
+                (status, now_ms(), _dump(outputs), _dump(messages), _dump(error), prompt_id, *FINISHED),
             )
+            self._finished += cur.rowcount
             self._trim()
 
     def recover(self) -> list[str]:
@@ -263,6 +304,8 @@ class PromptStore:
                     "UPDATE prompts SET status = ?, end_time = ?, outputs = '{}', messages = ? WHERE id = ?",
                     (INTERRUPTED, now_ms(), _dump([["execution_interrupted", note]]), prompt_id),
                 )
+            self._finished += len(ids)
+            self._trim()
         return ids
 
     def queue(self) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -304,6 +347,7 @@ class PromptStore:
                 )
                 if cur.rowcount:
                     done.append(prompt_id)
+            self._finished += len(done)
             self._trim()
         return done
 
@@ -340,6 +384,7 @@ class PromptStore:
                 cur = self._db.executemany(
                     f"DELETE FROM prompts WHERE id = ? AND status IN ({marks})", [(i, *FINISHED) for i in ids]
                 )
+            self._finished -= cur.rowcount
         return cur.rowcount
 
     def jobs(
@@ -376,15 +421,35 @@ class PromptStore:
     # -- internals -------------------------------------------------------------------------------
 
     def _trim(self) -> None:
+        """Delete the oldest finished rows beyond the cap (``+status``: walk the end_time index)."""
+        excess = self._finished - self._history_limit
+        if excess <= 0:
+            return
         marks = ",".join("?" * len(FINISHED))
-        self._db.execute(
-            f"DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE status IN ({marks})"
-            " ORDER BY end_time DESC, seq DESC LIMIT -1 OFFSET ?)",
-            (*FINISHED, self._history_limit),
+        cur = self._db.execute(
+            "DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE end_time IS NOT NULL"
+            f" AND +status IN ({marks}) ORDER BY end_time, seq LIMIT ?)",
+            (*FINISHED, excess),
         )
+        self._finished -= cur.rowcount
 
-    def _tx(self) -> _Transaction:
+    def _tx(self, durable: bool = True) -> _Transaction:
+        if durable != self._durable:  # outside any transaction, as SQLite requires
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         return _Transaction(self._db)
+
+
+@dataclass(eq=False)
+class _Add:
+    """One ``add`` waiting for a group commit: its encoded columns, then its outcome."""
+
+    prompt_id: str
+    values: tuple[str, str, str, str | None, str | None]  # prompt, extra_data, outputs, client, workflow
+    number: float | None
+    front: bool
+    done: bool = False
+    error: Exception | None = field(default=None)
 
 
 class _Transaction:
