@@ -100,6 +100,7 @@ async def guidegraph_server(tmp: Path) -> AsyncIterator[Server]:
 
 @contextlib.asynccontextmanager
 async def comfyui_server(tmp: Path, root: Path, python: str) -> AsyncIterator[Server]:
+    (tmp / "custom_nodes").mkdir(parents=True)
     port = free_port()
     command = [python, str(root / "main.py"), "--cpu", "--port", str(port), "--listen", "127.0.0.1"]
     command += ["--disable-auto-launch", "--base-directory", str(tmp), "--verbose", "WARNING"]
