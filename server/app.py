@@ -21,6 +21,7 @@ from server import state
 from server.config import MiB, ServerConfig
 from server.handlers import editor, files, history, info, prompts, userdata, ws
 from server.hub import Hub
+from server.intake import Intake
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
 from server.templates import Templates
@@ -151,6 +152,7 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
         store, executor, app[state.HUB], asyncio.get_running_loop(), preview_max_side=config.preview_max_side
     )
     app[state.STORE] = store
+    app[state.INTAKE] = Intake(store)
     app[state.WORKER] = worker
     worker.start()
     try:

@@ -5,10 +5,10 @@ A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrup
 ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
 left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
 
-The database runs in WAL mode. ``add`` commits with ``synchronous=FULL``: once it returns, the prompt
-survives a crash of the process or of the machine. Concurrent ``add`` calls share one commit (group
-commit): whoever takes the lock writes every prompt queued by then in one transaction, so twenty
-clients posting at once pay for one fsync, not twenty. The worker's own records (claiming a prompt,
+The database runs in WAL mode. ``add_many`` commits with ``synchronous=FULL``: once it returns, its
+prompts survive a crash of the process or of the machine; it takes a whole batch in one transaction,
+so the server (``server.intake``) can give twenty concurrent posts one fsync, not twenty. The worker's
+own records (claiming a prompt,
 recording its outcome) commit with ``synchronous=NORMAL``: they survive a crash of the process, and
 the next FULL commit makes them durable in order; a power cut may only take back the newest of them,
 which ``recover`` then reports as interrupted. One connection is shared by the event loop's helper
@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,20 @@ class DuplicatePromptId(ValueError):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NewPrompt:
+    """A prompt to queue, as ``POST /prompt`` accepted it."""
+
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: Sequence[str]
+    number: float | None = None
+    front: bool = False
+    client_id: str | None = None
+    workflow_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +183,6 @@ class PromptStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
         self._lock = threading.Lock()
-        self._adds_lock = threading.Lock()
-        self._adds: list[_Add] = []
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -202,47 +214,49 @@ class PromptStore:
         client_id: str | None = None,
         workflow_id: str | None = None,
     ) -> float:
-        """Commit a pending prompt and return its queue number (lower runs first)."""
-        request = _Add(
-            prompt_id,
-            (_dump(prompt), _dump(extra_data), _dump(list(outputs_to_execute)), client_id, workflow_id),
-            number,
-            front,
+        """Commit one pending prompt and return its queue number (lower runs first)."""
+        new = NewPrompt(
+            prompt_id, prompt, extra_data, list(outputs_to_execute), number, front, client_id, workflow_id
         )
-        with self._adds_lock:
-            self._adds.append(request)
+        result = self.add_many([new])[0][0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def add_many(self, batch: Sequence[NewPrompt]) -> tuple[list[float | DuplicatePromptId], int]:
+        """Commit ``batch`` in one FULL transaction: per prompt its queue number, or the error that
+        refused it alone (a duplicate id); and then the queue length. Nothing is stored if it raises."""
+        values = [
+            (
+                _dump(n.prompt),
+                _dump(n.extra_data),
+                _dump(list(n.outputs_to_execute)),
+                n.client_id,
+                n.workflow_id,
+            )
+            for n in batch
+        ]
+        results: list[float | DuplicatePromptId] = []
         with self._lock:
-            if not request.done:  # nobody took it into their commit yet: commit everything queued
-                with self._adds_lock:
-                    batch, self._adds = self._adds, []
-                self._commit_adds(batch)
-        if request.error is not None:
-            raise request.error
-        assert request.number is not None
-        return request.number
-
-    def _commit_adds(self, batch: list[_Add]) -> None:
-        """One FULL transaction for ``batch``; a duplicate id fails only its own request."""
-        try:
             with self._tx():
-                for request in batch:
+                for new, columns in zip(batch, values, strict=True):
                     try:
-                        request.number = self._insert(request)
+                        results.append(self._insert(new, columns))
                     except sqlite3.IntegrityError as exc:
-                        request.error = DuplicatePromptId(request.prompt_id)
-                        request.error.__cause__ = exc
-        except Exception as exc:  # the commit itself failed: nobody's prompt is stored
-            for request in batch:
-                request.error = exc
-        for request in batch:
-            request.done = True
+                        error = DuplicatePromptId(new.prompt_id)
+                        error.__cause__ = exc
+                        results.append(error)
+            remaining = self._db.execute(
+                "SELECT COUNT(*) AS n FROM prompts WHERE status IN (?, ?)", (RUNNING, PENDING)
+            ).fetchone()["n"]
+        return results, int(remaining)
 
-    def _insert(self, request: _Add) -> float:
-        number = request.number
+    def _insert(self, new: NewPrompt, columns: tuple[str, str, str, str | None, str | None]) -> float:
+        number = new.number
         if number is None:
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
-            number = -float(row["n"]) if request.front else float(row["n"])
-            if request.front:  # ahead of everything pending, including earlier front prompts
+            number = -float(row["n"]) if new.front else float(row["n"])
+            if new.front:  # ahead of everything pending, including earlier front prompts
                 low = self._db.execute(
                     "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
                 ).fetchone()["m"]
@@ -251,7 +265,7 @@ class PromptStore:
         self._db.execute(
             "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
             " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (request.prompt_id, number, PENDING, *request.values, now_ms()),
+            (new.prompt_id, number, PENDING, *columns, now_ms()),
         )
         return number
 
@@ -438,18 +452,6 @@ class PromptStore:
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
         return _Transaction(self._db)
-
-
-@dataclass(eq=False)
-class _Add:
-    """One ``add`` waiting for a group commit: its encoded columns, then its outcome."""
-
-    prompt_id: str
-    values: tuple[str, str, str, str | None, str | None]  # prompt, extra_data, outputs, client, workflow
-    number: float | None
-    front: bool
-    done: bool = False
-    error: Exception | None = field(default=None)
 
 
 class _Transaction:

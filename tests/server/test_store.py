@@ -1,52 +1,31 @@
-"""The store's group commit and its history cap."""
+"""Group commit of concurrent posts, and the history cap."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from pathlib import Path
 
-import pytest
-
-from server.store import ERROR, SUCCESS, DuplicatePromptId, PromptStore
+from server.intake import Intake
+from server.store import ERROR, SUCCESS, DuplicatePromptId, NewPrompt, PromptStore
 from tests.server.conftest import square_prompt
 
 
-def test_concurrent_adds_share_commits_and_a_duplicate_fails_only_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_concurrent_posts_share_commits_and_a_duplicate_fails_only_itself(tmp_path: Path) -> None:
     store = PromptStore(tmp_path / "db.sqlite3")
     store.add("taken", square_prompt(), {}, ["2"])
-    batches: list[int] = []
-    commit = store._commit_adds
-
-    def counted(batch: list) -> None:  # type: ignore[type-arg]
-        batches.append(len(batch))
-        commit(batch)
-
-    monkeypatch.setattr(store, "_commit_adds", counted)
-    start = threading.Barrier(21)
-    errors: dict[str, Exception] = {}
-
-    def post(prompt_id: str) -> None:
-        start.wait()
-        try:
-            store.add(prompt_id, square_prompt(), {}, ["2"])
-        except DuplicatePromptId as exc:
-            errors[prompt_id] = exc
-
-    threads = [threading.Thread(target=post, args=(f"p{i}",)) for i in range(20)]
-    threads.append(threading.Thread(target=post, args=("taken",)))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert list(errors) == ["taken"]
-    assert sum(batches) == 21 and len(batches) < 21  # some commits carried several prompts
-    pending = store.queue()[1]
-    assert len(pending) == 21 and len({row.number for row in pending}) == 21
+    intake = Intake(store)
+    ids = [f"p{i}" for i in range(40)] + ["taken"]
+    results = await asyncio.gather(
+        *(intake.add(NewPrompt(i, square_prompt(), {}, ["2"])) for i in ids), return_exceptions=True
+    )
+    assert isinstance(results[-1], DuplicatePromptId)
+    numbers = [r[0] for r in results[:-1] if isinstance(r, tuple)]
+    assert len(set(numbers)) == 40 and numbers == sorted(numbers)  # queued in the order posted
+    assert 1 <= intake.commits < 41  # several prompts per commit
+    assert max(r[1] for r in results[:-1] if isinstance(r, tuple)) == 41  # the queue length after
     store.close()
     reopened = PromptStore(tmp_path / "db.sqlite3")  # every acknowledged prompt is on disk
-    assert len(reopened.queue()[1]) == 21
+    assert len(reopened.queue()[1]) == 41
     reopened.close()
 
 
