@@ -20,6 +20,7 @@ from server.store import DuplicatePromptId, NewPrompt
 from server.worker import PREVIEW_METHODS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -40,7 +41,10 @@ async def post_prompt(request: web.Request) -> web.Response:
     registry = app[state.REGISTRY]
     targets = _targets(body.get("partial_execution_targets"))
     try:
-        checked = await asyncio.to_thread(_convert_and_validate, raw_prompt, registry, targets, config)
+        if (request.content_length or INLINE_BYTES + 1) <= INLINE_BYTES:  # cheaper than a thread hop
+            checked = _convert_and_validate(raw_prompt, registry, targets, config)
+        else:
+            checked = await asyncio.to_thread(_convert_and_validate, raw_prompt, registry, targets, config)
     except WorkflowFormatError as exc:
         return _invalid("the prompt is not a valid workflow", str(exc))
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
