@@ -16,8 +16,8 @@ from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
 from server.config import ServerConfig
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
+from server.messages import PREVIEW_METHODS
 from server.store import DuplicatePromptId, NewPrompt
-from server.worker import PREVIEW_METHODS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
