@@ -11,9 +11,10 @@ Both servers start fresh in temporary folders and stay up for the whole run, eac
 with ``--cpu``). Each workload runs once per round on each server, the order alternating per round,
 and the table gives the medians and their ratio. The prompts are trivial and model-free, as a new
 user would try first: ComfyUI ``EmptyImage → SaveImage``; guidegraph (its built-in nodes, started with
-``guidegraph serve``) ``EmptyLatent → Decode → SaveImage``; each prompt distinct, so neither server's
-cache can skip it. The chain is ``EmptyImage → ImageInvert × N → SaveImage`` against
-``EmptyLatent → (Decode → Encode) × N/2 → Decode → SaveImage``.
+``guidegraph serve``) ``Model → EmptyLatent → Decode → SaveImage`` with the shipped pixel-space shapes
+model (loaded once, then cached); no two prompts alike (image size and file prefix), so neither
+server's cache can skip the work. The chain is ``EmptyImage → ImageInvert × N → SaveImage`` against
+``... Decode → ImageBatch × N → SaveImage`` (an ImageBatch of one input passes it on).
 """
 
 from __future__ import annotations
@@ -36,37 +37,46 @@ from benchmarks.load import PromptFn, burst, closed_loop, one_big_prompt, rss_mi
 from tests.server.test_restart import ROOT, free_port
 
 
+def size(i: int) -> tuple[int, int, str]:
+    """Width, height and file prefix of the i-th prompt: 1,024 sizes (multiples of 8, as the shapes
+    model needs) times a prefix per 1,024 prompts, so no two prompts are the same."""
+    return 8 * (1 + i % 32), 8 * (1 + (i // 32) % 32), f"b{i // 1024}"
+
+
 def guidegraph_prompt(i: int) -> dict[str, Any]:
-    width, height = 8 + i % 64, 8 + (i // 64) % 64
+    width, height, prefix = size(i)
     return {
         "1": {
-            "class_type": "EmptyLatent",
-            "inputs": {"width": width, "height": height, "batch_size": 1, "channels": 3},
+            "class_type": "Model",
+            "inputs": {"checkpoint": "shapes_unet.safetensors", "prediction": "auto", "weight_dtype": "auto"},
         },
-        "2": {"class_type": "Decode", "inputs": {"latent": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
+        "2": {
+            "class_type": "EmptyLatent",
+            "inputs": {"model": ["1", 0], "width": width, "height": height, "batch_size": 1},
+        },
+        "3": {"class_type": "Decode", "inputs": {"latent": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
 
 
 def comfyui_prompt(i: int) -> dict[str, Any]:
-    width, height = 8 + i % 64, 8 + (i // 64) % 64
+    width, height, prefix = size(i)
     return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": width, "height": height, "batch_size": 1, "color": i % 0xFFFFFF},
         },
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 
 
 def guidegraph_chain(n: int, i: int) -> dict[str, Any]:
     prompt = guidegraph_prompt(i)
-    source = "2"
-    for k in range(n // 2):  # Decode → Encode → Decode ...: n trivial nodes after the first Decode
-        prompt[f"e{k}"] = {"class_type": "Encode", "inputs": {"image": [source, 0]}}
-        prompt[f"d{k}"] = {"class_type": "Decode", "inputs": {"latent": [f"e{k}", 0]}}
-        source = f"d{k}"
-    prompt["3"]["inputs"]["images"] = [source, 0]
+    source = "3"
+    for k in range(n):  # ImageBatch of one input passes its batch on
+        prompt[f"b{k}"] = {"class_type": "ImageBatch", "inputs": {"images_1": [source, 0]}}
+        source = f"b{k}"
+    prompt["4"]["inputs"]["images"] = [source, 0]
     return prompt
 
 

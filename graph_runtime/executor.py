@@ -371,9 +371,14 @@ class _Run:
 
 
 def _short(value: Any) -> str:
-    """A one-line description of an input value for error reports (tensors by shape, not content)."""
+    """A one-line description of an input value for error reports: literals as written, tensors by
+    shape, anything else by its type (the repr of a value holding a network formats every weight)."""
     torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
     if torch is not None and isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)} {value.dtype} on {value.device}"
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    if value is None or isinstance(value, (str, int, float, bool)):
+        text = repr(value)
+        return text if len(text) <= 200 else text[:197] + "..."
+    if isinstance(value, (list, tuple, dict)):
+        return f"{type(value).__name__} of {len(value)}"
+    return f"<{type(value).__name__}>"
