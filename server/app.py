@@ -153,6 +153,7 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     )
     app[state.STORE] = store
     app[state.INTAKE] = Intake(store)
+    app[state.HUB].status_source = store.queue_remaining
     app[state.WORKER] = worker
     worker.start()
     try:

@@ -12,11 +12,12 @@ or the other clients, and a client is never cut off because its own prompt was l
   up from ``/jobs`` and ``/history``), as is one whose socket does not take a frame within
   ``send_timeout_s``.
 
-``status`` (the queue length) is coalesced: ``send_status`` only records the latest value and schedules
-one broadcast for the next event-loop tick, at most once per ``status_interval_s``. The broadcast reads
-the value when it runs, so a client sees the latest queue length after every message that was handed
-to the hub before that value was set (``status`` 0 arrives after the last prompt's
-``execution_success``), and a burst of queue changes costs every client one frame instead of one each.
+``status`` (the queue length) is coalesced: ``send_status`` only says "the queue changed" and makes
+sure one broadcast follows, at most once per ``status_interval_s``. The broadcast reads the length
+from ``status_source`` (the store) when it runs, never a value captured earlier, so a client sees the
+current queue length after every message that was handed to the hub before the change (``status`` 0
+arrives after the last prompt's ``execution_success``), no stale length can come last, and a burst of
+queue changes costs every client one frame instead of one each.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +84,9 @@ class Hub:
         self._send_timeout_s = send_timeout_s
         self._status_interval_s = status_interval_s
         self._clients: dict[str, list[Client]] = {}
-        self._status = 0
-        self._status_flush: asyncio.Handle | None = None
+        self.status_source: Callable[[], int] = lambda: 0  # the queue length (blocking: run in a thread)
+        self._status_changed = False
+        self._status_task: asyncio.Task[None] | None = None
         self._status_sent_at = -math.inf
         self.status_broadcasts = 0
 
@@ -118,9 +121,11 @@ class Hub:
             await client.ws.close()
 
     async def close_all(self) -> None:
-        if self._status_flush is not None:
-            self._status_flush.cancel()
-            self._status_flush = None
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._status_task
+            self._status_task = None
         for peers in list(self._clients.values()):
             for client in list(peers):
                 await self.disconnect(client)
@@ -134,23 +139,29 @@ class Hub:
         for client in self._targets(sid):
             self._offer(client, frame, key)
 
-    def send_status(self, queue_remaining: int) -> None:
-        """Tell everyone the queue length, coalesced with other changes in this tick (or interval)."""
-        self._status = queue_remaining
-        if self._status_flush is not None:
-            return  # the pending broadcast has not run yet; it will send this value
-        loop = asyncio.get_running_loop()
-        wait = self._status_sent_at + self._status_interval_s - loop.time()
-        if wait > 0:
-            self._status_flush = loop.call_later(wait, self._flush_status)
-        else:
-            self._status_flush = loop.call_soon(self._flush_status)
+    def send_status(self) -> None:
+        """The queue changed: everyone gets its length, read after this call, coalesced."""
+        self._status_changed = True
+        if self._status_task is None:
+            self._status_task = asyncio.get_running_loop().create_task(self._broadcast_status())
 
-    def _flush_status(self) -> None:
-        self._status_flush = None
-        self._status_sent_at = asyncio.get_running_loop().time()
-        self.status_broadcasts += 1
-        self.send("status", status_payload(self._status))
+    async def _broadcast_status(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._status_changed:
+                # the rest of this tick's changes join this broadcast; then keep the interval
+                await asyncio.sleep(max(0.0, self._status_sent_at + self._status_interval_s - loop.time()))
+                self._status_changed = False
+                try:
+                    remaining = await asyncio.to_thread(self.status_source)
+                except Exception:
+                    log.warning("could not read the queue length", exc_info=True)
+                    continue
+                self._status_sent_at = loop.time()
+                self.status_broadcasts += 1
+                self.send("status", status_payload(remaining))
+        finally:
+            self._status_task = None
 
     def send_to(self, client: Client, type: str, data: dict[str, Any]) -> None:
         self._offer(client, json.dumps({"type": type, "data": data}, default=str), None)

@@ -19,16 +19,16 @@ class Intake:
 
     def __init__(self, store: PromptStore) -> None:
         self._store = store
-        self._waiting: list[tuple[NewPrompt, asyncio.Future[tuple[float, int]]]] = []
+        self._waiting: list[tuple[NewPrompt, asyncio.Future[float]]] = []
         self._committer: asyncio.Task[None] | None = None
         self.commits = 0
 
-    async def add(self, new: NewPrompt) -> tuple[float, int]:
-        """Commit ``new``; return its queue number and the queue length after the commit.
+    async def add(self, new: NewPrompt) -> float:
+        """Commit ``new``; return its queue number.
 
         Raises :class:`DuplicatePromptId` for an id in use, or what the commit itself raised.
         """
-        future: asyncio.Future[tuple[float, int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiting.append((new, future))
         if self._committer is None:
             self._committer = asyncio.get_running_loop().create_task(self._commit_all())
@@ -39,7 +39,7 @@ class Intake:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    results, remaining = await asyncio.to_thread(self._store.add_many, [n for n, _ in batch])
+                    results = await asyncio.to_thread(self._store.add_many, [n for n, _ in batch])
                 except Exception as exc:  # nothing of this batch is stored: every poster hears why
                     for _, future in batch:
                         if not future.done():
@@ -52,6 +52,6 @@ class Intake:
                     if isinstance(result, DuplicatePromptId):
                         future.set_exception(result)
                     else:
-                        future.set_result((result, remaining))
+                        future.set_result(result)
         finally:
             self._committer = None

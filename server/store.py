@@ -218,14 +218,14 @@ class PromptStore:
         new = NewPrompt(
             prompt_id, prompt, extra_data, list(outputs_to_execute), number, front, client_id, workflow_id
         )
-        result = self.add_many([new])[0][0]
+        result = self.add_many([new])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def add_many(self, batch: Sequence[NewPrompt]) -> tuple[list[float | DuplicatePromptId], int]:
+    def add_many(self, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId]:
         """Commit ``batch`` in one FULL transaction: per prompt its queue number, or the error that
-        refused it alone (a duplicate id); and then the queue length. Nothing is stored if it raises."""
+        refused it alone (a duplicate id). Nothing is stored if it raises."""
         values = [
             (
                 _dump(n.prompt),
@@ -237,19 +237,15 @@ class PromptStore:
             for n in batch
         ]
         results: list[float | DuplicatePromptId] = []
-        with self._lock:
-            with self._tx():
-                for new, columns in zip(batch, values, strict=True):
-                    try:
-                        results.append(self._insert(new, columns))
-                    except sqlite3.IntegrityError as exc:
-                        error = DuplicatePromptId(new.prompt_id)
-                        error.__cause__ = exc
-                        results.append(error)
-            remaining = self._db.execute(
-                "SELECT COUNT(*) AS n FROM prompts WHERE status IN (?, ?)", (RUNNING, PENDING)
-            ).fetchone()["n"]
-        return results, int(remaining)
+        with self._lock, self._tx():
+            for new, columns in zip(batch, values, strict=True):
+                try:
+                    results.append(self._insert(new, columns))
+                except sqlite3.IntegrityError as exc:
+                    error = DuplicatePromptId(new.prompt_id)
+                    error.__cause__ = exc
+                    results.append(error)
+        return results
 
     def _insert(self, new: NewPrompt, columns: tuple[str, str, str, str | None, str | None]) -> float:
         number = new.number

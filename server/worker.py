@@ -204,12 +204,8 @@ class PromptWorker:
             self._loop.call_soon(self._deliver)
 
     def _broadcast_status(self) -> None:
-        try:
-            remaining = self._store.queue_remaining()
-        except Exception:
-            return
         # Through the loop, after the events already handed over: status 0 follows execution_success.
-        self._post(self._hub.send_status, remaining)
+        self._post(self._hub.send_status)
 
     @staticmethod
     def _safely(fn: Callable[[], Any]) -> None:

@@ -83,11 +83,11 @@ async def post_prompt(request: web.Request) -> web.Response:
         workflow_id=_workflow_id(extra_data),
     )
     try:
-        number, remaining = await app[state.INTAKE].add(new)
+        number = await app[state.INTAKE].add(new)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
     app[state.WORKER].wake()
-    app[state.HUB].send_status(remaining)
+    app[state.HUB].send_status()
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
 
@@ -141,8 +141,7 @@ def _workflow_id(extra_data: dict[str, Any]) -> str | None:
 
 
 async def broadcast_status(app: web.Application) -> None:
-    remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
-    app[state.HUB].send_status(remaining)
+    app[state.HUB].send_status()
 
 
 async def get_queue(request: web.Request) -> web.Response:

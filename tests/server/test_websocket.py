@@ -266,7 +266,8 @@ async def test_status_changes_in_one_tick_reach_each_client_once_with_the_latest
     hub = client.app[state.HUB]
     before = hub.status_broadcasts
     for remaining in (3, 2, 1):
-        hub.send_status(remaining)
+        hub.status_source = lambda remaining=remaining: remaining
+        hub.send_status()
     assert await statuses_until_quiet(first) == [1]
     assert await statuses_until_quiet(second) == [1]
     assert hub.status_broadcasts == before + 1
@@ -278,12 +279,14 @@ async def test_status_broadcasts_are_spaced_by_the_interval(make_client) -> None
     client = await make_client(ws_status_interval_s=0.25)
     ws = await connect(client, "watcher")
     hub = client.app[state.HUB]
-    hub.send_status(5)
+    hub.status_source = lambda: 5
+    hub.send_status()
     assert (await ws.receive_json(timeout=5))["data"]["status"]["exec_info"]["queue_remaining"] == 5
     loop = asyncio.get_running_loop()
     sent = loop.time()
-    hub.send_status(4)
-    hub.send_status(3)
+    for remaining in (4, 3):
+        hub.status_source = lambda remaining=remaining: remaining
+        hub.send_status()
     later = await ws.receive_json(timeout=5)
     assert later["data"]["status"]["exec_info"]["queue_remaining"] == 3
     assert loop.time() - sent >= 0.2
