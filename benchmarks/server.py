@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -129,6 +130,10 @@ def fan_row(label: str, fan: dict[str, float]) -> str:
 
 async def main_async(args: argparse.Namespace) -> None:
     print(f"## Server benchmark ({platform.machine()}, Python {platform.python_version()}, CPU only)\n")
+    print(
+        f"Machine load at the start (1-minute load average, {os.cpu_count()} CPUs): "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
     async with serving(ServerConfig.ws_status_interval_s) as (url, pid):
         print(f"Server RSS at start: {rss_mib(pid):.0f} MiB\n")
         print(f"### {args.runs} consecutive runs on one server: 20 clients, each posting and waiting for")
@@ -183,6 +188,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print("| status interval | prompts | prompts/s | p50 | p95 | status frames per idle client | idle open |")
     print("|---|---|---|---|---|---|---|")
     print(fan_row(f"{1000 * ServerConfig.ws_status_interval_s:g} ms (default)", fan))
+    print(f"\nMachine load at the end: {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:

@@ -162,6 +162,7 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> list[str]:
     comfy_dir = os.environ.get("COMFYUI_DIR")
     comfy_python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    load_start = os.getloadavg()[0]
     lines = [
         f"## guidegraph vs ComfyUI ({platform.machine()}, Python {platform.python_version()}, CPU only)\n"
     ]
@@ -222,6 +223,10 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     rss = [f"{rss_start[n]:.0f} → {rss_end[n]:.0f}" for n in names]
     lines.append("| RSS at start → at the end (MiB) | " + " | ".join(rss) + (" | |" if comfy_dir else " |"))
+    lines.append(
+        f"\nMachine load (1-minute load average, {os.cpu_count()} CPUs): {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end; other people's jobs share this machine."
+    )
     lines.append(
         f"\n{args.rounds} rounds; each round runs every workload once on each server, alternating which goes"
         f" first; the closed loop lasts {args.seconds:g} s per round. Ratios: guidegraph's rate ÷ ComfyUI's,"
