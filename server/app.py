@@ -130,8 +130,13 @@ def create_app(
 
 
 def default_executor(registry: Any, config: ServerConfig) -> Any:
+    """The worker's executor; torch's CPU thread pool leaves a core to the event loop (see
+    ``ServerConfig.cpu_threads``)."""
+    import torch
+
     from graph_runtime.executor import Executor
 
+    torch.set_num_threads(config.torch_threads)
     paths = Paths(output=config.output, temp=config.temp, input=config.input)
     return Executor(registry, device=config.device, cache=config.cache, paths=paths)
 

@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=ServerConfig.max_prompt_nodes,
         help=f"refuse prompts with more nodes (default {ServerConfig.max_prompt_nodes:,})",
     )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads (default: one fewer than the CPUs, leaving one to the server)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     parser.set_defaults(func=serve)
 
 
@@ -70,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         cache=args.cache,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         max_prompt_nodes=args.max_prompt_nodes,
+        cpu_threads=args.cpu_threads,
     )
     try:
         config.check()
@@ -83,5 +91,6 @@ def serve(args: argparse.Namespace) -> int:
     if token and not is_loopback(host):
         where += "?token=<your token>"
     print(f"guidegraph: the editor is at {where}", flush=True)
-    web.run_app(app, host=host, port=config.port, print=None, handle_signals=True)
+    access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    web.run_app(app, host=host, port=config.port, print=None, handle_signals=True, access_log=access_log)
     return 0
