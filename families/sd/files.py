@@ -18,16 +18,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
-    os.environ[_switch] = "1"
+import huggingface_hub.constants as hub_constants
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from families.base import CheckpointError, LoadOptions, Source
+from families.sd.components import SDComponents
+from families.sd.configs import FILES, variant_configs, write_config_folder
+from families.sd.detect import detect_prediction
 
-from families.base import CheckpointError, LoadOptions, Source  # noqa: E402
-from families.sd.components import SDComponents  # noqa: E402
-from families.sd.configs import FILES, variant_configs, write_config_folder  # noqa: E402
-from families.sd.detect import detect_prediction  # noqa: E402
+# Offline, whatever the environment says: the switches are read when diffusers and transformers are
+# first imported (here they are imported later, inside the loaders), and huggingface_hub's directly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+hub_constants.HF_HUB_OFFLINE = True
 
 # Metadata our writer records (``families.sd.make``); it takes precedence over key detection.
 META_CONFIGS = "guidegraph.configs"
@@ -152,9 +156,11 @@ def _from_single_file(
         unet = _guarded(
             source, "UNet", lambda: UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
         )
+        _drop(state, "model.diffusion_model.")  # the file's copy of what is loaded: peak memory
         vae = _guarded(
             source, "VAE", lambda: AutoencoderKL.from_single_file(state, subfolder="vae", **common)
         )
+        _drop(state, "first_stage_model.")
         encoders = [
             _guarded(
                 source,
@@ -166,6 +172,11 @@ def _from_single_file(
             for component, name, _ in ENCODERS[variant]
         ]
     return unet, vae, encoders
+
+
+def _drop(state: dict[str, torch.Tensor], prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
 
 
 def _from_folder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import uuid
@@ -21,6 +22,8 @@ from server.store import DuplicatePromptId, NewPrompt
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
+
+log = logging.getLogger(__name__)
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -52,6 +55,8 @@ async def post_prompt(request: web.Request) -> web.Response:
     if isinstance(checked, web.Response):
         return checked
     prompt, report = checked
+    for warning in report.warnings:
+        log.warning("prompt: %s", warning)
     comfy = report.to_comfy()
     if not report.runnable:
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)

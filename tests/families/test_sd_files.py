@@ -125,6 +125,23 @@ def test_diffusers_folder_loads_and_diffusers_reads_it_too(tmp_path: Path) -> No
     assert pipe.tokenizer_2("a photograph of an astronaut riding a horse").input_ids == astronaut
 
 
+def test_loading_never_opens_a_connection(
+    tiny: dict[str, tuple[Path, tuple]],  # type: ignore[type-arg]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    attempts: list[object] = []
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: attempts.append(address))
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: attempts.append(address))
+    load_components(Source.open(tiny["sdxl"][0]), "sdxl", LoadOptions())
+    built = build_networks("sd1", "tiny", seed=0)
+    folder = write_diffusers_folder(tmp_path / "sd1", "sd1", *built)
+    load_components(Source.open(folder), "sd1", LoadOptions())
+    assert attempts == []
+
+
 def test_prediction_override_and_dtype(tiny: dict[str, tuple[Path, tuple]]) -> None:  # type: ignore[type-arg]
     path = tiny["sd2_v"][0]
     assert load_components(Source.open(path), "sd2_v", LoadOptions()).scheduler_config["prediction_type"] == (

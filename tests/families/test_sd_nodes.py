@@ -216,3 +216,13 @@ async def test_the_server_answers_bad_checkpoints_and_keeps_serving(
     error = json.dumps(failed["status"]["messages"])
     assert "truncated.safetensors" in error and "truncated or corrupt" in error
     assert done["status"]["status_str"] == "success"
+
+
+def test_a_checkpoint_is_released_once_nothing_holds_it(model_dirs: Path) -> None:
+    import gc
+    import weakref
+
+    path = model_dirs / "checkpoints" / "tiny_sdxl.safetensors"
+    held = weakref.ref(load_checkpoint(path))
+    gc.collect()
+    assert held() is None  # the node cache (and /free, which clears it) decides how long weights live
