@@ -10,14 +10,14 @@ Names are ComfyUI's, so workflows read the same.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Noise = Callable[[], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, float, torch.Tensor], None] | None
+from nodes.diffusion.sampler_steps import Callback, Model, Noise, Sampler, _call, _no_noise, ancestral_step
+from nodes.diffusion.samplers_more import MORE_SAMPLERS, MORE_STOCHASTIC
+from nodes.diffusion.samplers_multistep import MULTISTEP_SAMPLERS
 
 
 class PerSampleNoise:
@@ -34,26 +34,6 @@ class PerSampleNoise:
     def __call__(self) -> torch.Tensor:
         draws = [torch.randn(self.shape, generator=g) for g in self.generators]  # each (C, H, W)
         return torch.stack(draws).to(self.device, self.dtype)  # (B, C, H, W)
-
-
-def _no_noise() -> torch.Tensor:
-    raise ValueError("this sampler is stochastic and needs a noise source")
-
-
-def _sigma_vec(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x.new_full((x.shape[0],), sigma)  # (B,)
-
-
-def _call(model: Model, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return model(x, _sigma_vec(x, sigma))
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """(σ_down, σ_up): σ_up = min(σ', η·√(σ'²(σ² − σ'²)/σ²)), σ_down = √(σ'² − σ_up²)."""
-    if sigma_next == 0 or eta == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - up**2), up
 
 
 def sample_euler(
@@ -336,8 +316,6 @@ def sample_ddpm(
     return x
 
 
-Sampler = Callable[..., torch.Tensor]
-
 SAMPLERS: dict[str, Sampler] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
@@ -349,5 +327,9 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
+    **MORE_SAMPLERS,
+    **MULTISTEP_SAMPLERS,
 }
-STOCHASTIC: frozenset[str] = frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
+STOCHASTIC: frozenset[str] = (
+    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"}) | MORE_STOCHASTIC
+)
