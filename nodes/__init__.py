@@ -17,6 +17,7 @@ MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
     from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
+    from nodes.comfy import core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
@@ -24,6 +25,9 @@ def node_classes() -> list[type[Node]]:
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,
+        *core.NODES,
+        *custom_sampling.NODES,
+        *latent.NODES,
     ]
 
 

@@ -100,7 +100,11 @@ class SDUNet(nn.Module):
 
 @dataclass(frozen=True, eq=False)
 class SDText:
-    """The CLIP text encoder(s) of an SD checkpoint (socket CLIP)."""
+    """The CLIP text encoder(s) of an SD checkpoint (socket CLIP).
+
+    ``layer_skip`` drops final layers for every prompt (ComfyUI's CLIPSetLastLayer), on top of each
+    prompt's own ``clip_skip``.
+    """
 
     encoders: tuple[Any, ...]
     pad_tokens: tuple[str, ...]
@@ -108,34 +112,51 @@ class SDText:
     name: str
     labels: tuple[str, ...] = ()
     null_label: int | None = None
+    layer_skip: int = 0
 
     def encode_text(self, text: str, clip_skip: int = 0) -> Conditioning:
-        from families.sd.tokenizer import token_chunks
+        """A prompt, literally (as diffusers' pipelines encode it), in 75-token windows."""
+        return self.encode_segments([(text, 1.0)], clip_skip, f"prompt {text!r}")
 
+    def encode_segments(
+        self, segments: list[tuple[str, float]], clip_skip: int, meaning: str
+    ) -> Conditioning:
+        """Weighted text segments (ComfyUI's emphasis): a token of weight w becomes
+        ``z_empty + w·(z − z_empty)``, with z_empty the empty prompt's embedding at that position."""
+        from families.sd.tokenizer import weighted_chunks
+
+        skip = clip_skip + self.layer_skip
         contexts: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
         xl = self.variant in XL_VARIANTS
         for encoder, pad in zip(self.encoders, self.pad_tokens, strict=True):
             layers = encoder.config.num_hidden_layers
-            if clip_skip >= layers - (1 if xl else 0):
-                raise ValueError(f"clip_skip {clip_skip}: this text encoder has only {layers} layers")
+            if skip >= layers - (1 if xl else 0):
+                raise ValueError(f"clip_skip {skip}: this text encoder has only {layers} layers")
             device = next(encoder.parameters()).device
-            ids = torch.tensor(token_chunks(text, pad), device=device)  # (chunks, 77)
+            ids, weights = weighted_chunks(segments, pad)
+            weighted = any(w != 1.0 for row in weights for w in row)
+            if weighted:
+                ids = ids + weighted_chunks([("", 1.0)], pad)[0]  # the empty prompt, last
             with torch.no_grad():
-                out = encoder(ids, output_hidden_states=True)
+                out = encoder(torch.tensor(ids, device=device), output_hidden_states=True)
                 if xl:
-                    hidden = out.hidden_states[-2 - clip_skip]  # (chunks, 77, D)
+                    hidden = out.hidden_states[-2 - skip]  # (chunks, 77, D)
                     if hasattr(out, "text_embeds"):
-                        pooled = out.text_embeds[0]  # (P,) first chunk, as ComfyUI
+                        pooled = out.text_embeds[0]  # (P,) first window, as ComfyUI
                 else:
-                    hidden = encoder.final_layer_norm(out.hidden_states[-1 - clip_skip])
-            contexts.append(hidden.float().reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
+                    hidden = encoder.final_layer_norm(out.hidden_states[-1 - skip])
+            hidden = hidden.float()
+            if weighted:
+                hidden, empty = hidden[:-1], hidden[-1:]  # (chunks, 77, D), (1, 77, D)
+                w = torch.tensor(weights, device=hidden.device)[..., None]  # (chunks, 77, 1)
+                hidden = empty + w * (hidden - empty)
+            contexts.append(hidden.reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
         context = torch.cat(contexts, dim=-1)  # (T, ΣD)
-        extras = {"pooled": pooled.float()} if xl and pooled is not None else None
-        meaning = f"prompt {text!r}" + (f" clip_skip {clip_skip}" if clip_skip else "")
-        return Conditioning.of(
-            context.cpu(), meaning, {k: v.cpu() for k, v in (extras or {}).items()}, self.name
-        )
+        extras = {"pooled": pooled.float().cpu()} if xl and pooled is not None else None
+        if skip:
+            meaning += f" clip_skip {skip}"
+        return Conditioning.of(context.cpu(), meaning, extras, self.name)
 
     def encode_label(self, index: int) -> Conditioning:
         raise ValueError(f"{self.name}: Stable Diffusion models take prompts, not class labels")
