@@ -171,13 +171,16 @@ def comfy_initial_noise(
     return torch.cat([draws[int(unique[i])] for i in inverse.reshape(-1)])  # (B, C, H, W)
 
 
+def _max_denoise(sigma_0: float, sigma_max: float) -> bool:
+    return math.isclose(sigma_max, sigma_0, rel_tol=1e-5) or sigma_0 > sigma_max
+
+
 def comfy_noise_scaling(
     latent: torch.Tensor, noise: torch.Tensor, sigma_0: float, sigma_max: float
 ) -> torch.Tensor:
     """ComfyUI's first sample for ε/v models: latent + noise·√(1 + σ₀²) when σ₀ ≥ σ_max (within
     1e-5 relative), else latent + noise·σ₀ (ComfyUI ``EPS.noise_scaling`` with ``max_denoise``)."""
-    full = math.isclose(sigma_max, sigma_0, rel_tol=1e-5) or sigma_0 > sigma_max
-    return latent + noise * (math.sqrt(1 + sigma_0**2) if full else sigma_0)
+    return latent + noise * (math.sqrt(1 + sigma_0**2) if _max_denoise(sigma_0, sigma_max) else sigma_0)
 
 
 class ComfyNoise:
@@ -198,3 +201,37 @@ class ComfyNoise:
 
     def __call__(self) -> torch.Tensor:
         return torch.randn(self.shape, generator=self.generator, dtype=self.dtype).to(self.device)
+
+
+class ComfyKSamplerNoise:
+    """A ``noise_source`` for :func:`~nodes.diffusion.sampling.guided_sample` that reproduces KSampler.
+
+    The first call gives ComfyUI's initial noise (:func:`comfy_initial_noise`, zeros when
+    ``add_noise`` is off), multiplied by √(1 + σ₀²)/σ₀ when σ₀ is σ_max so that guided_sample's
+    ``start + σ₀·n`` equals ComfyUI's :func:`comfy_noise_scaling`. Later calls are the sampler's
+    noise, :class:`ComfyNoise` (a fresh generator from the same seed, so its first draw repeats the
+    initial noise, as in ComfyUI).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        shape: Sequence[int],
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        sigma_0: float,
+        sigma_max: float,
+        batch_index: Sequence[int] | None = None,
+        add_noise: bool = True,
+    ):
+        first = comfy_initial_noise(seed, shape, batch_index) if add_noise else torch.zeros(tuple(shape))
+        scale = math.sqrt(1 + sigma_0**2) / sigma_0 if _max_denoise(sigma_0, sigma_max) else 1.0
+        self.first: torch.Tensor | None = (first * scale).to(device, dtype)
+        self.stream = ComfyNoise(seed, shape, device, dtype)
+
+    def __call__(self) -> torch.Tensor:
+        if self.first is None:
+            return self.stream()
+        first, self.first = self.first, None
+        return first

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from nodes.diffusion.comfy_parity import (
+    ComfyKSamplerNoise,
     ComfyNoise,
     comfy_initial_noise,
     comfy_noise_scaling,
+    comfy_sampler,
     comfy_sigmas,
     comfy_step_range,
 )
@@ -150,3 +152,46 @@ def test_noise_scaling_uses_sqrt_one_plus_sigma_squared_only_from_sigma_max() ->
         0.5 + (1 + 14.6146**2) ** 0.5
     )
     assert float(comfy_noise_scaling(latent, noise, 3.0, 14.6146)) == pytest.approx(3.5)
+
+
+def test_ksampler_noise_source_starts_as_comfyui_then_continues_with_the_sampler_stream() -> None:
+    shape, cpu = (2, 4, 3, 3), torch.device("cpu")
+    initial = comfy_initial_noise(5, shape)
+    source = ComfyKSamplerNoise(5, shape, cpu, torch.float32, sigma_0=14.6146, sigma_max=14.6146)
+    sigma_0 = 14.6146
+    assert torch.allclose(
+        source() * sigma_0, comfy_noise_scaling(torch.zeros(shape), initial, sigma_0, sigma_0)
+    )
+    stream = ComfyNoise(5, shape, cpu, torch.float32)
+    assert torch.equal(source(), stream()) and torch.equal(source(), stream())
+    partial = ComfyKSamplerNoise(5, shape, cpu, torch.float32, sigma_0=3.0, sigma_max=14.6146)
+    assert torch.equal(partial(), initial)
+    silent = ComfyKSamplerNoise(5, shape, cpu, torch.float32, sigma_0=3.0, sigma_max=14.6, add_noise=False)
+    assert not silent().any() and torch.equal(silent(), initial)
+
+
+KSAMPLER_RUNS = {  # ComfyUI: prepare_noise(latent, 7) → ksampler(name).sample(...), first 6 values
+    ("euler_ancestral", "karras", 6, 1.0): [0.797713, 0.404990, 0.767227, 0.352249, 0.614843, 1.171676],
+    ("dpm_2_ancestral", "normal", 5, 1.0): [0.802204, 0.436492, 0.969912, 0.151891, 0.499708, 1.084619],
+    ("lms", "karras", 6, 1.0): [0.358403, 0.846503, 1.048556, 0.130257, 0.620622, 0.802148],
+    ("dpmpp_2s_ancestral", "simple", 4, 0.6): [0.585236, 0.491661, 0.892826, 0.276241, 0.768047, 1.189085],
+}
+
+
+@pytest.mark.parametrize("run", sorted(KSAMPLER_RUNS))
+def test_seeded_ksampler_run_reproduces_comfyui(run: tuple[str, str, int, float], model: Denoiser) -> None:
+    """ComfyUI's whole KSampler path on CPU (latent 0.25, seed 7, exact N(0.7, 0.5²) denoiser)."""
+    name, scheduler, steps, denoise = run
+
+    def gaussian(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.to(x.dtype)[:, None, None, None]
+        return 0.7 + 0.25 / (0.25 + s**2) * (x - 0.7)
+
+    latent, cpu = torch.full((2, 4, 4, 4), 0.25), torch.device("cpu")
+    sigmas = comfy_sigmas(scheduler, model, steps, denoise, sampler_name=name)
+    source = ComfyKSamplerNoise(
+        7, latent.shape, cpu, torch.float32, sigma_0=float(sigmas[0]), sigma_max=model.sigma_max
+    )
+    x = latent + source() * float(sigmas[0])  # as guided_sample starts
+    out = comfy_sampler(name)(gaussian, x, sigmas, noise=source)
+    assert close_to(out.flatten()[:6], KSAMPLER_RUNS[run])
