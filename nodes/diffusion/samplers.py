@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nodes.diffusion.sampler_steps import Callback, Model, Noise, Sampler, _call, _no_noise, ancestral_step
+from nodes.diffusion.samplers_dpm_solver import DPM_SOLVER_SAMPLERS
 from nodes.diffusion.samplers_more import MORE_SAMPLERS, MORE_STOCHASTIC
 from nodes.diffusion.samplers_multistep import MULTISTEP_SAMPLERS
 
@@ -329,6 +330,7 @@ SAMPLERS: dict[str, Sampler] = {
     "ddim": sample_ddim,
     **MORE_SAMPLERS,
     **MULTISTEP_SAMPLERS,
+    **DPM_SOLVER_SAMPLERS,
 }
 STOCHASTIC: frozenset[str] = (
     frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"}) | MORE_STOCHASTIC

@@ -6,7 +6,7 @@ its exact denoiser, x = 0.7 + √(0.5² + σ₀²)·randn((2, 1, 2, 2), Generato
 σ = sigmas_karras(8, 0.03, 14.6) as float64, and a noise_sampler returning successive
 randn((2, 1, 2, 2), Generator seed 123, float64) draws. uni_pc ran in float32 (ComfyUI's UniPC
 fails in float64), hence its looser tolerance; ComfyUI integrates DEIS's coefficients with a
-10,000-point Riemann sum where ours use Gauss–Legendre, hence deis's.
+10,000-point Riemann sum where ours use Gauss–Legendre, hence deis's; dpm_fast agrees to 1e-6.
 """
 
 from __future__ import annotations
@@ -25,6 +25,26 @@ from nodes.diffusion.schedules import sigmas_karras
 MU, STD = 0.7, 0.5
 SIGMAS = sigmas_karras(8, 0.03, 14.6).double()
 REFERENCE: dict[str, list[float]] = {
+    "dpm_fast": [
+        1.5407977183,
+        0.5398994306,
+        -0.4887902450,
+        1.0101472602,
+        0.1082633265,
+        -0.0631010948,
+        0.9200739556,
+        1.1572436133,
+    ],
+    "dpm_adaptive": [
+        1.4935202533,
+        0.5489017731,
+        -0.4219454047,
+        0.9927078976,
+        0.1415362639,
+        -0.0201924563,
+        0.9076993517,
+        1.1315331262,
+    ],
     "euler": [
         1.3061304663,
         0.5845836154,
@@ -236,7 +256,7 @@ REFERENCE: dict[str, list[float]] = {
         1.1970560551,
     ],
 }
-TOLERANCE = {"deis": 1e-4, "uni_pc": 3e-4, "uni_pc_bh2": 3e-4}
+TOLERANCE = {"deis": 1e-4, "uni_pc": 3e-4, "uni_pc_bh2": 3e-4, "dpm_fast": 1e-5}
 
 
 def exact(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -284,8 +304,8 @@ def test_gpu_named_variants_run_the_same_math() -> None:
 def test_unsupported_comfy_samplers_raise_naming_the_reason_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"'euler_cfg_pp' is not supported \(CFG\+\+.*supported: euler, "):
         comfy_sampler("euler_cfg_pp")
-    with pytest.raises(ValueError, match=r"'dpm_fast' is not supported .*ignores the σ list"):
-        comfy_sampler("dpm_fast")
+    with pytest.raises(ValueError, match=r"'seeds_2' is not supported \(not implemented"):
+        comfy_sampler("seeds_2")
     with pytest.raises(ValueError, match="unknown sampler 'bogus'"):
         comfy_sampler("bogus")
 
