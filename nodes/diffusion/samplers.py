@@ -19,6 +19,7 @@ from nodes.diffusion.sampler_steps import Callback, Model, Noise, Sampler, _call
 from nodes.diffusion.samplers_dpm_solver import DPM_SOLVER_SAMPLERS
 from nodes.diffusion.samplers_more import MORE_SAMPLERS, MORE_STOCHASTIC
 from nodes.diffusion.samplers_multistep import MULTISTEP_SAMPLERS
+from nodes.diffusion.samplers_sde import SDE_SAMPLERS
 
 
 class PerSampleNoise:
@@ -331,7 +332,10 @@ SAMPLERS: dict[str, Sampler] = {
     **MORE_SAMPLERS,
     **MULTISTEP_SAMPLERS,
     **DPM_SOLVER_SAMPLERS,
+    **SDE_SAMPLERS,
 }
 STOCHASTIC: frozenset[str] = (
-    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"}) | MORE_STOCHASTIC
+    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
+    | MORE_STOCHASTIC
+    | frozenset(SDE_SAMPLERS)
 )

@@ -25,6 +25,36 @@ from nodes.diffusion.schedules import sigmas_karras
 MU, STD = 0.7, 0.5
 SIGMAS = sigmas_karras(8, 0.03, 14.6).double()
 REFERENCE: dict[str, list[float]] = {
+    "er_sde": [
+        1.0544778909,
+        0.3852261426,
+        0.2129052747,
+        0.6519035819,
+        0.1912566279,
+        0.8513507501,
+        0.4857978395,
+        0.6750377731,
+    ],
+    "seeds_2": [
+        0.8877346526,
+        0.5734147730,
+        1.1178066627,
+        0.7247769054,
+        0.8593370756,
+        0.1233567984,
+        1.0828979964,
+        0.2280946762,
+    ],
+    "seeds_3": [
+        0.0349428356,
+        0.8712754705,
+        1.2084739014,
+        1.0709196050,
+        1.2250008772,
+        0.6472269111,
+        0.6911094442,
+        0.2853576442,
+    ],
     "dpm_fast": [
         1.5407977183,
         0.5398994306,
@@ -256,7 +286,7 @@ REFERENCE: dict[str, list[float]] = {
         1.1970560551,
     ],
 }
-TOLERANCE = {"deis": 1e-4, "uni_pc": 3e-4, "uni_pc_bh2": 3e-4, "dpm_fast": 1e-5}
+TOLERANCE = {"deis": 1e-4, "uni_pc": 3e-4, "uni_pc_bh2": 3e-4, "dpm_fast": 1e-5, "er_sde": 1e-7}
 
 
 def exact(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -304,8 +334,8 @@ def test_gpu_named_variants_run_the_same_math() -> None:
 def test_unsupported_comfy_samplers_raise_naming_the_reason_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"'euler_cfg_pp' is not supported \(CFG\+\+.*supported: euler, "):
         comfy_sampler("euler_cfg_pp")
-    with pytest.raises(ValueError, match=r"'seeds_2' is not supported \(not implemented"):
-        comfy_sampler("seeds_2")
+    with pytest.raises(ValueError, match=r"'sa_solver' is not supported \(not implemented"):
+        comfy_sampler("sa_solver")
     with pytest.raises(ValueError, match="unknown sampler 'bogus'"):
         comfy_sampler("bogus")
 
