@@ -286,6 +286,7 @@ REFERENCE: dict[str, list[float]] = {
         1.1970560551,
     ],
 }
+REFERENCE["ddim"] = REFERENCE["euler"]  # ComfyUI runs its "ddim" as euler (plus inpainting noise)
 TOLERANCE = {"deis": 1e-4, "uni_pc": 3e-4, "uni_pc_bh2": 3e-4, "dpm_fast": 1e-5, "er_sde": 1e-7}
 
 
