@@ -1,7 +1,9 @@
 """ComfyUI's KSampler behaviour under ComfyUI's names: its σ lists, end-of-run rules, seeds and noise.
 
-Our own Sampler node keeps guidegraph's behaviour; the ComfyUI-named nodes call these instead, so a
-user's ComfyUI workflow and seed give the same picture (up to numerical differences in the model).
+Our own Sampler node keeps guidegraph's behaviour; the ComfyUI-named nodes are meant to call these,
+so a user's ComfyUI workflow and seed give the same picture (up to numerical differences in the
+model). Other schedules equal ComfyUI's up to float32 rounding (ComfyUI computes Karras and KL-optimal
+in float32); the samplers are checked against ComfyUI's outputs in tests/nodes/test_comfy_samplers.py.
 Where the two differ (ComfyUI 0.3.x ``comfy/samplers.py`` and ``comfy/k_diffusion/sampling.py``):
 
 * ``ddim_uniform``: ComfyUI takes every ⌊T/n⌋-th training σ from index 1 up to the end of the
@@ -12,7 +14,10 @@ Where the two differ (ComfyUI 0.3.x ``comfy/samplers.py`` and ``comfy/k_diffusio
 * ``denoise`` < 1: the tail of a ⌊steps/denoise⌋-step list; ``denoise`` > 0.9999 counts as 1 and
   ``denoise`` ≤ 0 gives an empty list (ComfyUI then returns the latent unchanged).
 * Initial noise: one CPU ``torch.randn`` of the whole batch from a generator seeded once with the
-  seed (:func:`comfy_initial_noise`), scaled by √(1 + σ₀²) when σ₀ is σ_max (:func:`comfy_noise_scaling`).
+  seed (:func:`comfy_initial_noise`), scaled by √(1 + σ₀²) when σ₀ is σ_max (:func:`comfy_noise_scaling`);
+  the samplers' later noise restarts a generator from the same seed (:class:`ComfyNoise`;
+  :class:`ComfyKSamplerNoise` combines both for ``guided_sample``). Not reproduced: the torchsde
+  Brownian tree of ComfyUI's SDE samplers, CUDA generators, and inpainting's re-noised kept region.
 
 Kept as ours on purpose (ComfyUI is wrong there): ``kl_optimal`` at 1 step is [σ_max, 0] where
 ComfyUI divides 0 by 0 and returns NaN; ``ipndm_v`` uses exact variable-step Adams–Bashforth weights
