@@ -280,3 +280,90 @@ def test_inpaint_encode_greys_the_mask_and_tiled_decode_matches_whole(loaded: An
     assert torch.equal(whole, one_tile)  # a tile as large as the image is the whole decode
     (tiled,) = VAEDecodeTiled.run(ctx, latent, vae, 16, 8)
     assert tiled.shape == whole.shape and bool(tiled.isfinite().all())
+
+
+def test_sdxl_encode_carries_its_size_conditioning_and_mixes_with_plain_prompts(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodes.comfy.core import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
+
+    make_checkpoint("sdxl", ckpt_dir / "checkpoints" / "xl.safetensors", size="tiny")
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", f"checkpoints={ckpt_dir / 'checkpoints'}")
+    ctx = Context()
+    model, clip, _ = Model.run(ctx, "xl.safetensors", "auto", "auto")
+    (pos,) = CLIPTextEncodeSDXL.run(ctx, clip, 64, 64, 0, 0, 64, 64, "a fox", "a (red:1.2) fox")
+    assert dict(pos.extras)["time_ids"].tolist() == [64, 64, 0, 0, 64, 64]
+    assert pos.embedding.shape == (77, 32 + 48)
+    (neg,) = CLIPTextEncode.run(ctx, "", clip)  # no time ids: the UNet's default (the image size)
+    latent = Latent(torch.zeros(1, 4, 32, 32))
+    (same,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", pos, neg, latent, 1.0)
+    (plain,) = CLIPTextEncodeSDXL.run(ctx, clip, 512, 512, 0, 0, 512, 512, "a fox", "a (red:1.2) fox")
+    (other,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", plain, neg, latent, 1.0)
+    assert not torch.allclose(same.samples, other.samples)  # the size conditioning reaches the UNet
+    with pytest.raises(ValueError, match="SDXL base encoder"):
+        CLIPTextEncodeSDXLRefiner.run(ctx, 6.0, 64, 64, "x", clip)
+
+
+def test_combined_conditions_mix_per_pixel_by_area_strength_and_schedule(gaussian: Any, cond: Any) -> None:
+    from nodes.comfy.conditioning import (
+        ConditioningCombine,
+        ConditioningSetArea,
+        ConditioningSetTimestepRange,
+    )
+    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.regions import predict
+
+    m, ctx = gaussian(), Context()
+    red, blue = cond(m, "red"), cond(m, "blue")
+    x, sigma = torch.randn(1, 3, 32, 32), torch.full((1,), 1.5)
+
+    def run(value: Any) -> torch.Tensor:
+        return CompiledGuidance(predict(m, value), seeds=[0], device=torch.device("cpu"))(x, sigma)
+
+    d_red, d_blue = run(red), run(blue)
+    assert torch.allclose(run(ConditioningCombine.run(ctx, red, red)[0]), d_red, atol=1e-6)
+    (area,) = ConditioningSetArea.run(ctx, blue, 16, 16, 8, 8, 1.0)  # pixels = latent units here
+    mixed = run(ConditioningCombine.run(ctx, red, area)[0])
+    assert torch.allclose(mixed[..., :8, :], d_red[..., :8, :], atol=1e-6)  # outside the area
+    core = (d_red + d_blue) / 2  # the area's centre is not feathered (8-pixel ramps, 16-pixel area)
+    assert torch.allclose(mixed[..., 15:17, 15:17], core[..., 15:17, 15:17], atol=1e-6)
+    (late,) = ConditioningSetTimestepRange.run(ctx, blue, 0.9, 1.0)  # only the last 10% of the schedule
+    assert torch.allclose(run(ConditioningCombine.run(ctx, red, late)[0]), d_red, atol=1e-6)
+
+
+def test_conditioning_average_and_concat_follow_comfyui(loaded: Any) -> None:
+    from nodes.comfy.conditioning import ConditioningAverage, ConditioningConcat, ConditioningZeroOut
+
+    _, clip, _ = loaded
+    ctx = Context()
+    a, b = clip.encode_text("a red house"), clip.encode_text(" ".join(["tree"] * 80))  # b: 154 tokens
+    (avg,) = ConditioningAverage.run(ctx, a, b, 0.25)
+    assert torch.allclose(avg.embedding, 0.25 * a.embedding + 0.75 * b.embedding[:77], atol=1e-6)
+    (cat,) = ConditioningConcat.run(ctx, a, b)
+    assert cat.embedding.shape == (77 + 154, a.embedding.shape[-1])
+    (zero,) = ConditioningZeroOut.run(ctx, a)
+    assert float(zero.embedding.abs().sum()) == 0
+
+
+def test_area_composition_runs_through_ksampler(loaded: Any) -> None:
+    from nodes.comfy.conditioning import ConditioningCombine, ConditioningSetArea
+
+    model, clip, _ = loaded
+    ctx = Context()
+    sky, tree = clip.encode_text("a blue sky"), clip.encode_text("a tree")
+    (area,) = ConditioningSetArea.run(ctx, tree, 32, 64, 32, 0, 1.5)  # pixels: the right half (tiny VAE: /2)
+    (both,) = ConditioningCombine.run(ctx, sky, area)
+    (out,) = KSampler.run(
+        ctx,
+        model,
+        0,
+        2,
+        5.0,
+        "euler",
+        "karras",
+        both,
+        clip.encode_text(""),
+        Latent(torch.zeros(1, 4, 32, 32)),
+        1.0,
+    )
+    assert out.samples.shape == (1, 4, 32, 32) and bool(out.samples.isfinite().all())
