@@ -17,6 +17,8 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "euler_ancestral",
     "heun",
     "heunpp2",
+    "exp_heun_2_x0",
+    "exp_heun_2_x0_sde",
     "dpm_2",
     "dpm_2_ancestral",
     "lms",
@@ -122,8 +124,6 @@ COMFY_UNSUPPORTED_SAMPLERS: dict[str, str] = {
     "res_multistep_cfg_pp": _CFG_PP,
     "res_multistep_ancestral_cfg_pp": _CFG_PP,
     "gradient_estimation_cfg_pp": _CFG_PP,
-    "exp_heun_2_x0": _NOT_YET,
-    "exp_heun_2_x0_sde": _NOT_YET,
     "sa_solver": _NOT_YET,
     "sa_solver_pece": _NOT_YET,
 }

@@ -19,7 +19,7 @@ from nodes.diffusion.sampler_steps import Callback, Model, Noise, Sampler, _call
 from nodes.diffusion.samplers_dpm_solver import DPM_SOLVER_SAMPLERS
 from nodes.diffusion.samplers_more import MORE_SAMPLERS, MORE_STOCHASTIC
 from nodes.diffusion.samplers_multistep import MULTISTEP_SAMPLERS
-from nodes.diffusion.samplers_sde import SDE_SAMPLERS
+from nodes.diffusion.samplers_sde import SDE_SAMPLERS, SDE_STOCHASTIC
 
 
 class PerSampleNoise:
@@ -335,7 +335,5 @@ SAMPLERS: dict[str, Sampler] = {
     **SDE_SAMPLERS,
 }
 STOCHASTIC: frozenset[str] = (
-    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
-    | MORE_STOCHASTIC
-    | frozenset(SDE_SAMPLERS)
+    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"}) | MORE_STOCHASTIC | SDE_STOCHASTIC
 )

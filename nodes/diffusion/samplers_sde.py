@@ -1,4 +1,4 @@
-"""Stochastic exponential-integrator samplers: SEEDS-2, SEEDS-3 and the ER-SDE solver.
+"""Stochastic exponential-integrator samplers: SEEDS-2 (and exponential Heun), SEEDS-3, ER-SDE.
 
 Same contract as :mod:`nodes.diffusion.samplers` (σ-space denoiser, VE coordinates, one flat loop
 each). In λ = −log σ (the half log-SNR of a VE model, so α = 1) with h = λ' − λ, ĥ = (1+η)h,
@@ -29,10 +29,14 @@ def sample_seeds_2(
     eta: float = 1.0,
     s_noise: float = 1.0,
     r: float = 0.5,
+    solver_type: str = "phi_1",
 ) -> torch.Tensor:
     """SEEDS-2, data prediction (Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast
     High-Quality Sampling from Diffusion Models", Alg. 2): a stage at λ + r·h, then the full step
-    with D_d = D + (D₂ − D)/(2r); the two stages share one Brownian path."""
+    with D_d = D + (D₂ − D)/(2r) ('phi_1'), or with weights b₂ = hφ₂(−ĥ)/r, b₁ = hφ₁(−ĥ) − b₂ on
+    D and D₂ ('phi_2'); the two stages share one Brownian path."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError(f"solver_type must be 'phi_1' or 'phi_2', got {solver_type!r}")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = _call(model, x, sigma)
@@ -49,8 +53,13 @@ def sample_seeds_2(
         if eta > 0:
             path = math.sqrt(-math.expm1(-2 * r * h * eta)) * noise()
             x_2 = x_2 + path * sigma_1 * s_noise
-        denoised_d = denoised + (_call(model, x_2, sigma_1) - denoised) / (2 * r)
-        x = (sigma_next / sigma) * math.exp(-h * eta) * x - math.expm1(-h_eta) * denoised_d
+        denoised_2 = _call(model, x_2, sigma_1)
+        x = (sigma_next / sigma) * math.exp(-h * eta) * x
+        if solver_type == "phi_1":
+            x = x - math.expm1(-h_eta) * (denoised + (denoised_2 - denoised) / (2 * r))
+        else:
+            b_2 = _h_phi_2(-h_eta) / r
+            x = x - ((math.expm1(-h_eta) - b_2) * denoised + b_2 * denoised_2)
         if eta > 0:
             decay = (r - 1) * h * eta
             path = path * math.exp(decay) + math.sqrt(-math.expm1(2 * decay)) * noise()
@@ -105,6 +114,35 @@ def sample_seeds_3(
             path = path * math.exp(decay) + math.sqrt(-math.expm1(2 * decay)) * noise()
             x = x + path * sigma_next * s_noise
     return x
+
+
+def sample_exp_heun_2_x0(
+    model: Model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise = _no_noise,
+    callback: Callback = None,
+) -> torch.Tensor:
+    """Exponential Heun in data prediction: SEEDS-2 with r = 1, η = 0 and the φ₂ weights (a
+    DPM-Solver++(1) predictor to σ', D there, then b₁·D + b₂·D'); two evaluations per step."""
+    return sample_seeds_2(model, x, sigmas, callback=callback, eta=0.0, r=1.0, solver_type="phi_2")
+
+
+def sample_exp_heun_2_x0_sde(
+    model: Model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise = _no_noise,
+    callback: Callback = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """:func:`sample_exp_heun_2_x0` with SDE noise (SEEDS-2, r = 1, η = 1, φ₂ weights)."""
+    return sample_seeds_2(
+        model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise, r=1.0, solver_type="phi_2"
+    )
 
 
 def er_sde_noise_scaler(lam: torch.Tensor) -> torch.Tensor:
@@ -164,7 +202,10 @@ def sample_er_sde(
 
 
 SDE_SAMPLERS: dict[str, Sampler] = {
+    "exp_heun_2_x0": sample_exp_heun_2_x0,
+    "exp_heun_2_x0_sde": sample_exp_heun_2_x0_sde,
     "er_sde": sample_er_sde,
     "seeds_2": sample_seeds_2,
     "seeds_3": sample_seeds_3,
 }
+SDE_STOCHASTIC: frozenset[str] = frozenset(SDE_SAMPLERS) - {"exp_heun_2_x0"}

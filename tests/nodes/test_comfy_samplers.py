@@ -7,6 +7,8 @@ its exact denoiser, x = 0.7 + √(0.5² + σ₀²)·randn((2, 1, 2, 2), Generato
 randn((2, 1, 2, 2), Generator seed 123, float64) draws. uni_pc ran in float32 (ComfyUI's UniPC
 fails in float64), hence its looser tolerance; ComfyUI integrates DEIS's coefficients with a
 10,000-point Riemann sum where ours use Gauss–Legendre, hence deis's; dpm_fast agrees to 1e-6.
+exp_heun_2_x0(_sde) came after 0.3.64 (SEEDS-2 with r = 1 and φ₂ weights): no reference here, the
+Gaussian convergence and moment tests in test_samplers.py cover them.
 """
 
 from __future__ import annotations

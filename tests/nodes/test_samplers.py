@@ -52,7 +52,18 @@ def test_second_order_samplers_beat_euler_at_equal_steps() -> None:
     x = start()
     sigmas = sigmas_karras(20, 0.01, SIGMA_MAX).double()
     err = {n: float((SAMPLERS[n](exact, x, sigmas) - flow_end(x)).abs().mean()) for n in STEPPED}
-    for name in ("heun", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "uni_pc", "uni_pc_bh2"):
+    for name in (
+        "heun",
+        "dpm_2",
+        "lms",
+        "dpmpp_2m",
+        "ipndm",
+        "ipndm_v",
+        "deis",
+        "uni_pc",
+        "uni_pc_bh2",
+        "exp_heun_2_x0",
+    ):
         assert err[name] < err["euler"] / 3, name
 
 
