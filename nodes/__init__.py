@@ -11,7 +11,7 @@ from pathlib import Path
 from graph_runtime.api import Node, NodePack
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
+MODEL_KINDS = ("checkpoints", "vae", "loras", "classifiers", "clip", "evaluators")
 
 
 def node_classes() -> list[type[Node]]:

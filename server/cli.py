@@ -40,6 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--cache", default="lru", help="node cache policy (default lru)")
     parser.add_argument("--max-upload-mb", type=int, default=32)
+    parser.add_argument(
+        "--max-prompt-nodes",
+        type=int,
+        default=ServerConfig.max_prompt_nodes,
+        help=f"refuse prompts with more nodes (default {ServerConfig.max_prompt_nodes:,})",
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads (default: one fewer than the CPUs, leaving one to the server)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     parser.set_defaults(func=serve)
 
 
@@ -63,6 +76,8 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device,
         cache=args.cache,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_prompt_nodes=args.max_prompt_nodes,
+        cpu_threads=args.cpu_threads,
     )
     try:
         config.check()
@@ -76,5 +91,6 @@ def serve(args: argparse.Namespace) -> int:
     if token and not is_loopback(host):
         where += "?token=<your token>"
     print(f"guidegraph: the editor is at {where}", flush=True)
-    web.run_app(app, host=host, port=config.port, print=None, handle_signals=True)
+    access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    web.run_app(app, host=host, port=config.port, print=None, handle_signals=True, access_log=access_log)
     return 0

@@ -42,6 +42,58 @@ class CheckpointLoaderSimple(Node):
         return Model.run(ctx, ckpt_name, "auto", "auto")
 
 
+class LoraLoader(Node):
+    """Apply a LoRA to the model and to CLIP, each with its own strength: ``W' = W + s·(α/r)·B·A``.
+    Kohya and diffusers/PEFT files (safetensors); the loaded checkpoint itself is never modified."""
+
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+        Socket(name="clip", type="CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES), tooltip="The name of the LoRA."),
+        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+        Float(name="strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"))
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        clip: TextEncoder,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
+    ) -> tuple[Any, Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return apply_lora(model, clip, resolve_file("loras", lora_name), strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    """Apply a LoRA to the model only."""
+
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL"),
+        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES)),
+        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", "MODEL"),)
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, lora_name: str, strength_model: float) -> tuple[Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0:
+            return (model,)
+        return (apply_lora(model, None, resolve_file("loras", lora_name), strength_model, 0.0)[0],)
+
+
 class CLIPTextEncode(Node):
     """Encodes a text prompt with CLIP into a CONDITIONING, with ComfyUI's emphasis syntax:
     ``(word)`` weighs 1.1 per level of parentheses, ``(word:1.3)`` sets 1.3, ``\\(`` is a literal
@@ -370,6 +422,8 @@ class KSamplerAdvanced(Node):
 
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
+    LoraLoader,
+    LoraLoaderModelOnly,
     CLIPTextEncode,
     CLIPTextEncodeSDXL,
     CLIPTextEncodeSDXLRefiner,

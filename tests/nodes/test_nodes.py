@@ -31,7 +31,8 @@ def test_every_node_declares_a_category_a_description_and_unique_name() -> None:
     names = [cls.__name__ for cls in node_classes()]
     assert len(names) == len(set(names))
     for cls in node_classes():
-        assert cls.category.startswith("guidegraph") and cls.description, cls.__name__
+        ours = not cls.__module__.startswith("nodes.comfy.")  # ComfyUI's nodes keep ComfyUI's categories
+        assert cls.description and cls.category.startswith("guidegraph") == ours, cls.__name__
     required = {"Model", "Condition", "NullCondition", "CFGCombine", "ClassifierGrad", "ClipLoss", "Sampler"}
     assert required <= set(names)
 
@@ -161,6 +162,9 @@ def test_save_image_writes_unique_pngs_with_prompt_and_workflow_chunks(tmp_path:
     second = SaveImage.run(ctx, images[:1], "runs/cfg").ui["images"]
     names = [i["filename"] for i in first + second]
     assert names == ["cfg_00001_.png", "cfg_00002_.png", "cfg_00003_.png"]
+    (tmp_path / "output" / "runs" / "cfg_00004_.png").write_bytes(b"another writer's file")
+    third = SaveImage.run(ctx, images[:1], "runs/cfg").ui["images"]
+    assert third[0]["filename"] == "cfg_00005_.png"  # never overwrites, even past its own count
     assert first[0]["subfolder"] == "runs" and first[0]["type"] == "output"
     with Image.open(tmp_path / "output" / "runs" / names[0]) as png:
         assert json.loads(png.text["prompt"])["1"]["class_type"] == "X"
