@@ -250,6 +250,9 @@ def _check_declaration(cls: type[Node]) -> None:
     names = [spec.name for spec in cls.inputs]
     if len(set(names)) != len(names):
         raise TypeError(f"{cls.__name__} declares an input name twice: {names}")
+    for spec in cls.inputs:
+        if isinstance(spec, Int) and spec.step > 1 and (spec.default - spec.min) % spec.step:
+            raise TypeError(f"{cls.__name__}.{spec.name}: default {spec.default} is off its step grid")
     params = list(inspect.signature(run.__func__).parameters.values())
     if not params or params[0].name != "ctx":
         raise TypeError(f"{cls.__name__}.run must take ctx as its first parameter")
