@@ -139,7 +139,7 @@ class PromptRow:
             "outputs_count": count if finished else None,
             "previewable_outputs_count": len(images) if finished else None,
             "preview_output": images[0] if images else None,
-            "execution_error": self.error,
+            "execution_error": _job_error(self.error),
             "workflow_id": self.workflow_id,
         }
         if full:
@@ -147,6 +147,25 @@ class PromptRow:
             job["workflow"] = {"prompt": self.prompt, "extra_data": self.extra_data}
             job["execution_status"] = self.history_entry()["status"]
         return job
+
+
+def _job_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An ``execution_error`` as the editor's job schema requires it (strings and a traceback list).
+
+    One job that breaks the schema makes the editor drop the whole list, so every field it requires
+    is present with the right type, also for rows recorded by older versions.
+    """
+    if error is None:
+        return None
+    traceback = error.get("traceback")
+    return {
+        **error,
+        "node_id": str(error.get("node_id") or ""),
+        "node_type": str(error.get("node_type") or ""),
+        "exception_message": str(error.get("exception_message") or ""),
+        "exception_type": str(error.get("exception_type") or "Error"),
+        "traceback": [str(line) for line in traceback] if isinstance(traceback, list) else [],
+    }
 
 
 def _number(value: float) -> int | float:

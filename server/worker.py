@@ -32,6 +32,7 @@ from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, no
 
 log = logging.getLogger(__name__)
 
+RECORD_RETRY_S, RECORD_RETRY_MAX_S = 0.25, 5.0
 STORED_MESSAGES = (
     "execution_start",
     "execution_cached",
@@ -180,13 +181,31 @@ class PromptWorker:
             )
         if token.cancelled and status != SUCCESS:
             status = INTERRUPTED
-        try:
-            self._store.finish(row.id, status, outputs, state.messages, state.error)
-        except Exception:
-            log.exception("could not record the outcome of prompt %s", row.id)
+        self._record(row.id, status, outputs, state)
         with self._lock:
             self._running = None
         self._broadcast_status()
+
+    def _record(self, prompt_id: str, status: str, outputs: dict[str, Any], state: _RunState) -> None:
+        """Store the outcome, retrying while the database cannot be written (a full disk, say).
+
+        The prompt stays the running one until its outcome is on disk, so it is recorded as soon as
+        space returns; if the server stops first, the next start records it as interrupted.
+        """
+        delay, warned = RECORD_RETRY_S, False
+        while True:
+            try:
+                self._store.finish(prompt_id, status, outputs, state.messages, state.error)
+                if warned:
+                    log.warning("recorded the outcome of prompt %s after all", prompt_id)
+                return
+            except Exception as exc:
+                if not warned:
+                    log.error("could not record the outcome of prompt %s (%s); retrying", prompt_id, exc)
+                    warned = True
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     def _report_failures(self, state: _RunState, result: Any) -> None:
         """An error result without an execution_error event: describe its first failure."""
@@ -252,9 +271,6 @@ class PromptWorker:
             }
             if event.node_id:
                 self._node(state, event.node_id)["state"] = "error"
-            state.error = {
-                k: data[k] for k in ("node_id", "node_type", "exception_message", "exception_type")
-            }
         if isinstance(event, ExecutionInterrupted):
             self._emit(state, event.type, data, sid=None)  # ComfyUI broadcasts interruptions
             return
@@ -294,6 +310,8 @@ class PromptWorker:
             data = {**data, "timestamp": now_ms()}
         if type in STORED_MESSAGES:
             state.messages.append([type, data])
+        if type == "execution_error":
+            state.error = data  # the whole message: the editor's job schema needs every field
         target = state.row.client_id if sid is self._UNSET else sid
         self._loop.call_soon_threadsafe(self._hub.send, type, data, target)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import uuid
 from typing import Any
@@ -16,6 +15,7 @@ from server import state
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
 from server.store import DuplicatePromptId
 
+MAX_NUMBER = 2**53  # a queue position; beyond this a float (and SQLite's REAL) cannot hold it exactly
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -96,8 +96,9 @@ def _targets(value: Any) -> list[str] | None:
 def _number(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail("number must be a finite number", type="invalid_prompt")
+    # ``not <=`` also refuses NaN and infinities; a huge int is compared exactly, never converted
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_NUMBER:
+        fail("number must be a finite number of magnitude at most 2**53", type="invalid_prompt")
     return float(value)
 
 
