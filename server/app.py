@@ -23,7 +23,7 @@ from server.handlers import editor, files, history, info, prompts, userdata, ws
 from server.hub import Hub
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
-from server.templates import Templates
+from server.templates import Templates, shipped_workflows
 from server.worker import PromptWorker
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def create_app(
     app[state.CONFIG] = config
     app[state.REGISTRY] = registry
     app[state.HUB] = Hub(config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s)
-    app[state.TEMPLATES] = Templates(config.workflows_dir, config.default_workflow)
+    app[state.TEMPLATES] = Templates(config.workflows_dir or shipped_workflows(), config.default_workflow)
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
     app[state.SETTINGS_LOCK] = asyncio.Lock()
@@ -140,9 +140,18 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
         path.mkdir(parents=True, exist_ok=True)
     register_folders({"input": [config.input]})  # uploads become LoadImage choices
     store = await asyncio.to_thread(PromptStore, config.data_dir / "guidegraph.sqlite3", config.history_limit)
-    recovered = await asyncio.to_thread(store.recover)
+    recovered = await asyncio.to_thread(store.recover, config.rerun_interrupted)
     if recovered:
-        log.warning("recorded %d prompt(s) interrupted by the last shutdown", len(recovered))
+        what = "queued again" if config.rerun_interrupted else "recorded as interrupted"
+        log.warning("%d prompt(s) left running by the last shutdown: %s", len(recovered), what)
+    templates = app[state.TEMPLATES]
+    count = len(await asyncio.to_thread(templates.names))
+    if count:
+        log.info("editor templates: %d workflows from %s", count, templates.root)
+    else:
+        log.warning(
+            "no workflows (*.ui.json) in %s: the editor's template browser will be empty", templates.root
+        )
     factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
     executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
     worker = PromptWorker(

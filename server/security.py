@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 
 from server.config import ServerConfig, is_loopback
 from server.faults import storage_fault
@@ -167,3 +169,30 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
     return response
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_token(text: str) -> str:
+    """``/?token=secret&x=1`` → ``/?token=<redacted>&x=1``."""
+    return _TOKEN_PARAM.sub(r"\1<redacted>", text)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request, like aiohttp's own, with any ``?token=`` (path or Referer) redacted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %s %.1fms "%s" "%s"',
+            request.remote or "-",
+            request.method,
+            redact_token(request.path_qs),
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time * 1000,
+            redact_token(request.headers.get(hdrs.REFERER, "-")),
+            request.headers.get(hdrs.USER_AGENT, "-"),
+        )

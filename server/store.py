@@ -3,7 +3,8 @@
 A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrupted`` (or ``pending`` →
 ``cancelled``). Pending rows are the queue, ordered by ``(number, seq)``; finished rows are the history,
 ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
-left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
+left ``running`` by a crash as interrupted (or, when asked, queues it again); pending rows keep their
+ids and their order.
 
 The database runs in WAL mode with ``synchronous=FULL``: once ``add`` returns, the prompt survives a
 crash. One connection is shared by the event loop's helper threads and the worker, behind a lock.
@@ -265,11 +266,17 @@ class PromptStore:
             )
             self._trim()
 
-    def recover(self) -> list[str]:
-        """After a crash or restart: a prompt left running is recorded as interrupted."""
+    def recover(self, rerun: bool = False) -> list[str]:
+        """After a crash or restart: a prompt left running is recorded as interrupted, or with ``rerun``
+        queued again (it keeps its number, so its place). Returns the ids of those prompts."""
         with self._lock, self._tx():
             ids = [r["id"] for r in self._db.execute("SELECT id FROM prompts WHERE status = ?", (RUNNING,))]
             for prompt_id in ids:
+                if rerun:
+                    self._db.execute(
+                        "UPDATE prompts SET status = ?, start_time = NULL WHERE id = ?", (PENDING, prompt_id)
+                    )
+                    continue
                 note = {
                     "prompt_id": prompt_id,
                     "node_id": None,

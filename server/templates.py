@@ -1,5 +1,8 @@
 """Shipped workflows as editor templates: ``workflows/<name>.ui.json`` (+ ``<name>.jpg`` thumbnail).
 
+The folder is ``--workflows-dir`` when given, else the ``workflows`` package installed with guidegraph
+(package data), so the templates are there wherever the server starts.
+
 They are listed under the module ``guidegraph`` by ``/workflow_templates`` and served from
 ``/workflow_templates/guidegraph/<name>.json``; the default one is opened when the editor would
 otherwise show its stock graph (which uses nodes we do not have).
@@ -7,6 +10,7 @@ otherwise show its stock graph (which uses nodes we do not have).
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,12 @@ from pathlib import Path
 MODULE = "guidegraph"
 UI_SUFFIX = ".ui.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$")
+
+
+def shipped_workflows() -> Path:
+    """The folder of the workflows installed with the package."""
+    package = importlib.import_module("workflows")
+    return Path(package.__file__ or "").resolve().parent
 
 
 @dataclass(frozen=True)

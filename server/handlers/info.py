@@ -6,6 +6,7 @@ import asyncio
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -89,7 +90,7 @@ def _devices(preferred: str | None) -> list[dict[str, Any]]:
     return out
 
 
-def system_stats_payload(device: str | None) -> dict[str, Any]:
+def system_stats_payload(device: str | None, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
     total, free = _memory()
@@ -98,7 +99,8 @@ def system_stats_payload(device: str | None) -> dict[str, Any]:
             "os": os.name,
             "ram_total": total,
             "ram_free": free,
-            "comfyui_version": _version(),
+            # The editor labels this "ComfyUI <version>" (About, bug reports): say what answers instead.
+            "comfyui_version": f"compatible (guidegraph {_version()})",
             "guidegraph_version": _version(),
             "required_frontend_version": EDITOR_VERSION,
             "installed_templates_version": None,
@@ -107,17 +109,17 @@ def system_stats_payload(device: str | None) -> dict[str, Any]:
             "pytorch_version": torch.__version__,
             "embedded_python": False,
             "platform": platform.system(),
-            # Never the real argv (it holds paths and tokens). --disable-api-nodes keeps the editor
-            # from fetching release notes from Comfy's servers.
-            "argv": ["guidegraph", "serve", "--disable-api-nodes"],
+            # The real command line with token values and absolute paths redacted. (ComfyUI's release
+            # notes stay unfetched through the Comfy.Notification.ShowVersionUpdates default instead.)
+            "argv": list(argv),
         },
         "devices": _devices(device),
     }
 
 
 async def system_stats(request: web.Request) -> web.Response:
-    device = request.app[state.CONFIG].device
-    return json_response(await asyncio.to_thread(system_stats_payload, device))
+    config = request.app[state.CONFIG]
+    return json_response(await asyncio.to_thread(system_stats_payload, config.device, config.argv))
 
 
 async def features(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+from server.cli import shown_argv
 from server.config import ServerConfig
 from tests.server.conftest import UI_WORKFLOW
 from tests.server.test_restart import ROOT
@@ -60,7 +61,13 @@ async def test_object_info_lists_our_nodes_with_their_categories(client) -> None
     assert await (await client.get("/object_info/Unknown")).json() == {}
 
 
-async def test_system_stats_has_the_editor_fields_and_no_real_argv(client) -> None:
+async def test_system_stats_has_the_editor_fields_and_the_redacted_command_line(
+    make_client, tmp_path
+) -> None:
+    argv = shown_argv(["serve", "--token", "s3cret-s3cret-s3cret", f"--data-dir={tmp_path}/user", "--port=1"])
+    assert argv[:4] == ("guidegraph", "serve", "--token", "<redacted>") and argv[-1] == "--port=1"
+    assert "s3cret" not in str(argv) and str(tmp_path) not in str(argv)
+    client = await make_client(argv=argv)
     stats = await (await client.get("/system_stats")).json()
     system = stats["system"]
     for key in (
@@ -74,7 +81,8 @@ async def test_system_stats_has_the_editor_fields_and_no_real_argv(client) -> No
         "argv",
     ):
         assert key in system
-    assert system["argv"] == ["guidegraph", "serve", "--disable-api-nodes"]
+    assert system["argv"] == list(argv)
+    assert system["comfyui_version"].startswith("compatible (guidegraph ")
     assert stats["devices"][0]["type"] in ("cpu", "cuda", "mps")
 
 
@@ -83,11 +91,14 @@ async def test_settings_persist(client) -> None:
     assert (await client.post("/api/settings", json={"A.B": 1, "C.D": [1, 2]})).status == 200
     assert await (await client.get("/api/settings/Comfy.Theme")).json() == "dark"
     assert await (await client.get("/api/settings")).json() == {
+        "Comfy.Notification.ShowVersionUpdates": False,  # ComfyUI's release news: off unless asked for
         "Comfy.Theme": "dark",
         "A.B": 1,
         "C.D": [1, 2],
     }
     assert await (await client.get("/api/settings/missing")).json() is None
+    assert (await client.post("/api/settings/Comfy.Notification.ShowVersionUpdates", json=True)).status == 200
+    assert await (await client.get("/api/settings/Comfy.Notification.ShowVersionUpdates")).json() is True
     assert (await client.post("/api/settings", json=[1])).status == 400
     assert (await client.post("/api/settings", data=b"{bad")).status == 400
 

@@ -10,13 +10,12 @@ import sqlite3
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from graph_runtime.registry import Registry
 from server import state
 from server.app import create_app
 from server.config import ServerConfig
-from tests.server.conftest import failing_prompt, make_config, queue, square_prompt, wait_done
+from tests.server.conftest import failing_prompt, make_config, queue, served, square_prompt, wait_done
 from tests.server.test_files import form, png_bytes
 from tests.server.testnodes import NODES
 
@@ -105,25 +104,18 @@ async def test_an_outcome_is_recorded_once_the_database_can_be_written_again(
 async def test_a_client_that_drops_mid_body_is_not_an_internal_error(
     tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # As ``guidegraph serve`` runs it (run_app does not cancel handlers; the test client's server does).
+    # served as ``guidegraph serve`` runs it: run_app does not cancel handlers (the test client's does)
     app = create_app(make_config(tmp_path), registry=Registry(NODES))
-    runner = web.AppRunner(app, handler_cancellation=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     head = (
         "POST /settings/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         "Content-Length: 100000\r\n\r\n"
     )
-    try:
+    async with served(app) as port:
         with caplog.at_level(logging.INFO):
             sock = socket.create_connection(("127.0.0.1", port))
             sock.sendall(head.encode() + b'{"a": ' + b" " * 1000)
             await asyncio.sleep(0.2)
             sock.close()
             await asyncio.sleep(0.3)
-    finally:
-        await runner.cleanup()
     assert "client closed the connection during POST /settings/x" in caplog.text
     assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
