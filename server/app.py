@@ -19,8 +19,9 @@ from graph_runtime.context import Paths
 from graph_runtime.folders import register_folders
 from server import state
 from server.config import MiB, ServerConfig
-from server.handlers import editor, files, history, info, prompts, userdata, ws
+from server.handlers import editor, files, history, info, internal, prompts, userdata, ws
 from server.hub import Hub
+from server.logs import LogBuffer
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
 from server.templates import Templates, shipped_workflows
@@ -54,6 +55,8 @@ API_ROUTES: list[Route] = [
     ("GET", "/models/{folder}", info.models_in_folder),
     ("GET", "/experiment/models", info.experiment_models),
     ("GET", "/experiment/models/{folder}", info.experiment_models_in_folder),
+    ("GET", "/experiment/models/preview/{folder}/{index}/{file:.+}", info.model_preview),
+    ("GET", "/view_metadata/{folder}", info.view_metadata),
     ("GET", "/i18n", info.i18n),
     ("GET", "/view", files.view),
     ("POST", "/upload/image", files.upload_image),
@@ -74,6 +77,11 @@ API_ROUTES: list[Route] = [
     ("GET", "/workflow_templates/{module}/{file}", editor.template_file),
     ("GET", "/global_subgraphs", editor.global_subgraphs),
     ("GET", "/guidegraph/default_workflow", editor.default_workflow),
+    ("GET", "/internal/logs", internal.logs),
+    ("GET", "/internal/logs/raw", internal.logs_raw),
+    ("PATCH", "/internal/logs/subscribe", internal.logs_subscribe),
+    ("GET", "/internal/files/{directory_type}", internal.files),
+    ("GET", "/internal/folder_paths", internal.folder_paths),
 ]
 
 EDITOR_ROUTES: list[Route] = [
@@ -120,7 +128,8 @@ def create_app(
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
     app[state.SETTINGS_LOCK] = asyncio.Lock()
-    app.cleanup_ctx.append(_store_and_worker)
+    app[state.LOGS] = LogBuffer()
+    app.cleanup_ctx.extend((_console_log, _store_and_worker))
     app.on_shutdown.append(_close_sockets)
     app.add_routes(routes())
     return app
@@ -131,6 +140,15 @@ def default_executor(registry: Any, config: ServerConfig) -> Any:
 
     paths = Paths(output=config.output, temp=config.temp, input=config.input)
     return Executor(registry, device=config.device, cache=config.cache, paths=paths)
+
+
+async def _console_log(app: web.Application) -> AsyncIterator[None]:
+    """Collect the log for the editor's Console panel while the server runs."""
+    app[state.LOGS].attach(asyncio.get_running_loop(), app[state.HUB])
+    try:
+        yield
+    finally:
+        app[state.LOGS].detach()
 
 
 async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from aiohttp import web
 from graph_runtime.registry import Registry
 from server.config import ServerConfig
 from server.hub import Hub
+from server.logs import LogBuffer
 from server.store import PromptStore
 from server.templates import Templates
 from server.worker import PromptWorker
@@ -21,4 +22,5 @@ WORKER = web.AppKey("worker", PromptWorker)
 TEMPLATES = web.AppKey("templates", Templates)
 STATIC_ROOT = web.AppKey("static_root", object)
 EXECUTOR_FACTORY = web.AppKey("executor_factory", object)
+LOGS = web.AppKey("logs", LogBuffer)
 SETTINGS_LOCK = web.AppKey("settings_lock", asyncio.Lock)

@@ -73,7 +73,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
         found = templates.thumbnail(name)
         if found is None and templates.workflow(name) is not None:
             # The template browser always asks for a thumbnail; a plain card beats a console error.
-            return web.Response(body=_placeholder_thumbnail(), content_type="image/jpeg", headers=NO_CACHE)
+            return web.Response(body=placeholder_thumbnail(), content_type="image/jpeg", headers=NO_CACHE)
     else:
         found = None
     if found is None:
@@ -82,7 +82,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
 
 
 @functools.cache
-def _placeholder_thumbnail() -> bytes:
+def placeholder_thumbnail() -> bytes:
     """A 256 px dark card with a node-graph motif, for workflows shipped without a picture."""
     from PIL import Image, ImageDraw
 
