@@ -32,7 +32,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from graph_runtime.context import Context, Interrupted, PreviewImage
 from graph_runtime.folders import FolderFiles
@@ -143,10 +143,15 @@ class Boolean(Input):
 
 @dataclass(frozen=True, kw_only=True)
 class Combo(Input):
-    """A choice among strings; ``options`` may be a callable re-read each time it is asked."""
+    """A choice among strings; ``options`` may be a callable re-read each time it is asked.
+
+    ``upload="image"`` makes it a file picker of the input folder: the editor adds an upload button and
+    a preview of the chosen picture (ComfyUI's ``image_upload``).
+    """
 
     options: Sequence[str] | Callable[[], Sequence[str]] = ()
     default: str | None = None
+    upload: Literal["", "image"] = ""
 
     @property
     def type_name(self) -> str:

@@ -126,6 +126,8 @@ def input_spec(spec: Input) -> list[Any]:
         choices = spec.choices()
         if spec.default is not None:
             opts["default"] = spec.default
+        if spec.upload:
+            opts[f"{spec.upload}_upload"] = True
         return [choices, opts]
     elif isinstance(spec, Socket):
         return [spec.type, opts]

@@ -139,7 +139,7 @@ class LoadImage(Node):
     """Load an image from the input folder → IMAGE (1, H, W, 3) and MASK (1, H, W): 1 where transparent."""
 
     category = "guidegraph/image"
-    inputs = (Combo(name="image", options=FolderFiles("input", IMAGE_FILES)),)
+    inputs = (Combo(name="image", options=FolderFiles("input", IMAGE_FILES), upload="image"),)
     outputs = (Output("IMAGE", "IMAGE"), Output("MASK", "MASK"))
 
     @staticmethod

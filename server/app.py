@@ -19,6 +19,7 @@ from graph_runtime.context import Paths
 from graph_runtime.folders import register_folders
 from server import state
 from server.config import MiB, ServerConfig
+from server.files import seed_example
 from server.handlers import editor, files, history, info, internal, prompts, userdata, ws
 from server.hub import Hub
 from server.logs import LogBuffer
@@ -157,6 +158,8 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     for path in (config.output, config.input, config.temp):
         path.mkdir(parents=True, exist_ok=True)
     register_folders({"input": [config.input]})  # uploads become LoadImage choices
+    if await asyncio.to_thread(seed_example, config.input):
+        log.info("put example.png in the empty input folder %s", config.input)
     store = await asyncio.to_thread(PromptStore, config.data_dir / "guidegraph.sqlite3", config.history_limit)
     recovered = await asyncio.to_thread(store.recover, config.rerun_interrupted)
     if recovered:

@@ -118,3 +118,14 @@ def test_from_entry_points_loads_packs_and_skips_broken_ones(
     from graph_runtime.folders import folder_paths
 
     assert tmp_path.resolve() in folder_paths("test_pack_folder")
+
+
+def test_an_upload_combo_carries_comfyuis_image_upload_flag() -> None:
+    from graph_runtime.api import Combo
+    from graph_runtime.registry import input_spec
+
+    assert input_spec(Combo("image", options=("a.png",), upload="image")) == [
+        ["a.png"],
+        {"image_upload": True},
+    ]
+    assert input_spec(Combo("mode", options=("a",))) == [["a"], {}]

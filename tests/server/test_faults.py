@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import sqlite3
 from typing import Any
@@ -53,7 +54,7 @@ async def test_an_old_row_without_a_traceback_is_completed_for_the_editor(client
 async def test_an_output_folder_replaced_by_a_file_is_a_507_naming_it(make_client, tmp_path) -> None:
     client = await make_client()
     config: ServerConfig = client.app[state.CONFIG]
-    config.input.rmdir()
+    shutil.rmtree(config.input)
     config.input.write_text("not a folder")
     response = await client.post("/upload/image", data=form(png_bytes()))
     assert response.status == 507
