@@ -11,6 +11,7 @@ from runtime_testnodes import TEST_NODES, Add, Number, Options
 from graph_runtime import Registry
 from graph_runtime.api import Combo, Context, FolderFiles, Node, NodePack, Output
 from graph_runtime.folders import register_folders
+from graph_runtime.registry import input_spec
 
 EDITOR_KEYS = {
     "input", "input_order", "output", "output_is_list", "output_name", "output_tooltips", "name",
@@ -121,9 +122,6 @@ def test_from_entry_points_loads_packs_and_skips_broken_ones(
 
 
 def test_an_upload_combo_carries_comfyuis_image_upload_flag() -> None:
-    from graph_runtime.api import Combo
-    from graph_runtime.registry import input_spec
-
     assert input_spec(Combo("image", options=("a.png",), upload="image")) == [
         ["a.png"],
         {"image_upload": True},
