@@ -28,7 +28,7 @@ class Decode(Node):
     """LATENT → IMAGE: x̂0 (B, C, H, W) in [-1, 1] → (B, H, W, C) in [0, 1] (pixel-space models)."""
 
     category = "guidegraph/image"
-    inputs = (Socket(name="latent", type="LATENT"),)
+    inputs = (Socket(name="latent", type="LATENT", tooltip="the sampled latent (x̂0 in [-1, 1])"),)
     outputs = (Output("IMAGE", "IMAGE"),)
 
     @staticmethod
@@ -40,7 +40,7 @@ class Encode(Node):
     """IMAGE → LATENT: (B, H, W, C) in [0, 1] → (B, C, H, W) in [-1, 1], for img2img and inpainting."""
 
     category = "guidegraph/image"
-    inputs = (Socket(name="image", type="IMAGE"),)
+    inputs = (Socket(name="image", type="IMAGE", tooltip="the image to start from (img2img, inpainting)"),)
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
@@ -111,7 +111,14 @@ class SaveImage(Node):
 
     category = "guidegraph/image"
     output_node = True
-    inputs = (Socket(name="images", type="IMAGE"), String(name="filename_prefix", default="guidegraph"))
+    inputs = (
+        Socket(name="images", type="IMAGE", tooltip="the images to save"),
+        String(
+            name="filename_prefix",
+            default="guidegraph",
+            tooltip="file name prefix; may name a subfolder, e.g. runs/cfg",
+        ),
+    )
     outputs = ()
 
     @staticmethod
@@ -126,7 +133,13 @@ class PreviewImage(Node):
     category = "guidegraph/image"
     output_node = True
     deterministic = False  # temp files may be cleared; always write them again
-    inputs = (Socket(name="images", type="IMAGE"),)
+    inputs = (
+        Socket(
+            name="images",
+            type="IMAGE",
+            tooltip="the images to show in the editor (written to temp, not kept)",
+        ),
+    )
     outputs = ()
 
     @staticmethod
@@ -139,7 +152,14 @@ class LoadImage(Node):
     """Load an image from the input folder → IMAGE (1, H, W, 3) and MASK (1, H, W): 1 where transparent."""
 
     category = "guidegraph/image"
-    inputs = (Combo(name="image", options=FolderFiles("input", IMAGE_FILES), upload="image"),)
+    inputs = (
+        Combo(
+            name="image",
+            options=FolderFiles("input", IMAGE_FILES),
+            upload="image",
+            tooltip="a picture in the input folder (the button uploads one)",
+        ),
+    )
     outputs = (Output("IMAGE", "IMAGE"), Output("MASK", "MASK"))
 
     @staticmethod
@@ -168,12 +188,26 @@ class ImageGrid(Node):
 
     category = "guidegraph/image"
     inputs = (
-        Socket(name="images", type="IMAGE"),
-        Int(name="columns", default=0, min=0, max=256),
-        Int(name="scale", default=2, min=1, max=16),
-        Int(name="padding", default=2, min=0, max=64),
-        String(name="row_labels", default=""),
-        String(name="column_labels", default=""),
+        Socket(name="images", type="IMAGE", tooltip="the batch to tile"),
+        Int(
+            name="columns",
+            default=0,
+            min=0,
+            max=256,
+            tooltip="cells per row (0: chosen for a square-ish grid)",
+        ),
+        Int(
+            name="scale",
+            default=2,
+            min=1,
+            max=16,
+            tooltip="each cell is enlarged this many times (nearest neighbour)",
+        ),
+        Int(name="padding", default=2, min=0, max=64, tooltip="pixels between cells"),
+        String(
+            name="row_labels", default="", tooltip="labels down the left side, comma- or newline-separated"
+        ),
+        String(name="column_labels", default="", tooltip="labels along the top, comma- or newline-separated"),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 

@@ -35,8 +35,15 @@ class Model(Node):
     discrete VP schedule, or EDM). Pickled checkpoints (.ckpt, .pt, .bin) are refused.
     """
 
+    display_name = "Load Model"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="checkpoint", options=FolderFiles("checkpoints", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="checkpoint",
+            options=FolderFiles("checkpoints", MODEL_FILES),
+            tooltip="a denoiser in the checkpoints folder (safetensors; pickles are refused)",
+        ),
+    )
     outputs = (Output("MODEL", "MODEL"),)
 
     @staticmethod
@@ -48,8 +55,15 @@ class Model(Node):
 class ClassifierLoader(Node):
     """Load a noise-aware classifier p(y | x, σ) (safetensors; metadata kind 'noisy_classifier')."""
 
+    display_name = "Load Classifier"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="classifier", options=FolderFiles("classifiers", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="classifier",
+            options=FolderFiles("classifiers", MODEL_FILES),
+            tooltip="a noise-aware classifier in the classifiers folder (safetensors)",
+        ),
+    )
     outputs = (Output("CLASSIFIER", "CLASSIFIER"),)
 
     @staticmethod
@@ -62,8 +76,15 @@ class ClassifierLoader(Node):
 class ClipLoader(Node):
     """Load an image-text model (safetensors; metadata kind 'clip') for CLIP-loss guidance."""
 
+    display_name = "Load CLIP"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="clip", options=FolderFiles("clip", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="clip",
+            options=FolderFiles("clip", MODEL_FILES),
+            tooltip="an image-text model in the clip folder (safetensors)",
+        ),
+    )
     outputs = (Output("CLIP", "CLIP"),)
 
     @staticmethod
@@ -81,9 +102,19 @@ class Condition(Node):
 
     category = "guidegraph/conditioning"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        String(name="text", default="a red circle", multiline=True),
-        Combo(name="kind", options=("prompt", "class label"), default="prompt"),
+        Socket(name="model", type="MODEL", tooltip="the model whose encoder turns the text into a condition"),
+        String(
+            name="text",
+            default="a red circle",
+            multiline=True,
+            tooltip="a prompt, or a class name (or index) when kind is 'class label'",
+        ),
+        Combo(
+            name="kind",
+            options=("prompt", "class label"),
+            default="prompt",
+            tooltip="'prompt' encodes the text; 'class label' uses the model's label embedding",
+        ),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
@@ -109,9 +140,12 @@ class NullCondition(Node):
 
     category = "guidegraph/conditioning"
     inputs = (
-        Socket(name="model", type="MODEL"),
+        Socket(name="model", type="MODEL", tooltip="the model whose unconditional condition to make"),
         Combo(
-            name="meaning", options=("empty prompt", "zeroed embedding", "null class"), default="empty prompt"
+            name="meaning",
+            options=("empty prompt", "zeroed embedding", "null class"),
+            default="empty prompt",
+            tooltip="what unconditional means here: empty prompt, all-zero embedding or null class",
         ),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)

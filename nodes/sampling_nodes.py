@@ -37,14 +37,51 @@ class Sampler(Node):
 
     category = "guidegraph/sampling"
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="latent", type="LATENT"),
-        Int(name="seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-        Int(name="steps", default=20, min=1, max=10000),
-        Combo(name="sampler_name", options=tuple(SAMPLERS), default="euler"),
-        Combo(name="scheduler", options=SCHEDULERS, default="karras"),
-        Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
-        Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
+        Socket(
+            name="guidance", type="GUIDANCE", tooltip="the GUIDANCE program, run at every model evaluation"
+        ),
+        Socket(
+            name="latent",
+            type="LATENT",
+            tooltip="where to start: an empty latent (txt2img) or an encoded image",
+        ),
+        Int(
+            name="seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
+        Int(name="steps", default=20, min=1, max=10000, tooltip="sampler steps along the schedule"),
+        Combo(
+            name="sampler_name",
+            options=tuple(SAMPLERS),
+            default="euler",
+            tooltip="the sampling method (ComfyUI's names)",
+        ),
+        Combo(
+            name="scheduler",
+            options=SCHEDULERS,
+            default="karras",
+            tooltip="the noise schedule σ₀ > … > 0 (ComfyUI's names)",
+        ),
+        Float(
+            name="denoise",
+            default=1.0,
+            min=0.01,
+            max=1.0,
+            step=0.01,
+            tooltip="share of the schedule to run: 1 starts from pure noise, less keeps more of the input",
+        ),
+        Int(
+            name="max_batch",
+            default=0,
+            min=0,
+            max=1 << 20,
+            optional=True,
+            tooltip="split each model forward into chunks of this many rows (memory); 0: never",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -91,10 +128,22 @@ class EmptyLatent(Node):
 
     category = "guidegraph/latent"
     inputs = (
-        Int(name="width", default=32, min=8, max=4096, step=8),
-        Int(name="height", default=32, min=8, max=4096, step=8),
-        Int(name="batch_size", default=1, min=1, max=4096),
-        Int(name="channels", default=3, min=1, max=64),
+        Int(name="width", default=32, min=8, max=4096, step=8, tooltip="width in pixels, a multiple of 8"),
+        Int(name="height", default=32, min=8, max=4096, step=8, tooltip="height in pixels, a multiple of 8"),
+        Int(
+            name="batch_size",
+            default=1,
+            min=1,
+            max=4096,
+            tooltip="how many samples; sample i gets the seed seed + i",
+        ),
+        Int(
+            name="channels",
+            default=3,
+            min=1,
+            max=64,
+            tooltip="latent channels (3 for the shipped pixel-space models)",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -107,7 +156,12 @@ class SetNoiseMask(Node):
     """Attach a mask to a latent: the Sampler regenerates where it is 1 and keeps the rest (inpainting)."""
 
     category = "guidegraph/latent"
-    inputs = (Socket(name="latent", type="LATENT"), Socket(name="mask", type="MASK"))
+    inputs = (
+        Socket(name="latent", type="LATENT", tooltip="the latent to inpaint"),
+        Socket(
+            name="mask", type="MASK", tooltip="1 where the Sampler regenerates, 0 where it keeps the latent"
+        ),
+    )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from graph_runtime.docs import help_markdown
 from server import state
 from server.jsonio import json_response
 from server.templates import MODULE
@@ -54,6 +55,16 @@ async def extension_file(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound()
     return web.FileResponse(path, headers={**NO_CACHE, "Content-Type": "text/javascript"})
+
+
+async def node_help(request: web.Request) -> web.Response:
+    """``/extensions/<pack>/docs/<Node>.md`` (or ``.../<Node>/<locale>.md``): the node's help page."""
+    registry = request.app[state.REGISTRY]
+    name = request.match_info["node"]
+    cls = registry.get(name)
+    if cls is None or registry.pack(name) != request.match_info["pack"]:
+        raise web.HTTPNotFound()
+    return web.Response(text=help_markdown(cls), content_type="text/markdown", headers=NO_CACHE)
 
 
 async def workflow_templates(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from graph_runtime.api import Interrupted
 from graph_runtime.context import CancelToken, Context, Paths
+from graph_runtime.docs import summary
 from nodes import node_classes
 from nodes.diffusion.guidance import Combine, Prediction, Window
 from nodes.diffusion.types import Latent
@@ -33,6 +34,12 @@ def test_every_node_declares_a_category_a_description_and_unique_name() -> None:
         assert cls.category.startswith("guidegraph") and cls.description, cls.__name__
     required = {"Model", "Condition", "NullCondition", "CFGCombine", "ClassifierGrad", "ClipLoss", "Sampler"}
     assert required <= set(names)
+
+
+def test_every_node_input_has_a_tooltip_and_every_description_a_plain_summary() -> None:
+    for cls in node_classes():
+        assert [s.name for s in cls.inputs if not s.tooltip] == [], cls.__name__
+        assert "``" not in summary(cls.description) and summary(cls.description), cls.__name__
 
 
 def test_model_loader_wraps_the_file_and_refuses_pickles(model_dirs: Path) -> None:

@@ -189,3 +189,23 @@ async def test_models_routes(client) -> None:
     for kind in kinds:
         assert isinstance(await (await client.get(f"/models/{kind}")).json(), list)
         assert isinstance(await (await client.get(f"/experiment/models/{kind}")).json(), list)
+
+
+async def test_pack_nodes_have_help_pages_where_the_editor_asks_for_them(aiohttp_client, tmp_path) -> None:
+    from graph_runtime.registry import Registry
+    from server.app import create_app
+    from tests.server.conftest import make_config
+    from tests.server.testnodes import NODES
+
+    registry = Registry()
+    for cls in NODES:
+        registry.add(cls, pack="testpack")
+    client = await aiohttp_client(create_app(make_config(tmp_path), registry=registry))
+    info = await (await client.get("/api/object_info/Number")).json()
+    assert info["Number"]["python_module"] == "custom_nodes.testpack"
+    for path in ("/extensions/testpack/docs/Number/en.md", "/extensions/testpack/docs/Number.md"):
+        page = await client.get(path)
+        assert page.status == 200 and page.content_type == "text/markdown"
+        assert (await page.text()).startswith("# Number\n")
+    assert (await client.get("/extensions/otherpack/docs/Number.md")).status == 404
+    assert (await client.get("/extensions/testpack/docs/Nope.md")).status == 404
