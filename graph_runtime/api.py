@@ -23,6 +23,8 @@ Conventions:
   comma-separated type (``"IMAGE,MASK"``) accepts any of its members.
 - Widget types are INT, FLOAT, STRING, BOOLEAN and COMBO; COMBO options may be a callable (for example
   :class:`FolderFiles`) that the runtime calls again whenever node definitions are asked for.
+- A node whose memory use can be told from its inputs may define a static ``footprint(inputs) ->
+  Footprint`` (see :mod:`graph_runtime.memory`); a server refuses prompts whose estimate exceeds its budget.
 - A node pack exposes ``NodePack`` through the entry-point group ``guidegraph.nodes``.
 """
 
@@ -43,6 +45,7 @@ __all__ = [
     "Context",
     "Float",
     "FolderFiles",
+    "Footprint",
     "Input",
     "Int",
     "Interrupted",
@@ -55,6 +58,7 @@ __all__ = [
     "String",
 ]
 
+Shape = tuple[int, ...]
 INT_LIMIT = 2**63 - 1  # largest integer a widget accepts (ComfyUI's seeds are 64-bit)
 
 
@@ -190,6 +194,14 @@ class Output:
     type: str
     tooltip: str = ""
     is_list: bool = False
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one node adds: its output shapes (None: not a tensor, or unknown) and its working bytes."""
+
+    outputs: tuple[Shape | None, ...] = ()
+    working: int = 0
 
 
 @dataclass

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default="lru", help="node cache policy (default lru)")
     parser.add_argument("--max-upload-mb", type=int, default=32)
     parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=None,
+        help="refuse prompts estimated to need more (default: the memory free when each is queued)",
+    )
+    parser.add_argument(
         "--rerun-interrupted",
         action="store_true",
         help="on start, queue again a prompt that was running when the server died (default: record it"
@@ -92,6 +98,7 @@ def serve(args: argparse.Namespace) -> int:
         cache=args.cache,
         max_upload_bytes=args.max_upload_mb * MiB,
         rerun_interrupted=args.rerun_interrupted,
+        memory_budget_bytes=args.memory_budget_mb * MiB if args.memory_budget_mb else None,
         argv=shown_argv(sys.argv[1:]),
     )
     try:

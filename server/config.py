@@ -51,6 +51,7 @@ class ServerConfig:
     ws_send_timeout_s: float = 10.0
     ws_status_interval_s: float = 0.02  # queue-length broadcasts are coalesced to at most one per interval
     preview_max_side: int = 512
+    memory_budget_bytes: int | None = None  # a prompt estimated above this is refused; None: memory free now
     rerun_interrupted: bool = False  # on start, queue again a prompt a crash left running
     argv: tuple[str, ...] = ("guidegraph", "serve")  # as shown in /system_stats (secrets redacted)
     extra: dict[str, str] = field(default_factory=dict)

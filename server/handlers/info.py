@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from graph_runtime import folders
+from graph_runtime.memory import ram
 from server import state
 from server.files import FOLDER_TYPES
 from server.handlers.editor import placeholder_thumbnail
@@ -49,20 +50,6 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _memory() -> tuple[int, int]:
-    """(total, available) bytes of RAM."""
-    try:
-        with open("/proc/meminfo") as handle:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle if ":" in line}
-        return info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
-    except (OSError, KeyError, ValueError, IndexError):
-        try:
-            page = os.sysconf("SC_PAGE_SIZE")
-            return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
-        except (ValueError, OSError, AttributeError):
-            return 0, 0
-
-
 def _devices(preferred: str | None) -> list[dict[str, Any]]:
     import torch
 
@@ -83,7 +70,7 @@ def _devices(preferred: str | None) -> list[dict[str, Any]]:
             )
     if not out:
         kind = preferred or ("mps" if torch.backends.mps.is_available() else "cpu")
-        total, free = _memory()
+        total, free = ram()
         out.append(
             {
                 "name": kind,
@@ -101,7 +88,7 @@ def _devices(preferred: str | None) -> list[dict[str, Any]]:
 def system_stats_payload(device: str | None, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    total, free = _memory()
+    total, free = ram()
     return {
         "system": {
             "os": os.name,

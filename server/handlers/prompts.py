@@ -9,12 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.memory import Estimate, available_bytes, estimate
+from graph_runtime.report import ValidationReport, error_record
 from graph_runtime.validation import validate
 from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
 from server.store import DuplicatePromptId
 
+GiB = 1 << 30
 MAX_NUMBER = 2**53  # a queue position; beyond this a float (and SQLite's REAL) cannot hold it exactly
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
@@ -46,6 +49,12 @@ async def post_prompt(request: web.Request) -> web.Response:
     comfy = report.to_comfy()
     if not report.runnable:
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
+    needed = await asyncio.to_thread(estimate, report)
+    budget = config.memory_budget_bytes
+    if budget is None:
+        budget = await asyncio.to_thread(available_bytes, config.device)
+    if needed.total > budget:
+        return _over_budget(needed, budget, report)
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
@@ -79,6 +88,30 @@ async def post_prompt(request: web.Request) -> web.Response:
     await broadcast_status(app)
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
+
+
+def _over_budget(needed: Estimate, budget: int, report: ValidationReport) -> web.Response:
+    """400 in ComfyUI's shape, the error on the node that needs the most (the editor outlines it)."""
+    node = needed.largest()
+    details = (
+        f"estimated {needed.total / GiB:.3g} GiB, the budget is {budget / GiB:.3g} GiB"
+        " (--memory-budget-mb, default: the memory free now); lower the size or the batch"
+        " (a Sampler's max_batch splits its batch)"
+    )
+    error = error_record("memory_budget_exceeded", "Prompt needs more memory than the server has", details)
+    planned = report.nodes.get(node) if node else None
+    node_errors = (
+        {
+            node: {
+                "errors": [error],
+                "dependent_outputs": report.good_outputs,
+                "class_type": planned.cls.__name__,
+            }
+        }
+        if node and planned
+        else {}
+    )
+    return json_response({"error": error, "node_errors": node_errors}, 400)
 
 
 def _invalid(message: str, details: str = "") -> web.Response:

@@ -220,3 +220,20 @@ def test_clip_loss_rejects_contrast_lines_that_repeat_the_prompt_or_each_other(m
     message = str(info.value)
     assert "line 2 'red circle' encodes the same as the prompt" in message
     assert "line 3 'the blue circle' encodes the same as an earlier line" in message
+
+
+def test_the_memory_estimate_refuses_giant_latents_and_passes_the_shipped_workflows() -> None:
+    from graph_runtime import Registry, validate
+    from graph_runtime.memory import estimate
+
+    registry = Registry.from_entry_points()  # with the shipped model folders, so the prompts validate
+    workflows = Path(__file__).resolve().parents[2] / "workflows"
+    for path in workflows.glob("*.api.json"):
+        report = validate(json.loads(path.read_text()), registry)
+        assert report.ok and 0 < estimate(report).total < 1 << 30, path.name
+    prompt = json.loads((workflows / "cfg.api.json").read_text())
+    prompt["5"]["inputs"].update(width=2048, height=2048, batch_size=64)
+    found = estimate(validate(prompt, registry))
+    assert found.total > 1 << 40 and found.largest() == "6"  # the Sampler
+    prompt["6"]["inputs"]["max_batch"] = 2
+    assert estimate(validate(prompt, registry)).total < found.total / 10

@@ -120,3 +120,37 @@ async def test_a_client_that_drops_mid_body_is_not_an_internal_error(
             await asyncio.sleep(0.3)
     assert "client closed the connection during POST /settings/x" in caplog.text
     assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_a_prompt_estimated_beyond_the_free_memory_is_refused_with_a_clear_400(client) -> None:
+    response = await client.post(
+        "/prompt", json={"prompt": {"1": {"class_type": "Allocate", "inputs": {"gigabytes": 1 << 20}}}}
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["type"] == "memory_budget_exceeded"
+    assert "estimated 1.05e+06 GiB" in body["error"]["details"]
+    assert body["node_errors"]["1"]["errors"][0]["type"] == "memory_budget_exceeded"
+    assert body["node_errors"]["1"]["class_type"] == "Allocate"
+    assert (await (await client.get("/prompt")).json())["exec_info"]["queue_remaining"] == 0
+
+
+async def test_the_memory_budget_is_configurable(make_client) -> None:
+    client = await make_client(memory_budget_bytes=1 << 30)
+    small = {"1": {"class_type": "Allocate", "inputs": {"gigabytes": 0}}}
+    assert (await client.post("/prompt", json={"prompt": small})).status == 200
+    large = {"1": {"class_type": "Allocate", "inputs": {"gigabytes": 2}}}
+    assert (await client.post("/prompt", json={"prompt": large})).status == 400
+
+
+async def test_an_allocation_that_fails_during_a_run_is_an_execution_error_and_the_server_goes_on(
+    make_client,
+) -> None:
+    client = await make_client(memory_budget_bytes=1 << 62)  # let it through, as a wrong estimate would
+    huge = await queue(client, {"1": {"class_type": "Allocate", "inputs": {"gigabytes": 1 << 20}}})
+    entry = await wait_done(client, huge["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    [error] = [data for name, data in entry["status"]["messages"] if name == "execution_error"]
+    assert error["node_id"] == "1" and "allocate" in error["exception_message"].lower()
+    after = await queue(client, square_prompt())
+    assert (await wait_done(client, after["prompt_id"]))["status"]["status_str"] == "success"
