@@ -241,9 +241,11 @@ class PromptWorker:
             running = self._running
             if running is not None:
                 running.node = event.node
-            for info in state.nodes.values():
-                if info["state"] == "running":
-                    info["state"] = "finished"
+            for node, info in state.nodes.items():
+                if info["state"] == "running":  # it finished without UI output: say so, as ComfyUI
+                    info["state"] = "finished"  # does for cached nodes (the editor counts these)
+                    done = {"node": node, "display_node": node, "output": None, "prompt_id": state.row.id}
+                    self._emit(state, "executed", done)
             if event.node is not None:
                 self._node(state, event.node).update(state="running", value=0, max=1)
             self._emit(state, event.type, data)
@@ -272,6 +274,9 @@ class PromptWorker:
             if event.node_id:
                 self._node(state, event.node_id)["state"] = "error"
         if isinstance(event, ExecutionInterrupted):
+            for info in state.nodes.values():
+                if info["state"] == "running":
+                    info["state"] = "pending"  # stopped, not finished: no executed for it
             self._emit(state, event.type, data, sid=None)  # ComfyUI broadcasts interruptions
             return
         self._emit(state, event.type, data)
