@@ -1,8 +1,10 @@
-// guidegraph: our workflow where the editor would show its own default, and guidegraph in Settings → About.
+// guidegraph's editor extension: our default workflow, outputs after a reload, guidegraph in About.
 //
 // - The editor's default graph (loaded when there is nothing to restore, and by "Load Default") uses
 //   nodes this backend does not have: a call that loads "the default" gets the server's default
 //   workflow instead.
+// - Node outputs are kept in the page only: after a reload, the open workflow shows the outputs of
+//   its last completed run again.
 // - A fresh browser profile starts on a blank "Unsaved Workflow" tab: it is replaced by the default
 //   workflow, saved as the user's copy and fitted to the view. Only once per profile: after that the
 //   editor restores the user's own tabs untouched (a reload never opens another copy).
@@ -70,6 +72,19 @@ async function openOnFreshProfile() {
   await app.extensionManager.command.execute("Comfy.Canvas.FitView");
 }
 
+// Node outputs live in the page only; after a reload, show the images of the open workflow's last
+// completed run again (the job whose workflow_id is this graph's id), unless something is shown.
+async function restoreLastOutputs() {
+  if (!(await firstTab())) return;
+  const id = app.rootGraph?.id;
+  if (!id || Object.keys(app.nodeOutputs || {}).length) return;
+  const query = new URLSearchParams({ status: "completed", workflow_id: id, limit: "1" });
+  const { jobs } = await (await api.fetchApi(`/jobs?${query}`)).json();
+  if (!jobs?.length) return;
+  const job = await (await api.fetchApi(`/jobs/${encodeURIComponent(jobs[0].id)}`)).json();
+  if (job.outputs && !Object.keys(app.nodeOutputs || {}).length) app.nodeOutputs = job.outputs;
+}
+
 const stats = await api.getSystemStats().catch(() => null);
 const version = stats?.system?.guidegraph_version;
 
@@ -79,5 +94,6 @@ app.registerExtension({
   setup() {
     // Not awaited: the editor finishes its own start (mounting the canvas, restoring tabs) first.
     openOnFreshProfile().catch((error) => console.warn("guidegraph: default workflow", error));
+    restoreLastOutputs().catch((error) => console.warn("guidegraph: last outputs", error));
   },
 });
