@@ -12,6 +12,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const OPENED_KEY = "guidegraph.defaultWorkflowOpened";
+const TITLE_HEIGHT = 30;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let fetched = null;
@@ -53,6 +54,26 @@ async function firstTab() {
 const isBlank = (workflow) =>
   workflow?.isTemporary && !workflow.isModified && (app.graph?._nodes || app.graph?.nodes || []).length === 0;
 
+// The workflow with its view (extra.ds) set to show every node, below the editor's top bars.
+function fitted(workflow) {
+  const element = app.canvas?.canvas;
+  const nodes = workflow.nodes || [];
+  if (!element || !nodes.length) return workflow;
+  const [left, top, right, bottom] = [70, 110, 40, 40]; // the editor's bars over the canvas
+  const x0 = Math.min(...nodes.map((n) => n.pos[0]));
+  const y0 = Math.min(...nodes.map((n) => n.pos[1] - TITLE_HEIGHT));
+  const x1 = Math.max(...nodes.map((n) => n.pos[0] + (n.size?.[0] ?? 200)));
+  const y1 = Math.max(...nodes.map((n) => n.pos[1] + (n.size?.[1] ?? 100)));
+  const width = element.clientWidth - left - right;
+  const height = element.clientHeight - top - bottom;
+  const scale = Math.min(1, width / (x1 - x0), height / (y1 - y0));
+  const offset = [
+    (left + (width - (x1 - x0) * scale) / 2) / scale - x0,
+    (top + (height - (y1 - y0) * scale) / 2) / scale - y0,
+  ];
+  return { ...workflow, extra: { ...workflow.extra, ds: { scale, offset } } };
+}
+
 async function openOnFreshProfile() {
   if (localStorage.getItem(OPENED_KEY)) return; // not a fresh profile: leave the user's tabs alone
   if (new URLSearchParams(window.location.search).has("template")) return; // an explicit choice wins
@@ -60,7 +81,7 @@ async function openOnFreshProfile() {
   if (!isBlank(blank)) return;
   const { name, workflow } = await defaultWorkflow();
   if (!workflow) return;
-  await loadGraphData(workflow, true, true, name);
+  await loadGraphData(fitted(workflow), true, true, name);
   if (workflows().isOpen?.(blank)) await workflows().closeWorkflow(blank);
   localStorage.setItem(OPENED_KEY, name);
   // Saved as the user's own copy (workflows/<name>.json): a clean tab, not an unsaved one; where a
@@ -68,8 +89,6 @@ async function openOnFreshProfile() {
   await workflows()
     .saveWorkflow(workflows().activeWorkflow)
     .catch((error) => console.info("guidegraph: default workflow kept unsaved", error?.message));
-  await sleep(100);
-  await app.extensionManager.command.execute("Comfy.Canvas.FitView");
 }
 
 // Node outputs live in the page only; after a reload, show the images of the open workflow's last
