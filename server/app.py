@@ -90,6 +90,7 @@ EDITOR_ROUTES: list[Route] = [
     ("GET", "/user.css", editor.empty_css),
     ("GET", "/templates/index.json", editor.templates_index),
     ("GET", "/templates/index_logo.json", editor.templates_logo),
+    ("GET", "/templates/{file}", editor.core_template_file),
     ("GET", "/extensions/{pack}/docs/{node}.md", editor.node_help),
     ("GET", "/extensions/{pack}/docs/{node}/{locale}.md", editor.node_help),
     ("GET", "/extensions/guidegraph/{name}", editor.extension_file),

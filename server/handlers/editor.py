@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
@@ -68,15 +69,47 @@ async def node_help(request: web.Request) -> web.Response:
 
 
 async def workflow_templates(request: web.Request) -> web.Response:
-    return json_response({MODULE: request.app[state.TEMPLATES].names()})
+    """Custom-node templates: none, ours are the editor's own (``/templates/index.json``) with titles."""
+    return json_response({})
+
+
+async def templates_index(request: web.Request) -> web.Response:
+    """The shipped workflows as the editor's own templates: one category, a card per workflow."""
+    info = await asyncio.to_thread(request.app[state.TEMPLATES].info)
+    cards = [
+        {"name": name, **text, "mediaType": "image", "mediaSubtype": "jpg", "tags": [MODULE]}
+        for name, text in info.items()
+    ]
+    category = {
+        "moduleName": "default",
+        "title": "Guidance strategies",
+        "category": MODULE,
+        "type": "image",
+        "templates": cards,
+    }
+    return json_response([category] if cards else [])
+
+
+async def core_template_file(request: web.Request) -> web.StreamResponse:
+    """``/templates/<name>.json`` and its thumbnail ``/templates/<name>-1.jpg``."""
+    file = request.match_info["file"]
+    if file.endswith(".json"):
+        return await _template(request, file)
+    stem, dot, ext = file.rpartition(".")
+    if not stem.endswith("-1"):
+        raise web.HTTPNotFound()
+    return await _template(request, f"{stem[:-2]}{dot}{ext}")
 
 
 async def template_file(request: web.Request) -> web.StreamResponse:
     """``/workflow_templates/guidegraph/<name>.json`` and its ``<name>.jpg`` thumbnail."""
-    templates = request.app[state.TEMPLATES]
-    module, file = request.match_info["module"], request.match_info["file"]
-    if module != MODULE:
+    if request.match_info["module"] != MODULE:
         raise web.HTTPNotFound()
+    return await _template(request, request.match_info["file"])
+
+
+async def _template(request: web.Request, file: str) -> web.StreamResponse:
+    templates = request.app[state.TEMPLATES]
     name, _, ext = file.rpartition(".")
     if ext == "json":
         found = templates.workflow(name)
@@ -117,10 +150,6 @@ async def default_workflow(request: web.Request) -> web.Response:
     if name is None or path is None:
         return json_response({"name": None, "workflow": None})
     return json_response({"name": name, "workflow": json.loads(path.read_text("utf-8"))})
-
-
-async def templates_index(request: web.Request) -> web.Response:
-    return json_response([])
 
 
 async def templates_logo(request: web.Request) -> web.Response:

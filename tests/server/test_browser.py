@@ -4,7 +4,7 @@ The server runs as a user would start it: outside the repository, with the built
 ``--workflows-dir`` (the shipped workflows come with the package). The first test boots a fresh
 profile (no console error, no request leaving the machine): the default workflow (``showcase``) is the
 only tab, saved and fitted to the view; it lists every shipped workflow with its title and thumbnail
-in the template browser, opens ``cfg``, runs it with the Run button (every node reported, so the total
+in the template browser (as the editor's own templates), opens ``cfg``, runs it with the Run button (every node reported, so the total
 progress moves), shows the image, keeps the job list working when a job fails, and after a reload has
 the same tabs and the image again. The second checks what the editor shows about our nodes (badge,
 names, tooltips, help), LoadImage's upload widget, the Console, Assets → Imported, the model library
@@ -219,6 +219,9 @@ def test_editor_boots_clean_and_runs_a_shipped_workflow_from_its_template_browse
         first.scroll_into_view_if_needed()
         first.locator("img").evaluate("img => img.decode()")
         page.wait_for_timeout(1000)  # the cards fade in
+        titles = json.loads((WORKFLOWS / "templates.json").read_text())
+        for name in shipped():  # each card has its workflow's title, not its file name
+            page.get_by_test_id(f"template-workflow-{name}").get_by_text(titles[name]["title"]).wait_for()
         shot(page, "3-templates")
         page.get_by_test_id(f"template-workflow-{RUN}").click()
         opened = json.dumps(",".join(node_types(RUN)))

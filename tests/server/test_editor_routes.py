@@ -151,11 +151,24 @@ async def test_userdata_refuses_paths_that_leave_the_user_folder(client) -> None
 
 async def test_templates_list_and_serve_our_workflows_with_thumbnails(client, config: ServerConfig) -> None:
     (config.workflows_dir / "squares.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
-    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": ["squares"]}
-    workflow = await (await client.get("/api/workflow_templates/guidegraph/squares.json")).json()
-    assert workflow["id"] == UI_WORKFLOW["id"]
-    thumb = await client.get("/api/workflow_templates/guidegraph/squares.jpg")
-    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert await (await client.get("/api/workflow_templates")).json() == {}  # ours are the editor's own
+    [category] = await (await client.get("/templates/index.json")).json()
+    assert category["moduleName"] == "default" and category["category"] == "guidegraph"
+    [card] = category["templates"]
+    assert card == {
+        "name": "squares",
+        "title": "squares",  # no templates.json entry: the name, no description
+        "description": "",
+        "mediaType": "image",
+        "mediaSubtype": "jpg",
+        "tags": ["guidegraph"],
+    }
+    for path in ("/templates/squares.json", "/api/workflow_templates/guidegraph/squares.json"):
+        assert (await (await client.get(path)).json())["id"] == UI_WORKFLOW["id"]
+    for path in ("/templates/squares-1.jpg", "/api/workflow_templates/guidegraph/squares.jpg"):
+        thumb = await client.get(path)
+        assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert (await client.get("/templates/squares.jpg")).status == 404
     assert (await client.get("/api/workflow_templates/other/squares.json")).status == 404
     assert (await client.get("/api/workflow_templates/guidegraph/..%2Fsecret.json")).status == 404
     default = await (await client.get("/api/guidegraph/default_workflow")).json()
@@ -170,7 +183,16 @@ async def test_every_shipped_workflow_is_a_template_with_its_own_thumbnail(make_
     names = sorted(p.name.removesuffix(".ui.json") for p in shipped.glob("*.ui.json"))
     assert "showcase" in names
     client = await make_client(ServerConfig(data_dir=tmp_path / "user", workflows_dir=shipped))
-    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": names}
+    [category] = await (await client.get("/templates/index.json")).json()
+    cards = {card["name"]: card for card in category["templates"]}
+    assert sorted(cards) == names
+    index = json.loads((shipped / "templates.json").read_text())
+    assert sorted(index) == names  # every shipped workflow has a title and a description, no stale one
+    for name in names:
+        assert cards[name]["title"] == index[name]["title"] and cards[name]["description"], name
+        assert not set("-_") & set(cards[name]["description"]), name  # the editor shows them as spaces
+        thumb = await client.get(f"/templates/{name}-1.jpg")
+        assert await thumb.read() == (shipped / f"{name}.jpg").read_bytes(), name
     for name in names:
         workflow = await client.get(f"/api/workflow_templates/guidegraph/{name}.json")
         assert await workflow.json() == json.loads((shipped / f"{name}.ui.json").read_text()), name

@@ -60,7 +60,8 @@ def test_the_shipped_workflows_are_found_from_any_working_directory(tmp_path: Pa
 
 async def test_without_workflows_dir_the_editor_lists_the_shipped_templates(make_client, tmp_path) -> None:
     client = await make_client(ServerConfig(data_dir=tmp_path / "user"))
-    names = (await (await client.get("/api/workflow_templates")).json())["guidegraph"]
+    [category] = await (await client.get("/templates/index.json")).json()
+    names = [card["name"] for card in category["templates"]]
     assert "showcase" in names and "cfg" in names
     default = await (await client.get("/api/guidegraph/default_workflow")).json()
     assert default["name"] == "showcase" and default["workflow"]["nodes"]
