@@ -56,7 +56,8 @@ class Templates:
         index = index if isinstance(index, dict) else {}
         out = {}
         for name in self.names():
-            entry = index.get(name) if isinstance(index.get(name), dict) else {}
+            found = index.get(name)
+            entry: dict[str, object] = found if isinstance(found, dict) else {}
             out[name] = {
                 "title": str(entry.get("title") or name),
                 "description": str(entry.get("description") or ""),

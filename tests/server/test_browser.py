@@ -4,7 +4,7 @@ The server runs as a user would start it: outside the repository, with the built
 ``--workflows-dir`` (the shipped workflows come with the package). The first test boots a fresh
 profile (no console error, no request leaving the machine): the default workflow (``showcase``) is the
 only tab, saved and fitted to the view; it lists every shipped workflow with its title and thumbnail
-in the template browser (as the editor's own templates), opens ``cfg``, runs it with the Run button (every node reported, so the total
+in the template browser, opens ``cfg``, runs it with the Run button (every node reported, so the total
 progress moves), shows the image, keeps the job list working when a job fails, and after a reload has
 the same tabs and the image again. The second checks what the editor shows about our nodes (badge,
 names, tooltips, help), LoadImage's upload widget, the Console, Assets → Imported, the model library
