@@ -147,13 +147,20 @@ def store_upload(root: Path, subfolder: str, name: str, data: bytes, overwrite: 
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    """Write through a temporary file and a rename; a failure names ``path`` (a full disk says where)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

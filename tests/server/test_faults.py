@@ -4,6 +4,7 @@ failed jobs the editor can still list, and an outcome recorded once the database
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import socket
@@ -154,3 +155,18 @@ async def test_an_allocation_that_fails_during_a_run_is_an_execution_error_and_t
     assert error["node_id"] == "1" and "allocate" in error["exception_message"].lower()
     after = await queue(client, square_prompt())
     assert (await wait_done(client, after["prompt_id"]))["status"]["status_str"] == "success"
+
+
+async def test_a_full_disk_while_writing_a_setting_is_a_507_naming_the_data_folder(
+    client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() or fsync() say it: no name
+
+    with monkeypatch.context() as patched:
+        patched.setattr("server.files.os.fsync", full)
+        response = await client.post("/api/settings/Comfy.Theme", json="dark")
+    assert response.status == 507
+    message = (await response.json())["error"]["message"]
+    assert message.startswith("the data folder (") and message.endswith("No space left on device")
+    assert not [p for p in client.app[state.CONFIG].data_dir.rglob("*.part")]  # no partial file left
