@@ -198,9 +198,14 @@ class Output:
 
 @dataclass(frozen=True)
 class Footprint:
-    """What one node adds: its output shapes (None: not a tensor, or unknown) and its working bytes."""
+    """What one node adds to a prompt's memory: a description of each output, and its working bytes.
 
-    outputs: tuple[Shape | None, ...] = ()
+    An output is described by a tensor shape (a tuple of ints, counted as float32), by any object
+    with an ``nbytes`` attribute (counted as that), by any other value downstream footprints
+    understand (passed on, not counted), or by None (unknown).
+    """
+
+    outputs: tuple[Any, ...] = ()
     working: int = 0
 
 

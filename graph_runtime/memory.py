@@ -6,9 +6,9 @@ and refused beyond a budget.
 
 The estimate is declared by the nodes that know their cost. A node class may define a static
 ``footprint(inputs) -> Footprint``: ``inputs`` maps each literal input to its value and each linked
-input to the shape its upstream output declared (``None`` when that is unknown). The footprint gives
-the shapes of the node's outputs (float32 tensors kept while the prompt runs) and the working bytes
-it needs only while it runs. A prompt needs the bytes of every declared output plus the largest
+input to the description its upstream output declared (``None`` when that is unknown). The footprint
+describes the node's outputs (tensor shapes, or sizes, kept while the prompt runs) and gives the
+working bytes it needs only while it runs. A prompt needs the bytes of every declared output plus the largest
 working set (nodes run one at a time). Nodes without a footprint count as nothing: the estimate is a
 floor for what is declared, meant to catch the requests that cannot fit, not to account every byte.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graph_runtime.api import Footprint, Shape
+from graph_runtime.api import Footprint
 from graph_runtime.report import ValidationReport
 
 FLOAT32 = 4
@@ -39,13 +39,17 @@ class Estimate:
         return max(self.per_node, key=self.per_node.__getitem__) if self.per_node else None
 
 
-def nbytes(shape: Shape | None) -> int:
-    return math.prod(shape) * FLOAT32 if shape else 0
+def nbytes(output: Any) -> int:
+    """The bytes an output description stands for (see :class:`~graph_runtime.api.Footprint`)."""
+    if isinstance(output, tuple) and output and all(type(n) is int for n in output):
+        return math.prod(output) * FLOAT32
+    size = getattr(output, "nbytes", 0)
+    return size if type(size) is int else 0
 
 
 def estimate(report: ValidationReport) -> Estimate:
     """The estimate of a validated prompt's plan (only the nodes that will run)."""
-    shapes: dict[tuple[str, int], Shape | None] = {}
+    shapes: dict[tuple[str, int], Any] = {}
     kept, working, per_node = 0, 0, {}
     for node_id in report.order:
         planned = report.nodes[node_id]

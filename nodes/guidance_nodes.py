@@ -12,7 +12,8 @@ from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output,
 from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.sampling import leaf_models
+from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
 CATEGORY = "guidegraph/guidance"
 GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
@@ -215,6 +216,14 @@ class ClassifierGrad(Node):
     def run(
         ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
     ) -> tuple[Guidance]:
+        takes = getattr(classifier.module, "in_channels", None)
+        for model in leaf_models(guidance):
+            if takes is not None and takes != model.latent_channels:
+                raise ValueError(
+                    f"classifier: {classifier.name!r} reads {takes}-channel inputs, but model "
+                    f"{model.name!r} samples {model.latent_channels}-channel latents; a classifier for "
+                    "guidance must be trained on the space the model samples in"
+                )
         return (ClassifierGradient(guidance, classifier, classifier.label_index(label), scale),)
 
 
@@ -233,13 +242,18 @@ class ClipLoss(Node):
     denoiser), which costs no backward pass through the model. ``cutouts`` random crops (0: the whole image),
     ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of g and
     ``shift_clamp`` the per-sample RMS of the x̂0 shift s·σ²·g (0: off).
+
+    Latent models (Stable Diffusion) connect their ``vae``: x̂0 is decoded to pixels before the CLIP
+    sees it, and the gradient flows back through the decoder ("CLIP-guided Stable Diffusion"). The
+    decoder runs under activation checkpointing (its activations are recomputed in the backward pass
+    rather than kept), and ``decode_scale`` < 1 decodes a downsampled x̂0 to cut the cost further.
     """
 
     display_name = "CLIP Loss"
     category = CATEGORY
     inputs = (
         Socket(name="guidance", type="GUIDANCE", tooltip="the guidance to add the CLIP-loss gradient to"),
-        Socket(name="clip", type="CLIP", tooltip="the image-text model that scores the denoised image"),
+        Socket(name="clip", type="CLIP_MODEL", tooltip="the image-text model that scores the denoised image"),
         String(
             name="prompt", default="a red circle", multiline=True, tooltip="the text the image should match"
         ),
@@ -280,6 +294,21 @@ class ClipLoss(Node):
             step=0.01,
             tooltip="cap on the per-sample RMS of the x̂0 shift s·σ²·g (0: off)",
         ),
+        Socket(
+            name="vae",
+            type="VAE",
+            optional=True,
+            tooltip="for latent models: decodes x̂0 to pixels for the CLIP (unconnected: pixel space)",
+        ),
+        Float(
+            name="decode_scale",
+            default=1.0,
+            min=0.125,
+            max=1.0,
+            step=0.125,
+            optional=True,
+            tooltip="decode a downsampled x̂0 (1: full size) to cut the cost of the VAE",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -296,6 +325,8 @@ class ClipLoss(Node):
         grad_clamp: float,
         contrast: str = "",
         shift_clamp: float = 0.0,
+        vae: VAE | None = None,
+        decode_scale: float = 1.0,
     ) -> tuple[Guidance]:
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
@@ -312,6 +343,8 @@ class ClipLoss(Node):
             contrast=others,
             logit_scale=clip_logit_scale(clip),
             shift_clamp=shift_clamp,
+            vae=vae if vae is not None and vae.downscale > 1 else None,
+            decode_scale=decode_scale,
         )
         return (rule,)
 

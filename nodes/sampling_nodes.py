@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, Footprint, Int, Node, Output, PreviewImage, Socket
-from nodes.diffusion.guidance import Guidance
-from nodes.diffusion.samplers import SAMPLERS
-from nodes.diffusion.sampling import guided_sample, leaf_models
-from nodes.diffusion.schedules import SCHEDULERS, sigmas_for_denoise
-from nodes.diffusion.types import Latent
+from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Latent
 
 SEED_MAX = 2**64 - 1
 
 
 def preview_of(denoised: torch.Tensor) -> PreviewImage:
     """The first sample's x̂0 (C, H, W) in [-1, 1] → uint8 (H, W, 3) for the editor's live preview."""
+    import torch
+
     first = denoised[0, :3].detach().float()
     if first.shape[0] < 3:
         first = first[:1].expand(3, -1, -1)  # grey preview for 1- or 2-channel data
@@ -59,13 +62,13 @@ class Sampler(Node):
         Int(name="steps", default=20, min=1, max=10000, tooltip="sampler steps along the schedule"),
         Combo(
             name="sampler_name",
-            options=tuple(SAMPLERS),
+            options=SAMPLER_NAMES,
             default="euler",
             tooltip="the sampling method (ComfyUI's names)",
         ),
         Combo(
             name="scheduler",
-            options=SCHEDULERS,
+            options=SCHEDULER_NAMES,
             default="karras",
             tooltip="the noise schedule σ₀ > … > 0 (ComfyUI's names)",
         ),
@@ -100,57 +103,105 @@ class Sampler(Node):
         denoise: float,
         max_batch: int | None = 0,
     ) -> tuple[Latent]:
+        from nodes.diffusion.sampling import leaf_models
+        from nodes.diffusion.schedules import sigmas_for_denoise
+
         models = leaf_models(guidance)
         if not models:
             raise ValueError("the guidance has no model prediction to sample from")
         sigmas = sigmas_for_denoise(scheduler, models[0], steps, denoise)
-        seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
-        total = len(sigmas) - 1
-
-        def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
-            ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
-
-        ctx.check_cancelled()
-        out, _ = guided_sample(
-            guidance,
-            latent.samples,
-            seeds,
-            sigmas,
-            sampler_name,
-            device=ctx.device,
-            dtype=ctx.dtype,
-            noise_mask=latent.noise_mask,
-            callback=on_step,
-            max_batch=max_batch or 0,
-        )
-        return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
+        return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
 
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
-        """Working memory of sampling a latent (B, C, H, W) of known shape.
+        """Working memory of sampling a latent of known size: per model evaluation a CFG pair per
+        sample (rows = 2B; ``max_batch`` caps the rows of one forward)."""
+        from nodes.diffusion.memory import LatentSize
 
-        Per model evaluation, rows = 2B (a CFG pair per sample; ``max_batch`` caps the rows of one
-        forward): about 3.2 KB per pixel and row for the convolutions, plus float32 attention maps
-        at 1/4 resolution (4 heads, scores and softmax). Measured on the shipped shapes UNet on a
-        CPU (peak RSS: 0.2 GB at 64² × 8, 10 GB at 256² × 8); other families declare their own.
-        """
-        shape = inputs.get("latent")
-        if not shape:
+        latent, max_batch = inputs.get("latent"), inputs.get("max_batch")
+        if not isinstance(latent, LatentSize):
             return Footprint(outputs=(None,))
-        b, _, h, w = shape
-        rows = 2 * b if not inputs.get("max_batch") else min(2 * b, int(inputs["max_batch"]))
-        tokens = (h // 4) * (w // 4)
-        working = rows * (h * w * 3200 + 4 * tokens * tokens * 4 * 2)
-        return Footprint(outputs=(shape,), working=working)
+        rows = 2 * latent.shape[0]
+        if type(max_batch) is int and max_batch > 0:
+            rows = min(rows, max_batch)
+        return Footprint(outputs=(latent,), working=latent.cost.sampling_bytes(latent.shape, rows))
+
+
+class _NoFirstDraw:
+    """A noise source whose first draw (the initial noise) is zero: sampling starts from the latent
+    as it is (ComfyUI's ``add_noise: disable``); later draws come from ``source``."""
+
+    def __init__(self, source: Any, like: torch.Tensor) -> None:
+        self.source, self.like, self.first = source, like, True
+
+    def __call__(self) -> torch.Tensor:
+        if self.first:
+            self.first = False
+            return self.like.new_zeros(self.like.shape)
+        out: torch.Tensor = self.source()
+        return out
+
+
+def run_sampler(
+    ctx: Context,
+    guidance: Guidance,
+    latent: Latent,
+    seed: int,
+    sigmas: torch.Tensor,
+    sampler_name: str,
+    add_noise: bool = True,
+    max_batch: int = 0,
+    last: list[Any] | None = None,
+) -> tuple[Latent]:
+    """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
+    progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
+    given, receives the last step's x̂0."""
+    from nodes.diffusion.samplers import PerSampleNoise
+    from nodes.diffusion.sampling import guided_sample
+    from nodes.diffusion.types import Latent
+
+    seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
+    total = len(sigmas) - 1
+
+    def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
+        if last is not None:
+            last[0] = denoised
+        ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
+
+    source = None
+    if not add_noise:
+        per_sample = PerSampleNoise(seeds, latent.samples.shape[1:], ctx.device, ctx.dtype)
+        source = _NoFirstDraw(per_sample, latent.samples.to(ctx.device, ctx.dtype))
+    ctx.check_cancelled()
+    out, _ = guided_sample(
+        guidance,
+        latent.samples,
+        seeds,
+        sigmas,
+        sampler_name,
+        device=ctx.device,
+        dtype=ctx.dtype,
+        noise_mask=latent.noise_mask,
+        callback=on_step,
+        max_batch=max_batch,
+        noise_source=source,
+    )
+    return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
 
 
 class EmptyLatent(Node):
-    """A batch of empty latents (zeros) to sample from; our models work in pixel space (3 channels)."""
+    """A batch of empty latents (zeros) for ``model``: width and height in pixels (multiples of 8);
+    the latents have the model's channels at its downscale (SD: 4 channels at 1/8, shapes: pixels)."""
 
     category = "guidegraph/latent"
     inputs = (
-        Int(name="width", default=32, min=8, max=4096, step=8, tooltip="width in pixels, a multiple of 8"),
-        Int(name="height", default=32, min=8, max=4096, step=8, tooltip="height in pixels, a multiple of 8"),
+        Socket(
+            name="model", type="MODEL", tooltip="the model whose latent space (channels, downscale) to use"
+        ),
+        Int(name="width", default=512, min=8, max=16384, step=8, tooltip="width in pixels, a multiple of 8"),
+        Int(
+            name="height", default=512, min=8, max=16384, step=8, tooltip="height in pixels, a multiple of 8"
+        ),
         Int(
             name="batch_size",
             default=1,
@@ -158,26 +209,35 @@ class EmptyLatent(Node):
             max=4096,
             tooltip="how many samples; sample i gets the seed seed + i",
         ),
-        Int(
-            name="channels",
-            default=3,
-            min=1,
-            max=64,
-            tooltip="latent channels (3 for the shipped pixel-space models)",
-        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
-    def run(ctx: Context, width: int, height: int, batch_size: int, channels: int) -> tuple[Latent]:
-        return (Latent(torch.zeros(batch_size, channels, height, width)),)
+    def run(ctx: Context, model: Denoiser, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
+        f = model.downscale
+        problems = [
+            f"{n} {v} is not a multiple of {max(f, 8)}"
+            for n, v in (("width", width), ("height", height))
+            if v % max(f, 8)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (model {model.name!r} works at 1/{f} of the pixels)")
+        return (Latent(torch.zeros(batch_size, model.latent_channels, height // f, width // f)),)
 
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
-        """The latent's shape, for the memory estimate of what samples from it."""
-        dims = [inputs.get(k) for k in ("batch_size", "channels", "height", "width")]
-        shape = tuple(v for v in dims if isinstance(v, int))
-        return Footprint(outputs=(shape if len(shape) == 4 else None,))
+        """The latent's size, when the model's latent space is known (see nodes.diffusion.memory)."""
+        from nodes.diffusion.memory import LatentCost, LatentSize
+
+        cost, dims = inputs.get("model"), [inputs.get(k) for k in ("batch_size", "height", "width")]
+        if not isinstance(cost, LatentCost) or not all(type(v) is int for v in dims):
+            return Footprint(outputs=(None,))
+        b, h, w = (int(v) for v in dims)  # type: ignore[arg-type]
+        return Footprint(outputs=(LatentSize(cost.latent(b, h, w), cost),))
 
 
 class SetNoiseMask(Node):
@@ -194,6 +254,10 @@ class SetNoiseMask(Node):
 
     @staticmethod
     def run(ctx: Context, latent: Latent, mask: torch.Tensor) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
         m = mask.float().reshape(-1, 1, *mask.shape[-2:])  # (B or 1, 1, H, W)
         if m.shape[-2:] != latent.samples.shape[-2:]:
             m = torch.nn.functional.interpolate(m, size=latent.samples.shape[-2:], mode="bilinear")

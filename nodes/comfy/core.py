@@ -1,0 +1,370 @@
+"""ComfyUI's everyday image nodes: load a checkpoint, encode prompts, sample with KSampler, decode.
+
+Declarations only: torch, the families and the samplers load when a node runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
+from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.model_nodes import MODEL_FILES
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.types import VAE, Conditioning, Latent, TextEncoder
+
+MAX_RESOLUTION = 16384
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+class CheckpointLoaderSimple(Node):
+    """Loads a diffusion model checkpoint: MODEL (denoises latents), CLIP (encodes prompts), VAE
+    (between images and latents). ComfyUI's loader; guidegraph's Model node with its defaults."""
+
+    display_name = "Load Checkpoint"
+    category = "loaders"
+    inputs = (
+        Combo(
+            name="ckpt_name",
+            options=FolderFiles("checkpoints", MODEL_FILES, "model_index.json"),
+            tooltip="The name of the checkpoint (model) to load.",
+        ),
+    )
+    outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"), Output("VAE", "VAE"))
+
+    @staticmethod
+    def run(ctx: Context, ckpt_name: str) -> tuple[Any, Any, Any]:
+        from nodes.model_nodes import Model
+
+        return Model.run(ctx, ckpt_name, "auto", "auto")
+
+
+class CLIPTextEncode(Node):
+    """Encodes a text prompt with CLIP into a CONDITIONING, with ComfyUI's emphasis syntax:
+    ``(word)`` weighs 1.1 per level of parentheses, ``(word:1.3)`` sets 1.3, ``\\(`` is a literal
+    parenthesis. A weighted token's embedding z becomes ``z_empty + w·(z − z_empty)``."""
+
+    display_name = "CLIP Text Encode (Prompt)"
+    category = "conditioning"
+    inputs = (
+        String(name="text", multiline=True, tooltip="The text to be encoded."),
+        Socket(name="clip", type="CLIP", tooltip="The CLIP model used for encoding the text."),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(ctx: Context, text: str, clip: TextEncoder) -> tuple[Conditioning]:
+        from nodes.comfy.emphasis import parse_emphasis
+
+        segments = parse_emphasis(text)
+        encode_segments = getattr(clip, "encode_segments", None)
+        if encode_segments is None or all(w == 1.0 for _, w in segments):
+            return (clip.encode_text("".join(s for s, _ in segments)),)
+        return (encode_segments(segments, 0, f"prompt {text!r}"),)
+
+
+class CLIPSetLastLayer(Node):
+    """Stops CLIP at an earlier layer: -1 is the model's usual layer, -2 one before it (A1111's
+    "clip skip 2"), and so on."""
+
+    category = "conditioning"
+    inputs = (
+        Socket(name="clip", type="CLIP", tooltip="the text encoder"),
+        Int(
+            name="stop_at_clip_layer",
+            default=-1,
+            min=-24,
+            max=-1,
+            step=1,
+            tooltip="the layer to take the embedding from, counted from the end (-1: the last)",
+        ),
+    )
+    outputs = (Output("CLIP", "CLIP"),)
+
+    @staticmethod
+    def run(ctx: Context, clip: TextEncoder, stop_at_clip_layer: int) -> tuple[TextEncoder]:
+        import dataclasses
+
+        if not hasattr(clip, "layer_skip"):
+            raise ValueError(f"clip: the text encoder {clip.name!r} has no layers to stop at")
+        return (dataclasses.replace(clip, layer_skip=-1 - stop_at_clip_layer),)  # type: ignore[type-var]
+
+
+class ConditioningZeroOut(Node):
+    """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
+
+    display_name = "ConditioningZeroOut"
+    category = "advanced/conditioning"
+    inputs = (
+        Socket(
+            name="conditioning",
+            type="CONDITIONING",
+            tooltip="the condition whose embeddings to zero (an unconditional for SDXL-style CFG)",
+        ),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(ctx: Context, conditioning: Conditioning) -> tuple[Conditioning]:
+        import torch
+
+        zeros = {k: torch.zeros_like(v) for k, v in conditioning.extras if k != "time_ids"}
+        emb = torch.zeros_like(conditioning.embedding)
+        return (conditioning.with_tensors(f"zeroed {conditioning.meaning}", embedding=emb, **zeros),)
+
+
+class EmptyLatentImage(Node):
+    """Create a new batch of empty latent images to be denoised via sampling (4 channels at 1/8 of
+    the pixels, the Stable Diffusion latent space)."""
+
+    category = "latent"
+    inputs = (
+        Int(
+            name="width",
+            default=512,
+            min=16,
+            max=MAX_RESOLUTION,
+            step=8,
+            tooltip="The width of the latent images in pixels.",
+        ),
+        Int(
+            name="height",
+            default=512,
+            min=16,
+            max=MAX_RESOLUTION,
+            step=8,
+            tooltip="The height of the latent images in pixels.",
+        ),
+        Int(
+            name="batch_size", default=1, min=1, max=4096, tooltip="The number of latent images in the batch."
+        ),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(ctx: Context, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
+        return (Latent(torch.zeros(batch_size, 4, height // 8, width // 8)),)
+
+
+class VAEDecode(Node):
+    """Decodes latent images back into pixel space images."""
+
+    category = "latent"
+    inputs = (
+        Socket(name="samples", type="LATENT", tooltip="The latent to be decoded."),
+        Socket(name="vae", type="VAE", tooltip="The VAE model used for decoding the latent."),
+    )
+    outputs = (Output("IMAGE", "IMAGE"),)
+
+    @staticmethod
+    def run(ctx: Context, samples: Latent, vae: VAE) -> tuple[torch.Tensor]:
+        from nodes.image_nodes import Decode
+
+        return Decode.run(ctx, samples, vae, 0)
+
+
+class VAEEncode(Node):
+    """Encodes pixel images into latents with the VAE."""
+
+    category = "latent"
+    inputs = (
+        Socket(name="pixels", type="IMAGE", tooltip="the image to encode"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that turns pixels into latents"),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(ctx: Context, pixels: torch.Tensor, vae: VAE) -> tuple[Latent]:
+        from nodes.image_nodes import Encode
+
+        return Encode.run(ctx, pixels, vae)
+
+
+def _sampler_inputs() -> tuple[Any, ...]:
+    return (
+        Int(
+            name="steps",
+            default=20,
+            min=1,
+            max=10000,
+            tooltip="The number of steps used in the denoising process.",
+        ),
+        Float(
+            name="cfg",
+            default=8.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            tooltip="The Classifier-Free Guidance scale.",
+        ),
+        Combo(
+            name="sampler_name",
+            options=SAMPLER_NAMES,
+            default="euler",
+            tooltip="The algorithm used when sampling.",
+        ),
+        Combo(
+            name="scheduler",
+            options=SCHEDULER_NAMES,
+            default="normal",
+            tooltip="How noise is removed over the steps.",
+        ),
+        Socket(name="positive", type="CONDITIONING", tooltip="What to include in the image."),
+        Socket(name="negative", type="CONDITIONING", tooltip="What to exclude from the image."),
+        Socket(name="latent_image", type="LATENT", tooltip="The latent image to denoise."),
+    )
+
+
+class KSampler(Node):
+    """Uses the provided model, positive and negative conditioning to denoise the latent image.
+
+    A CFGCombine (``u + cfg·(c − u)``) run by a Sampler with ComfyUI's conventions (one noise draw for
+    the whole batch from the seed, ComfyUI's σ lists); swap it for a CFGCombine + Sampler to compose
+    any other guidance.
+    """
+
+    display_name = "KSampler"
+    category = "sampling"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="The model used for denoising the input latent."),
+        Int(
+            name="seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="The random seed used for creating the noise.",
+        ),
+        *_sampler_inputs(),
+        Float(
+            name="denoise",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="The amount of denoising applied.",
+        ),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        positive: Conditioning,
+        negative: Conditioning,
+        latent_image: Latent,
+        denoise: float,
+    ) -> tuple[Latent]:
+        from nodes.guidance_nodes import CFGCombine
+        from nodes.sampling_nodes import Sampler
+
+        if denoise == 0:
+            return (latent_image,)
+        (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
+        return Sampler.run(ctx, program, latent_image, seed, steps, sampler_name, scheduler, denoise)
+
+
+class KSamplerAdvanced(Node):
+    """KSampler over a slice of the schedule: steps ``start_at_step`` to ``end_at_step`` of ``steps``,
+    with or without adding noise first, and optionally returning the leftover noise (for handing a
+    latent to a second sampler, e.g. SDXL base → refiner)."""
+
+    display_name = "KSampler (Advanced)"
+    category = "sampling"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Combo(
+            name="add_noise",
+            options=("enable", "disable"),
+            default="enable",
+            tooltip="enable: start by adding noise at the first σ; disable: start from the latent as it is",
+        ),
+        Int(
+            name="noise_seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
+        *_sampler_inputs(),
+        Int(
+            name="start_at_step", default=0, min=0, max=10000, tooltip="the first step of the schedule to run"
+        ),
+        Int(
+            name="end_at_step",
+            default=10000,
+            min=0,
+            max=10000,
+            tooltip="the step to stop at (beyond steps: the end)",
+        ),
+        Combo(
+            name="return_with_leftover_noise",
+            options=("disable", "enable"),
+            default="disable",
+            tooltip="enable: stop without denoising the last σ (to hand the latent on)",
+        ),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        add_noise: str,
+        noise_seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        positive: Conditioning,
+        negative: Conditioning,
+        latent_image: Latent,
+        start_at_step: int,
+        end_at_step: int,
+        return_with_leftover_noise: str,
+    ) -> tuple[Latent]:
+        from nodes.diffusion.schedules import calculate_sigmas
+        from nodes.guidance_nodes import CFGCombine
+        from nodes.sampling_nodes import run_sampler
+
+        sigmas = calculate_sigmas(scheduler, model, steps)
+        if end_at_step < steps:
+            sigmas = sigmas[: end_at_step + 1].clone()
+            if return_with_leftover_noise != "enable":
+                sigmas[-1] = 0
+        if start_at_step >= len(sigmas) - 1:
+            return (latent_image,)
+        sigmas = sigmas[start_at_step:]
+        (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
+        return run_sampler(
+            ctx, program, latent_image, noise_seed, sigmas, sampler_name, add_noise == "enable"
+        )
+
+
+NODES: list[type[Node]] = [
+    CheckpointLoaderSimple,
+    CLIPTextEncode,
+    CLIPSetLastLayer,
+    ConditioningZeroOut,
+    EmptyLatentImage,
+    VAEDecode,
+    VAEEncode,
+    KSampler,
+    KSamplerAdvanced,
+]
