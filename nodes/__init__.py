@@ -17,7 +17,7 @@ MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
     from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
-    from nodes.comfy import core, custom_sampling
+    from nodes.comfy import core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
@@ -27,6 +27,7 @@ def node_classes() -> list[type[Node]]:
         *batch_nodes.NODES,
         *core.NODES,
         *custom_sampling.NODES,
+        *latent.NODES,
     ]
 
 

@@ -91,11 +91,18 @@ class SDUNet(nn.Module):
     def time_ids(self, cond: dict[str, torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
         """SDXL's micro-conditioning: the condition's own, else the image size with no crop (diffusers'
         default: original = target = the generated size; the refiner's aesthetic score 6)."""
-        if "time_ids" in cond:
-            return cond["time_ids"]
         h, w = x_in.shape[-2] * self.downscale, x_in.shape[-1] * self.downscale
         ids = [h, w, 0, 0, REFINER_AESTHETIC_SCORE] if self.variant == "sdxl_refiner" else [h, w, 0, 0, h, w]
-        return torch.tensor(ids, dtype=x_in.dtype, device=x_in.device).expand(x_in.shape[0], -1)
+        default = torch.tensor(ids, dtype=x_in.dtype, device=x_in.device).expand(x_in.shape[0], -1)
+        given = cond.get("time_ids")
+        if given is None:
+            return default
+        if given.shape[-1] != default.shape[-1]:
+            raise ValueError(
+                f"time ids of width {given.shape[-1]} for a {self.variant} UNet, which takes "
+                f"{default.shape[-1]} (SDXL base: 6, refiner: 5)"
+            )
+        return torch.where(given.isnan(), default, given.to(x_in.dtype))  # NaN rows: the default
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,23 +130,37 @@ class SDText:
     ) -> Conditioning:
         """Weighted text segments (ComfyUI's emphasis): a token of weight w becomes
         ``z_empty + w·(z − z_empty)``, with z_empty the empty prompt's embedding at that position."""
+        return self.encode_parts([segments] * len(self.encoders), clip_skip, meaning)
+
+    def encode_parts(
+        self,
+        parts: list[list[tuple[str, float]]],
+        clip_skip: int,
+        meaning: str,
+        time_ids: list[float] | None = None,
+    ) -> Conditioning:
+        """One list of weighted segments per encoder (SDXL: CLIP-L's text, then bigG's), windows padded
+        with empty ones to a common count (as ComfyUI), and optional SDXL time ids."""
         from families.sd.tokenizer import weighted_chunks
 
         skip = clip_skip + self.layer_skip
+        xl = self.variant in XL_VARIANTS
+        chunked = [weighted_chunks(part, pad) for part, pad in zip(parts, self.pad_tokens, strict=True)]
+        count = max(len(ids) for ids, _ in chunked)
         contexts: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
-        xl = self.variant in XL_VARIANTS
-        for encoder, pad in zip(self.encoders, self.pad_tokens, strict=True):
+        for encoder, pad, (ids, weights) in zip(self.encoders, self.pad_tokens, chunked, strict=True):
             layers = encoder.config.num_hidden_layers
             if skip >= layers - (1 if xl else 0):
                 raise ValueError(f"clip_skip {skip}: this text encoder has only {layers} layers")
-            device = next(encoder.parameters()).device
-            ids, weights = weighted_chunks(segments, pad)
+            empty_ids, empty_weights = weighted_chunks([("", 1.0)], pad)
+            ids = ids + empty_ids * (count - len(ids))
+            weights = weights + empty_weights * (count - len(weights))
             weighted = any(w != 1.0 for row in weights for w in row)
-            if weighted:
-                ids = ids + weighted_chunks([("", 1.0)], pad)[0]  # the empty prompt, last
+            device = next(encoder.parameters()).device
+            batch = ids + empty_ids if weighted else ids  # the empty prompt last, for the weighting
             with torch.no_grad():
-                out = encoder(torch.tensor(ids, device=device), output_hidden_states=True)
+                out = encoder(torch.tensor(batch, device=device), output_hidden_states=True)
                 if xl:
                     hidden = out.hidden_states[-2 - skip]  # (chunks, 77, D)
                     if hasattr(out, "text_embeds"):
@@ -153,10 +174,14 @@ class SDText:
                 hidden = empty + w * (hidden - empty)
             contexts.append(hidden.reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
         context = torch.cat(contexts, dim=-1)  # (T, ΣD)
-        extras = {"pooled": pooled.float().cpu()} if xl and pooled is not None else None
+        extras: dict[str, torch.Tensor] = {}
+        if xl and pooled is not None:
+            extras["pooled"] = pooled.float().cpu()
+        if time_ids is not None:
+            extras["time_ids"] = torch.tensor(time_ids, dtype=torch.float32)
         if skip:
             meaning += f" clip_skip {skip}"
-        return Conditioning.of(context.cpu(), meaning, extras, self.name)
+        return Conditioning.of(context.cpu(), meaning, extras or None, self.name)
 
     def encode_label(self, index: int) -> Conditioning:
         raise ValueError(f"{self.name}: Stable Diffusion models take prompts, not class labels")

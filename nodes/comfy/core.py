@@ -67,6 +67,79 @@ class CLIPTextEncode(Node):
         return (encode_segments(segments, 0, f"prompt {text!r}"),)
 
 
+def _xl_encoder(clip: TextEncoder, node: str) -> Any:
+    encode_parts = getattr(clip, "encode_parts", None)
+    if encode_parts is None or getattr(clip, "variant", "") not in ("sdxl", "sdxl_refiner"):
+        raise ValueError(f"clip: {node} needs an SDXL text encoder; {clip.name!r} is not one")
+    return encode_parts
+
+
+class CLIPTextEncodeSDXL(Node):
+    """SDXL prompt encoding with its micro-conditioning: ``text_l`` through CLIP-L, ``text_g`` through
+    OpenCLIP-bigG, and the original size, crop and target size the UNet is told about."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Socket(name="clip", type="CLIP"),
+        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="crop_w", default=0, min=0, max=MAX_RESOLUTION),
+        Int(name="crop_h", default=0, min=0, max=MAX_RESOLUTION),
+        Int(name="target_width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="target_height", default=1024, min=0, max=MAX_RESOLUTION),
+        String(name="text_g", multiline=True),
+        String(name="text_l", multiline=True),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        clip: TextEncoder,
+        width: int,
+        height: int,
+        crop_w: int,
+        crop_h: int,
+        target_width: int,
+        target_height: int,
+        text_g: str,
+        text_l: str,
+    ) -> tuple[Conditioning]:
+        from nodes.comfy.emphasis import parse_emphasis
+
+        encode_parts = _xl_encoder(clip, "CLIPTextEncodeSDXL")
+        parts = [parse_emphasis(text_l), parse_emphasis(text_g)]
+        ids = [height, width, crop_h, crop_w, target_height, target_width]
+        return (encode_parts(parts, 0, f"sdxl prompt g={text_g!r} l={text_l!r} size {ids}", ids),)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    """SDXL refiner prompt encoding with its aesthetic-score conditioning (6 for prompts, 2.5 for
+    negatives in the reference pipeline)."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Float(name="ascore", default=6.0, min=0.0, max=1000.0, step=0.01),
+        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
+        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
+        String(name="text", multiline=True),
+        Socket(name="clip", type="CLIP"),
+    )
+    outputs = (Output("CONDITIONING", "CONDITIONING"),)
+
+    @staticmethod
+    def run(
+        ctx: Context, ascore: float, width: int, height: int, text: str, clip: TextEncoder
+    ) -> tuple[Conditioning]:
+        from nodes.comfy.emphasis import parse_emphasis
+
+        encode_parts = _xl_encoder(clip, "CLIPTextEncodeSDXLRefiner")
+        if getattr(clip, "variant", "") != "sdxl_refiner":
+            raise ValueError(f"clip: {clip.name!r} is an SDXL base encoder; use CLIPTextEncodeSDXL")
+        ids = [height, width, 0, 0, ascore]
+        return (encode_parts([parse_emphasis(text)], 0, f"refiner prompt {text!r} ascore {ascore}", ids),)
+
+
 class CLIPSetLastLayer(Node):
     """Stops CLIP at an earlier layer: -1 is the model's usual layer, -2 one before it (A1111's
     "clip skip 2"), and so on."""
@@ -360,6 +433,8 @@ class KSamplerAdvanced(Node):
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
     CLIPTextEncode,
+    CLIPTextEncodeSDXL,
+    CLIPTextEncodeSDXLRefiner,
     CLIPSetLastLayer,
     ConditioningZeroOut,
     EmptyLatentImage,

@@ -237,3 +237,68 @@ def test_dual_cfg_guider_is_its_formula(gaussian: Any, cond: Any) -> None:
     expected = d["u"] + 2.0 * (d["c2"] - d["u"]) + 3.0 * (d["c1"] - d["c2"])
     assert torch.allclose(program(x, sigma), expected, atol=1e-5)
     assert program.stats.model_calls == 1  # three predictions, one batched forward
+
+
+def test_latent_and_image_resizing_follow_comfyui_sizes() -> None:
+    from nodes.comfy.latent import ImageInvert, ImageScale, ImageScaleBy, LatentUpscale, LatentUpscaleBy
+
+    ctx = Context()
+    latent = Latent(torch.randn(1, 4, 8, 12))  # 96×64 pixels
+    assert LatentUpscale.run(ctx, latent, "bilinear", 192, 128, "disabled")[0].samples.shape == (1, 4, 16, 24)
+    assert LatentUpscale.run(ctx, latent, "nearest-exact", 0, 128, "disabled")[0].samples.shape == (
+        1,
+        4,
+        16,
+        24,
+    )
+    assert LatentUpscale.run(ctx, latent, "area", 64, 64, "center")[0].samples.shape == (1, 4, 8, 8)
+    assert LatentUpscaleBy.run(ctx, latent, "bicubic", 1.5)[0].samples.shape == (1, 4, 12, 18)
+    with pytest.raises(ValueError, match="bislerp"):
+        LatentUpscaleBy.run(ctx, latent, "bislerp", 2.0)
+    image = torch.rand(2, 10, 20, 3)
+    assert ImageScale.run(ctx, image, "lanczos", 40, 0, "disabled")[0].shape == (2, 20, 40, 3)
+    assert ImageScaleBy.run(ctx, image, "bilinear", 0.5)[0].shape == (2, 5, 10, 3)
+    assert torch.equal(ImageInvert.run(ctx, image)[0], 1 - image)
+
+
+def test_inpaint_encode_greys_the_mask_and_tiled_decode_matches_whole(loaded: Any) -> None:
+    from nodes.comfy.core import VAEDecode
+    from nodes.comfy.latent import VAEDecodeTiled, VAEEncodeForInpaint
+
+    _, _, vae = loaded
+    ctx = Context()
+    image = torch.rand(1, 35, 35, 3)  # cropped to 34×34 (a multiple of the tiny VAE's 2)
+    mask = torch.zeros(1, 35, 35)
+    mask[:, :10, :10] = 1
+    (latent,) = VAEEncodeForInpaint.run(ctx, image, vae, mask, 4)
+    assert latent.samples.shape == (1, 4, 17, 17) and latent.noise_mask is not None
+    grown = latent.noise_mask
+    assert float(grown[..., :10, :10].min()) == 1 and float(grown[..., 11:13, :8].max()) == 1  # grown
+    assert float(grown[..., 20:, 20:].max()) == 0
+    (whole,) = VAEDecode.run(ctx, latent, vae)
+    (one_tile,) = VAEDecodeTiled.run(ctx, latent, vae, 64, 0)
+    assert torch.equal(whole, one_tile)  # a tile as large as the image is the whole decode
+    (tiled,) = VAEDecodeTiled.run(ctx, latent, vae, 16, 8)
+    assert tiled.shape == whole.shape and bool(tiled.isfinite().all())
+
+
+def test_sdxl_encode_carries_its_size_conditioning_and_mixes_with_plain_prompts(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodes.comfy.core import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
+
+    make_checkpoint("sdxl", ckpt_dir / "checkpoints" / "xl.safetensors", size="tiny")
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", f"checkpoints={ckpt_dir / 'checkpoints'}")
+    ctx = Context()
+    model, clip, _ = Model.run(ctx, "xl.safetensors", "auto", "auto")
+    (pos,) = CLIPTextEncodeSDXL.run(ctx, clip, 64, 64, 0, 0, 64, 64, "a fox", "a (red:1.2) fox")
+    assert dict(pos.extras)["time_ids"].tolist() == [64, 64, 0, 0, 64, 64]
+    assert pos.embedding.shape == (77, 32 + 48)
+    (neg,) = CLIPTextEncode.run(ctx, "", clip)  # no time ids: the UNet's default (the image size)
+    latent = Latent(torch.zeros(1, 4, 32, 32))
+    (same,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", pos, neg, latent, 1.0)
+    (plain,) = CLIPTextEncodeSDXL.run(ctx, clip, 512, 512, 0, 0, 512, 512, "a fox", "a (red:1.2) fox")
+    (other,) = KSampler.run(ctx, model, 1, 2, 5.0, "euler", "karras", plain, neg, latent, 1.0)
+    assert not torch.allclose(same.samples, other.samples)  # the size conditioning reaches the UNet
+    with pytest.raises(ValueError, match="SDXL base encoder"):
+        CLIPTextEncodeSDXLRefiner.run(ctx, 6.0, 64, 64, "x", clip)
