@@ -78,17 +78,54 @@ class CLIPTextEncodeSDXL(Node):
     """SDXL prompt encoding with its micro-conditioning: ``text_l`` through CLIP-L, ``text_g`` through
     OpenCLIP-bigG, and the original size, crop and target size the UNet is told about."""
 
+    display_name = "CLIPTextEncodeSDXL"
     category = "advanced/conditioning"
     inputs = (
-        Socket(name="clip", type="CLIP"),
-        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="crop_w", default=0, min=0, max=MAX_RESOLUTION),
-        Int(name="crop_h", default=0, min=0, max=MAX_RESOLUTION),
-        Int(name="target_width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="target_height", default=1024, min=0, max=MAX_RESOLUTION),
-        String(name="text_g", multiline=True),
-        String(name="text_l", multiline=True),
+        Socket(name="clip", type="CLIP", tooltip="SDXL's two text encoders"),
+        Int(
+            name="width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image width the UNet is told about",
+        ),
+        Int(
+            name="height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image height the UNet is told about",
+        ),
+        Int(
+            name="crop_w",
+            default=0,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the crop's left offset the UNet is told about",
+        ),
+        Int(
+            name="crop_h",
+            default=0,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the crop's top offset the UNet is told about",
+        ),
+        Int(
+            name="target_width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the target width the UNet is told about",
+        ),
+        Int(
+            name="target_height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the target height the UNet is told about",
+        ),
+        String(name="text_g", multiline=True, tooltip="the prompt for OpenCLIP bigG"),
+        String(name="text_l", multiline=True, tooltip="the prompt for CLIP L"),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
@@ -117,13 +154,33 @@ class CLIPTextEncodeSDXLRefiner(Node):
     """SDXL refiner prompt encoding with its aesthetic-score conditioning (6 for prompts, 2.5 for
     negatives in the reference pipeline)."""
 
+    display_name = "CLIPTextEncodeSDXLRefiner"
     category = "advanced/conditioning"
     inputs = (
-        Float(name="ascore", default=6.0, min=0.0, max=1000.0, step=0.01),
-        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
-        String(name="text", multiline=True),
-        Socket(name="clip", type="CLIP"),
+        Float(
+            name="ascore",
+            default=6.0,
+            min=0.0,
+            max=1000.0,
+            step=0.01,
+            tooltip="aesthetic score (6 for prompts, 2.5 for negatives in the reference pipeline)",
+        ),
+        Int(
+            name="width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image width the UNet is told about",
+        ),
+        Int(
+            name="height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image height the UNet is told about",
+        ),
+        String(name="text", multiline=True, tooltip="the prompt"),
+        Socket(name="clip", type="CLIP", tooltip="the refiner's text encoder"),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
