@@ -43,6 +43,85 @@ class CheckpointLoaderSimple(Node):
         return Model.run(ctx, ckpt_name, "auto", "auto")
 
 
+class LoraLoader(Node):
+    """Apply a LoRA to the model and to CLIP, each with its own strength: ``W' = W + s·(α/r)·B·A``.
+    Kohya and diffusers/PEFT files (safetensors); the loaded checkpoint itself is never modified."""
+
+    display_name = "Load LoRA"
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+        Socket(name="clip", type="CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES), tooltip="The name of the LoRA."),
+        Float(
+            name="strength_model",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add to the denoiser (0: none, negative: the opposite)",
+        ),
+        Float(
+            name="strength_clip",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add to the text encoder",
+        ),
+    )
+    outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"))
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        clip: TextEncoder,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
+    ) -> tuple[Any, Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return apply_lora(model, clip, resolve_file("loras", lora_name), strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    """Apply a LoRA to the model only."""
+
+    display_name = "LoraLoaderModelOnly"
+    category = "loaders"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the denoiser to patch"),
+        Combo(
+            name="lora_name",
+            options=FolderFiles("loras", MODEL_FILES),
+            tooltip="a LoRA in the loras folder (safetensors)",
+        ),
+        Float(
+            name="strength_model",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add (0: none, negative: the opposite)",
+        ),
+    )
+    outputs = (Output("MODEL", "MODEL"),)
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, lora_name: str, strength_model: float) -> tuple[Any]:
+        from families.sd.lora import apply_lora
+        from graph_runtime.folders import resolve_file
+
+        if strength_model == 0:
+            return (model,)
+        return (apply_lora(model, None, resolve_file("loras", lora_name), strength_model, 0.0)[0],)
+
+
 class CLIPTextEncode(Node):
     """Encodes a text prompt with CLIP into a CONDITIONING, with ComfyUI's emphasis syntax:
     ``(word)`` weighs 1.1 per level of parentheses, ``(word:1.3)`` sets 1.3, ``\\(`` is a literal
@@ -222,29 +301,6 @@ class CLIPSetLastLayer(Node):
         if not hasattr(clip, "layer_skip"):
             raise ValueError(f"clip: the text encoder {clip.name!r} has no layers to stop at")
         return (dataclasses.replace(clip, layer_skip=-1 - stop_at_clip_layer),)  # type: ignore[type-var]
-
-
-class ConditioningZeroOut(Node):
-    """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
-
-    display_name = "ConditioningZeroOut"
-    category = "advanced/conditioning"
-    inputs = (
-        Socket(
-            name="conditioning",
-            type="CONDITIONING",
-            tooltip="the condition whose embeddings to zero (an unconditional for SDXL-style CFG)",
-        ),
-    )
-    outputs = (Output("CONDITIONING", "CONDITIONING"),)
-
-    @staticmethod
-    def run(ctx: Context, conditioning: Conditioning) -> tuple[Conditioning]:
-        import torch
-
-        zeros = {k: torch.zeros_like(v) for k, v in conditioning.extras if k != "time_ids"}
-        emb = torch.zeros_like(conditioning.embedding)
-        return (conditioning.with_tensors(f"zeroed {conditioning.meaning}", embedding=emb, **zeros),)
 
 
 class EmptyLatentImage(Node):
@@ -489,11 +545,12 @@ class KSamplerAdvanced(Node):
 
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
+    LoraLoader,
+    LoraLoaderModelOnly,
     CLIPTextEncode,
     CLIPTextEncodeSDXL,
     CLIPTextEncodeSDXLRefiner,
     CLIPSetLastLayer,
-    ConditioningZeroOut,
     EmptyLatentImage,
     VAEDecode,
     VAEEncode,

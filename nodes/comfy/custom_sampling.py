@@ -238,9 +238,9 @@ class BasicGuider(Node):
 
     @staticmethod
     def run(ctx: Context, model: Denoiser, conditioning: Conditioning) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.regions import predict
 
-        return (Prediction(model, conditioning),)
+        return (predict(model, conditioning),)
 
 
 class CFGGuider(Node):
@@ -311,9 +311,10 @@ class DualCFGGuider(Node):
         cfg_conds: float,
         cfg_cond2_negative: float,
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction, combine
+        from nodes.diffusion.guidance import combine
+        from nodes.diffusion.regions import predict
 
-        u, c1, c2 = (Prediction(model, c) for c in (negative, cond1, cond2))
+        u, c1, c2 = (predict(model, c) for c in (negative, cond1, cond2))
         # u + s₂(c₂ − u) + s₁(c₁ − c₂) = u + (s₂ − s₁)(c₂ − u) + s₁(c₁ − u)
         return (combine(u, [(c2, cfg_cond2_negative - cfg_conds), (c1, cfg_conds)]),)
 

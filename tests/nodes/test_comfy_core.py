@@ -302,3 +302,139 @@ def test_sdxl_encode_carries_its_size_conditioning_and_mixes_with_plain_prompts(
     assert not torch.allclose(same.samples, other.samples)  # the size conditioning reaches the UNet
     with pytest.raises(ValueError, match="SDXL base encoder"):
         CLIPTextEncodeSDXLRefiner.run(ctx, 6.0, 64, 64, "x", clip)
+
+
+def test_combined_conditions_mix_per_pixel_by_area_strength_and_schedule(gaussian: Any, cond: Any) -> None:
+    from nodes.comfy.conditioning import (
+        ConditioningCombine,
+        ConditioningSetArea,
+        ConditioningSetTimestepRange,
+    )
+    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.regions import predict
+
+    m, ctx = gaussian(), Context()
+    red, blue = cond(m, "red"), cond(m, "blue")
+    x, sigma = torch.randn(1, 3, 32, 32), torch.full((1,), 1.5)
+
+    def run(value: Any) -> torch.Tensor:
+        return CompiledGuidance(predict(m, value), seeds=[0], device=torch.device("cpu"))(x, sigma)
+
+    d_red, d_blue = run(red), run(blue)
+    assert torch.allclose(run(ConditioningCombine.run(ctx, red, red)[0]), d_red, atol=1e-6)
+    (area,) = ConditioningSetArea.run(ctx, blue, 16, 16, 8, 8, 1.0)  # pixels = latent units here
+    mixed = run(ConditioningCombine.run(ctx, red, area)[0])
+    assert torch.allclose(mixed[..., :8, :], d_red[..., :8, :], atol=1e-6)  # outside the area
+    core = (d_red + d_blue) / 2  # the area's centre is not feathered (8-pixel ramps, 16-pixel area)
+    assert torch.allclose(mixed[..., 15:17, 15:17], core[..., 15:17, 15:17], atol=1e-6)
+    (late,) = ConditioningSetTimestepRange.run(ctx, blue, 0.9, 1.0)  # only the last 10% of the schedule
+    assert torch.allclose(run(ConditioningCombine.run(ctx, red, late)[0]), d_red, atol=1e-6)
+
+
+def test_conditioning_average_and_concat_follow_comfyui(loaded: Any) -> None:
+    from nodes.comfy.conditioning import ConditioningAverage, ConditioningConcat, ConditioningZeroOut
+
+    _, clip, _ = loaded
+    ctx = Context()
+    a, b = clip.encode_text("a red house"), clip.encode_text(" ".join(["tree"] * 80))  # b: 154 tokens
+    (avg,) = ConditioningAverage.run(ctx, a, b, 0.25)
+    assert torch.allclose(avg.embedding, 0.25 * a.embedding + 0.75 * b.embedding[:77], atol=1e-6)
+    (cat,) = ConditioningConcat.run(ctx, a, b)
+    assert cat.embedding.shape == (77 + 154, a.embedding.shape[-1])
+    (zero,) = ConditioningZeroOut.run(ctx, a)
+    assert float(zero.embedding.abs().sum()) == 0
+
+
+def test_area_composition_runs_through_ksampler(loaded: Any) -> None:
+    from nodes.comfy.conditioning import ConditioningCombine, ConditioningSetArea
+
+    model, clip, _ = loaded
+    ctx = Context()
+    sky, tree = clip.encode_text("a blue sky"), clip.encode_text("a tree")
+    (area,) = ConditioningSetArea.run(ctx, tree, 32, 64, 32, 0, 1.5)  # pixels: the right half (tiny VAE: /2)
+    (both,) = ConditioningCombine.run(ctx, sky, area)
+    (out,) = KSampler.run(
+        ctx,
+        model,
+        0,
+        2,
+        5.0,
+        "euler",
+        "karras",
+        both,
+        clip.encode_text(""),
+        Latent(torch.zeros(1, 4, 32, 32)),
+        1.0,
+    )
+    assert out.samples.shape == (1, 4, 32, 32) and bool(out.samples.isfinite().all())
+
+
+def test_lora_merges_w_plus_s_up_down_per_format_without_touching_the_checkpoint(
+    loaded: Any, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+
+    from families.sd.lora import Patched
+    from nodes.comfy.core import LoraLoader, LoraLoaderModelOnly
+
+    model, clip, _ = loaded
+    unet = model.network.unet
+    q_name = next(n for n, _ in unet.named_modules() if n.endswith("attn1.to_q"))
+    te_name = "encoder.layers.0.self_attn.q_proj"
+    w_q = unet.get_submodule(q_name).weight.detach().clone()
+    w_te = clip.encoders[0].get_submodule(te_name).weight.detach().clone()
+    torch.manual_seed(0)
+    r = 2
+    down, up = torch.randn(r, w_q.shape[1]), torch.randn(w_q.shape[0], r)
+    te_down, te_up = torch.randn(r, w_te.shape[1]), torch.randn(w_te.shape[0], r)
+    kohya = {
+        f"lora_unet_{q_name.replace('.', '_')}.lora_down.weight": down,
+        f"lora_unet_{q_name.replace('.', '_')}.lora_up.weight": up,
+        f"lora_unet_{q_name.replace('.', '_')}.alpha": torch.tensor(4.0),
+        "lora_te_text_model_" + te_name.replace(".", "_") + ".lora_down.weight": te_down,
+        "lora_te_text_model_" + te_name.replace(".", "_") + ".lora_up.weight": te_up,
+    }
+    peft = {f"unet.{q_name}.lora_A.weight": down, f"unet.{q_name}.lora_B.weight": up}
+    loras = ckpt_dir / "loras"
+    loras.mkdir(exist_ok=True)
+    save_file(kohya, str(loras / "kohya.safetensors"))
+    save_file(peft, str(loras / "peft.safetensors"))
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", f"checkpoints={ckpt_dir / 'checkpoints'}:loras={loras}")
+    ctx = Context()
+    new_model, new_clip = LoraLoader.run(ctx, model, clip, "kohya.safetensors", 0.5, 2.0)
+    patched = new_model.network.unet
+    assert isinstance(patched, Patched)
+    assert torch.allclose(patched.overrides[f"{q_name}.weight"], w_q + 0.5 * (4.0 / r) * up @ down, atol=1e-6)
+    te = new_clip.encoders[0]
+    assert torch.allclose(te.overrides[f"{te_name}.weight"], w_te + 2.0 * up_down(te_up, te_down), atol=1e-6)
+    assert torch.equal(unet.get_submodule(q_name).weight, w_q)  # the shared checkpoint is untouched
+    (peft_model,) = LoraLoaderModelOnly.run(ctx, model, "peft.safetensors", 1.0)
+    assert torch.allclose(peft_model.network.unet.overrides[f"{q_name}.weight"], w_q + up @ down, atol=1e-6)
+    latent = Latent(torch.zeros(1, 4, 16, 16))
+    pos, neg = clip.encode_text("a red house"), clip.encode_text("")
+    plain = KSampler.run(ctx, model, 0, 2, 5.0, "euler", "karras", pos, neg, latent, 1.0)[0].samples
+    lora = KSampler.run(ctx, new_model, 0, 2, 5.0, "euler", "karras", pos, neg, latent, 1.0)[0].samples
+    assert not torch.allclose(plain, lora)
+
+
+def up_down(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return up @ down  # α absent: α = r, scale 1
+
+
+def test_the_docs_example_runs_a_comfyui_graph_with_clip_guidance_in_place_of_ksampler(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from families.clip import write_random_clip
+
+    write_random_clip(ckpt_dir / "clip" / "clip_vit_b32.safetensors", "tiny")
+    dirs = f"checkpoints={ckpt_dir / 'checkpoints'}:clip={ckpt_dir / 'clip'}"
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", dirs)
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "comfyui_clip_guided.api.json"
+    prompt = json.loads(example.read_text())
+    prompt["5"]["inputs"].update(width=64, height=64)
+    prompt["14"]["inputs"]["steps"] = 2
+    executor = Executor(Registry(node_classes()), device="cpu", paths=Paths(output=tmp_path / "out"))
+    result = executor.run(prompt)
+    assert result.ok, {k: f.message for k, f in result.failures.items()}
