@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graph_runtime.api import Combo, Context, Float, Int, Node, Output, PreviewImage, Socket
+from graph_runtime.api import Combo, Context, Float, Footprint, Int, Node, Output, PreviewImage, Socket
 from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 if TYPE_CHECKING:
@@ -43,15 +44,57 @@ class Sampler(Node):
 
     category = "guidegraph/sampling"
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="latent", type="LATENT"),
-        Int(name="seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-        Int(name="steps", default=20, min=1, max=10000),
-        Combo(name="sampler_name", options=SAMPLER_NAMES, default="euler"),
-        Combo(name="scheduler", options=SCHEDULER_NAMES, default="karras"),
-        Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
-        Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
-        Socket(name="schedule_model", type="MODEL", optional=True),
+        Socket(
+            name="guidance", type="GUIDANCE", tooltip="the GUIDANCE program, run at every model evaluation"
+        ),
+        Socket(
+            name="latent",
+            type="LATENT",
+            tooltip="where to start: an empty latent (txt2img) or an encoded image",
+        ),
+        Int(
+            name="seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
+        Int(name="steps", default=20, min=1, max=10000, tooltip="sampler steps along the schedule"),
+        Combo(
+            name="sampler_name",
+            options=SAMPLER_NAMES,
+            default="euler",
+            tooltip="the sampling method (ComfyUI's names)",
+        ),
+        Combo(
+            name="scheduler",
+            options=SCHEDULER_NAMES,
+            default="karras",
+            tooltip="the noise schedule σ₀ > … > 0 (ComfyUI's names)",
+        ),
+        Float(
+            name="denoise",
+            default=1.0,
+            min=0.01,
+            max=1.0,
+            step=0.01,
+            tooltip="share of the schedule to run: 1 starts from pure noise, less keeps more of the input",
+        ),
+        Int(
+            name="max_batch",
+            default=0,
+            min=0,
+            max=1 << 20,
+            optional=True,
+            tooltip="split each model forward into chunks of this many rows (memory); 0: never",
+        ),
+        Socket(
+            name="schedule_model",
+            type="MODEL",
+            optional=True,
+            tooltip="whose noise schedule to sample on, when the program has several models",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -72,6 +115,20 @@ class Sampler(Node):
 
         sigmas = sigmas_for_denoise(scheduler, schedule_source(guidance, schedule_model), steps, denoise)
         return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
+
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        """Working memory of sampling a latent of known size: per model evaluation a CFG pair per
+        sample (rows = 2B; ``max_batch`` caps the rows of one forward)."""
+        from nodes.diffusion.memory import LatentSize
+
+        latent, max_batch = inputs.get("latent"), inputs.get("max_batch")
+        if not isinstance(latent, LatentSize):
+            return Footprint(outputs=(None,))
+        rows = 2 * latent.shape[0]
+        if type(max_batch) is int and max_batch > 0:
+            rows = min(rows, max_batch)
+        return Footprint(outputs=(latent,), working=latent.cost.sampling_bytes(latent.shape, rows))
 
 
 class _NoFirstDraw:
@@ -161,10 +218,20 @@ class EmptyLatent(Node):
 
     category = "guidegraph/latent"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Int(name="width", default=512, min=8, max=16384, step=8),
-        Int(name="height", default=512, min=8, max=16384, step=8),
-        Int(name="batch_size", default=1, min=1, max=4096),
+        Socket(
+            name="model", type="MODEL", tooltip="the model whose latent space (channels, downscale) to use"
+        ),
+        Int(name="width", default=512, min=8, max=16384, step=8, tooltip="width in pixels, a multiple of 8"),
+        Int(
+            name="height", default=512, min=8, max=16384, step=8, tooltip="height in pixels, a multiple of 8"
+        ),
+        Int(
+            name="batch_size",
+            default=1,
+            min=1,
+            max=4096,
+            tooltip="how many samples; sample i gets the seed seed + i",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -184,12 +251,28 @@ class EmptyLatent(Node):
             raise ValueError("; ".join(problems) + f" (model {model.name!r} works at 1/{f} of the pixels)")
         return (Latent(torch.zeros(batch_size, model.latent_channels, height // f, width // f)),)
 
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        """The latent's size, when the model's latent space is known (see nodes.diffusion.memory)."""
+        from nodes.diffusion.memory import LatentCost, LatentSize
+
+        cost, dims = inputs.get("model"), [inputs.get(k) for k in ("batch_size", "height", "width")]
+        if not isinstance(cost, LatentCost) or not all(type(v) is int for v in dims):
+            return Footprint(outputs=(None,))
+        b, h, w = (int(v) for v in dims)  # type: ignore[arg-type]
+        return Footprint(outputs=(LatentSize(cost.latent(b, h, w), cost),))
+
 
 class SetNoiseMask(Node):
     """Attach a mask to a latent: the Sampler regenerates where it is 1 and keeps the rest (inpainting)."""
 
     category = "guidegraph/latent"
-    inputs = (Socket(name="latent", type="LATENT"), Socket(name="mask", type="MASK"))
+    inputs = (
+        Socket(name="latent", type="LATENT", tooltip="the latent to inpaint"),
+        Socket(
+            name="mask", type="MASK", tooltip="1 where the Sampler regenerates, 0 where it keeps the latent"
+        ),
+    )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
