@@ -95,6 +95,14 @@ class Sampler(Node):
             optional=True,
             tooltip="whose noise schedule to sample on, when the program has several models",
         ),
+        Combo(
+            name="conventions",
+            options=("guidegraph", "comfyui"),
+            default="guidegraph",
+            optional=True,
+            tooltip="guidegraph: noise per sample from seed + index; comfyui: ComfyUI's batch noise, "
+            "σ lists and sampler endings, as its KSampler",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -110,11 +118,23 @@ class Sampler(Node):
         denoise: float,
         max_batch: int | None = 0,
         schedule_model: Denoiser | None = None,
+        conventions: str = "guidegraph",
     ) -> tuple[Latent]:
         from nodes.diffusion.schedules import sigmas_for_denoise
 
-        sigmas = sigmas_for_denoise(scheduler, schedule_source(guidance, schedule_model), steps, denoise)
-        return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
+        model = schedule_source(guidance, schedule_model)
+        comfy = conventions == "comfyui"
+        if comfy:
+            from nodes.diffusion.comfy_parity import comfy_sigmas
+
+            sigmas = comfy_sigmas(scheduler, model, steps, denoise, sampler_name)
+            if len(sigmas) < 2:
+                return (latent,)
+        else:
+            sigmas = sigmas_for_denoise(scheduler, model, steps, denoise)
+        return run_sampler(
+            ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0, comfy=comfy
+        )
 
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
@@ -156,10 +176,13 @@ def run_sampler(
     add_noise: bool = True,
     max_batch: int = 0,
     last: list[Any] | None = None,
+    comfy: bool = False,
 ) -> tuple[Latent]:
     """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
     progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
-    given, receives the last step's x̂0."""
+    given, receives the last step's x̂0. ``comfy`` uses ComfyUI's conventions instead: one noise draw
+    for the whole batch from the seed (scaled as ComfyUI scales it) and ComfyUI's variant of the
+    named sampler (:mod:`nodes.diffusion.comfy_parity`)."""
     from nodes.diffusion.samplers import PerSampleNoise
     from nodes.diffusion.sampling import guided_sample
     from nodes.diffusion.types import Latent
@@ -172,8 +195,27 @@ def run_sampler(
             last[0] = denoised
         ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
 
-    source = None
-    if not add_noise:
+    source: Any = None
+    sampler_fn = None
+    if comfy:
+        from nodes.diffusion.comfy_parity import ComfyKSamplerNoise, comfy_sampler
+        from nodes.diffusion.sampling import leaf_models
+
+        sampler_fn = comfy_sampler(sampler_name)
+        sigma_max = (
+            max(m.sigma_max for m in leaf_models(guidance)) if leaf_models(guidance) else float(sigmas[0])
+        )
+        source = ComfyKSamplerNoise(
+            seed,
+            latent.samples.shape,
+            ctx.device,
+            ctx.dtype,
+            sigma_0=float(sigmas[0]),
+            sigma_max=sigma_max,
+            batch_index=latent.batch_index,
+            add_noise=add_noise,
+        )
+    elif not add_noise:
         per_sample = PerSampleNoise(seeds, latent.samples.shape[1:], ctx.device, ctx.dtype)
         source = _NoFirstDraw(per_sample, latent.samples.to(ctx.device, ctx.dtype))
     ctx.check_cancelled()
@@ -189,6 +231,7 @@ def run_sampler(
         callback=on_step,
         max_batch=max_batch,
         noise_source=source,
+        sampler_fn=sampler_fn,
     )
     return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
 

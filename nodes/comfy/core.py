@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
-from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.diffusion.names import COMFY_SAMPLER_NAMES, COMFY_SCHEDULER_NAMES
 from nodes.model_nodes import MODEL_FILES
 
 if TYPE_CHECKING:
@@ -394,13 +394,13 @@ def _sampler_inputs() -> tuple[Any, ...]:
         ),
         Combo(
             name="sampler_name",
-            options=SAMPLER_NAMES,
+            options=COMFY_SAMPLER_NAMES,
             default="euler",
             tooltip="The algorithm used when sampling.",
         ),
         Combo(
             name="scheduler",
-            options=SCHEDULER_NAMES,
+            options=COMFY_SCHEDULER_NAMES,
             default="normal",
             tooltip="How noise is removed over the steps.",
         ),
@@ -459,10 +459,10 @@ class KSampler(Node):
         from nodes.guidance_nodes import CFGCombine
         from nodes.sampling_nodes import Sampler
 
-        if denoise == 0:
-            return (latent_image,)
         (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
-        return Sampler.run(ctx, program, latent_image, seed, steps, sampler_name, scheduler, denoise)
+        return Sampler.run(
+            ctx, program, latent_image, seed, steps, sampler_name, scheduler, denoise, 0, None, "comfyui"
+        )
 
 
 class KSamplerAdvanced(Node):
@@ -525,22 +525,17 @@ class KSamplerAdvanced(Node):
         end_at_step: int,
         return_with_leftover_noise: str,
     ) -> tuple[Latent]:
-        from nodes.diffusion.schedules import calculate_sigmas
+        from nodes.diffusion.comfy_parity import comfy_sigmas, comfy_step_range
         from nodes.guidance_nodes import CFGCombine
         from nodes.sampling_nodes import run_sampler
 
-        sigmas = calculate_sigmas(scheduler, model, steps)
-        if end_at_step < steps:
-            sigmas = sigmas[: end_at_step + 1].clone()
-            if return_with_leftover_noise != "enable":
-                sigmas[-1] = 0
-        if start_at_step >= len(sigmas) - 1:
+        full = comfy_sigmas(scheduler, model, steps, 1.0, sampler_name)
+        sigmas = comfy_step_range(full, start_at_step, end_at_step, return_with_leftover_noise != "enable")
+        if sigmas is None:
             return (latent_image,)
-        sigmas = sigmas[start_at_step:]
         (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
-        return run_sampler(
-            ctx, program, latent_image, noise_seed, sigmas, sampler_name, add_noise == "enable"
-        )
+        noise = add_noise == "enable"
+        return run_sampler(ctx, program, latent_image, noise_seed, sigmas, sampler_name, noise, comfy=True)
 
 
 NODES: list[type[Node]] = [

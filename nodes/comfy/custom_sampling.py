@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket
-from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.diffusion.names import COMFY_SAMPLER_NAMES, COMFY_SCHEDULER_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ class KSamplerSelect(Node):
     inputs = (
         Combo(
             name="sampler_name",
-            options=SAMPLER_NAMES,
+            options=COMFY_SAMPLER_NAMES,
             default="euler",
             tooltip="the sampling method (ComfyUI's names)",
         ),
@@ -60,7 +60,7 @@ class BasicScheduler(Node):
         Socket(name="model", type="MODEL", tooltip="the model whose noise schedule to follow"),
         Combo(
             name="scheduler",
-            options=SCHEDULER_NAMES,
+            options=COMFY_SCHEDULER_NAMES,
             default="simple",
             tooltip="the schedule's spacing (ComfyUI's names)",
         ),
@@ -80,11 +80,11 @@ class BasicScheduler(Node):
     def run(ctx: Context, model: Denoiser, scheduler: str, steps: int, denoise: float) -> tuple[torch.Tensor]:
         import torch
 
-        from nodes.diffusion.schedules import sigmas_for_denoise
+        from nodes.diffusion.comfy_parity import comfy_sigmas
 
         if denoise <= 0:
             return (torch.zeros(0),)
-        return (sigmas_for_denoise(scheduler, model, steps, denoise),)
+        return (comfy_sigmas(scheduler, model, steps, denoise),)
 
 
 class KarrasScheduler(Node):
@@ -329,9 +329,8 @@ def _sample(
     if len(sigmas) < 2:
         return (latent, latent)
     last: list[Any] = [None]
-    out = run_sampler(
-        ctx, guider, latent, noise.seed or 0, sigmas, sampler, add_noise=noise.seed is not None, last=last
-    )[0]
+    seed, add = noise.seed or 0, noise.seed is not None
+    out = run_sampler(ctx, guider, latent, seed, sigmas, sampler, add_noise=add, last=last, comfy=True)[0]
     if last[0] is None:
         return (out, out)
     return (out, Latent(last[0].float().cpu(), latent.noise_mask, latent.batch_index))
