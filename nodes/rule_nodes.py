@@ -17,9 +17,13 @@ from nodes.diffusion.types import Conditioning
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
 
 PAIR = (
-    Socket(name="model", type="MODEL"),
-    Socket(name="positive", type="CONDITIONING"),
-    Socket(name="negative", type="CONDITIONING"),
+    Socket(name="model", type="MODEL", tooltip="the denoiser every prediction comes from"),
+    Socket(name="positive", type="CONDITIONING", tooltip="c: the condition to steer towards"),
+    Socket(
+        name="negative",
+        type="CONDITIONING",
+        tooltip="u: the unconditional prediction (a NullCondition) or a negative prompt",
+    ),
 )
 
 
@@ -37,11 +41,44 @@ class APG(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Float(name="scale", default=7.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Float(name="eta", default=0.0, min=-10.0, max=10.0, step=0.05),
-        Float(name="momentum", default=-0.5, min=-1.0, max=1.0, step=0.05),
-        Float(name="norm_threshold", default=15.0, min=0.0, max=1e6, step=0.5),
-        Combo(name="space", options=SPACES, default="x0"),
+        Float(
+            name="scale",
+            default=7.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w: 1 is the conditional alone; the projected update is scaled by w − 1",
+        ),
+        Float(
+            name="eta",
+            default=0.0,
+            min=-10.0,
+            max=10.0,
+            step=0.05,
+            tooltip="η: weight of the update's part along D_c (0 drops the part that saturates colours)",
+        ),
+        Float(
+            name="momentum",
+            default=-0.5,
+            min=-1.0,
+            max=1.0,
+            step=0.05,
+            tooltip="β: adds β times the previous direction (negative pushes away from it; 0 off)",
+        ),
+        Float(
+            name="norm_threshold",
+            default=15.0,
+            min=0.0,
+            max=1e6,
+            step=0.5,
+            tooltip="r: cap on the per-sample norm of the update (0 off)",
+        ),
+        Combo(
+            name="space",
+            options=SPACES,
+            default="x0",
+            tooltip="where the projection is taken (x0: the paper's choice)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -76,9 +113,24 @@ class CFGZeroStar(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Int(name="zero_steps", default=1, min=0, max=10000),
-        Combo(name="space", options=SPACES, default="eps"),
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in α·u + w·(c − α·u)",
+        ),
+        Int(
+            name="zero_steps",
+            default=1,
+            min=0,
+            max=10000,
+            tooltip="first steps of the run with zero flow velocity (the sample stands still)",
+        ),
+        Combo(
+            name="space", options=SPACES, default="eps", tooltip="where α is computed (eps: the ODE velocity)"
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -106,9 +158,27 @@ class PerpNegGuidance(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Socket(name="unconditional", type="CONDITIONING"),
-        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Float(name="neg_scale", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+        Socket(
+            name="unconditional",
+            type="CONDITIONING",
+            tooltip="∅: the null condition both directions start from",
+        ),
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in ∅ + w·(δ⁺ − λ·perp(δ⁻))",
+        ),
+        Float(
+            name="neg_scale",
+            default=1.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="λ: strength of the negative's part orthogonal to the positive",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -133,7 +203,17 @@ class TangentialCFG(Node):
     """
 
     category = CATEGORY
-    inputs = (*PAIR, Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1))
+    inputs = (
+        *PAIR,
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in u' + w·(c − u')",
+        ),
+    )
     outputs = GUIDANCE_OUT
 
     @staticmethod
@@ -153,7 +233,17 @@ class CFGPlusPlus(Node):
     """
 
     category = CATEGORY
-    inputs = (*PAIR, Float(name="scale", default=0.6, min=0.0, max=2.0, step=0.05))
+    inputs = (
+        *PAIR,
+        Float(
+            name="scale",
+            default=0.6,
+            min=0.0,
+            max=2.0,
+            step=0.05,
+            tooltip="λ in u + λ·(c − u); the paper uses 0 to 1",
+        ),
+    )
     outputs = GUIDANCE_OUT
 
     @staticmethod

@@ -92,20 +92,19 @@ class Guidance:
 
 @dataclass(frozen=True)
 class Prediction(Guidance):
-    """A leaf: the x0 prediction of ``model`` under ``condition``.
+    """A leaf: the x0 prediction of ``model`` under ``condition``, optionally with its forward perturbed
+    (PAG, SEG, skip-layer: the perturbation applies to this leaf's slice of the batched forward only).
+    A condition from another text encoder than the model's is refused (:func:`check_encoder`).
 
     ``area`` (height, width, top, left, in latent units) runs the model on that crop of x only, and
     the prediction is crop-sized (ComfyUI's area conditioning; :mod:`nodes.diffusion.regions`
     pastes it back). Leaves of one model and one area (or none) share one batched forward.
-    ``perturbation`` changes the forward on this leaf's slice of that batch only (PAG, SEG,
-    skip-layer). A condition from another text encoder than the model's is refused
-    (:func:`check_encoder`).
     """
 
     model: Denoiser
     condition: Conditioning
-    area: tuple[int, int, int, int] | None = None
     perturbation: Perturbation | None = None
+    area: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         check_encoder(self.model, self.condition)

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import uuid
 from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.memory import Estimate, available_bytes, estimate
+from graph_runtime.registry import Registry
+from graph_runtime.report import ValidationReport, error_record
 from graph_runtime.validation import validate
 from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
+from server.config import ServerConfig
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
-from server.store import DuplicatePromptId
+from server.messages import PREVIEW_METHODS
+from server.store import DuplicatePromptId, NewPrompt
 
+GiB = 1 << 30
+MAX_NUMBER = 2**53  # a queue position; beyond this a float (and SQLite's REAL) cannot hold it exactly
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +47,28 @@ async def post_prompt(request: web.Request) -> web.Response:
     registry = app[state.REGISTRY]
     targets = _targets(body.get("partial_execution_targets"))
     try:
-        prompt = await asyncio.to_thread(to_api_prompt, raw_prompt, registry)
-        report = await asyncio.to_thread(validate, prompt, registry, targets)
+        if (request.content_length or INLINE_BYTES + 1) <= INLINE_BYTES:  # cheaper than a thread hop
+            checked = _convert_and_validate(raw_prompt, registry, targets, config)
+        else:
+            checked = await asyncio.to_thread(_convert_and_validate, raw_prompt, registry, targets, config)
     except WorkflowFormatError as exc:
         return _invalid("the prompt is not a valid workflow", str(exc))
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         return _invalid("the prompt could not be read", f"{type(exc).__name__}: {exc}")
+    if isinstance(checked, web.Response):
+        return checked
+    prompt, report = checked
     for warning in report.warnings:
         log.warning("prompt: %s", warning)
     comfy = report.to_comfy()
     if not report.runnable:
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
+    needed = await asyncio.to_thread(estimate, report)
+    budget = config.memory_budget_bytes
+    if budget is None:
+        budget = await asyncio.to_thread(available_bytes, config.device)
+    if needed.total > budget:
+        return _over_budget(needed, budget, report)
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
@@ -63,27 +81,67 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not isinstance(extra_data, dict):
         fail("extra_data must be an object", type="invalid_prompt")
     extra_data = strip_secrets(extra_data)
+    method = extra_data.get("preview_method", "default")
+    if method not in PREVIEW_METHODS:
+        fail(f"extra_data.preview_method must be one of {', '.join(PREVIEW_METHODS)}", type="invalid_prompt")
     if client_id is not None:
         extra_data["client_id"] = client_id
-    store = app[state.STORE]
+    new = NewPrompt(
+        prompt_id,
+        prompt,
+        extra_data,
+        list(report.good_outputs),
+        number=number,
+        front=bool(body.get("front")),
+        client_id=client_id,
+        workflow_id=_workflow_id(extra_data),
+    )
     try:
-        number = await asyncio.to_thread(
-            store.add,
-            prompt_id,
-            prompt,
-            extra_data,
-            list(report.good_outputs),
-            number=number,
-            front=bool(body.get("front")),
-            client_id=client_id,
-            workflow_id=_workflow_id(extra_data),
-        )
+        number = await app[state.INTAKE].add(new)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
     app[state.WORKER].wake()
-    await broadcast_status(app)
+    app[state.HUB].send_status()
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
+
+
+def _convert_and_validate(
+    raw_prompt: dict[str, Any], registry: Registry, targets: list[str] | None, config: ServerConfig
+) -> tuple[dict[str, Any], ValidationReport] | web.Response:
+    """(worker thread) The API prompt and its report, or the answer refusing a prompt over the limit."""
+    prompt = to_api_prompt(raw_prompt, registry)
+    if len(prompt) > config.max_prompt_nodes:
+        return _invalid(
+            f"the prompt has {len(prompt)} nodes; this server runs at most {config.max_prompt_nodes}",
+            "raise the server's node limit (ServerConfig.max_prompt_nodes, guidegraph serve"
+            " --max-prompt-nodes) to run it",
+        )
+    return prompt, validate(prompt, registry, targets)
+
+
+def _over_budget(needed: Estimate, budget: int, report: ValidationReport) -> web.Response:
+    """400 in ComfyUI's shape, the error on the node that needs the most (the editor outlines it)."""
+    node = needed.largest()
+    details = (
+        f"estimated {needed.total / GiB:.3g} GiB, the budget is {budget / GiB:.3g} GiB"
+        " (--memory-budget-mb, default: the memory free now); lower the size or the batch"
+        " (a Sampler's max_batch splits its batch)"
+    )
+    error = error_record("memory_budget_exceeded", "Prompt needs more memory than the server has", details)
+    planned = report.nodes.get(node) if node else None
+    node_errors = (
+        {
+            node: {
+                "errors": [error],
+                "dependent_outputs": report.good_outputs,
+                "class_type": planned.cls.__name__,
+            }
+        }
+        if node and planned
+        else {}
+    )
+    return json_response({"error": error, "node_errors": node_errors}, 400)
 
 
 def _invalid(message: str, details: str = "") -> web.Response:
@@ -101,8 +159,9 @@ def _targets(value: Any) -> list[str] | None:
 def _number(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail("number must be a finite number", type="invalid_prompt")
+    # ``not <=`` also refuses NaN and infinities; a huge int is compared exactly, never converted
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_NUMBER:
+        fail("number must be a finite number of magnitude at most 2**53", type="invalid_prompt")
     return float(value)
 
 
@@ -121,8 +180,7 @@ def _workflow_id(extra_data: dict[str, Any]) -> str | None:
 
 
 async def broadcast_status(app: web.Application) -> None:
-    remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
-    app[state.HUB].send_status(remaining)
+    app[state.HUB].send_status()
 
 
 async def get_queue(request: web.Request) -> web.Response:

@@ -140,8 +140,12 @@ def test_ksampler_is_cfgcombine_plus_sampler_bit_for_bit(loaded: Any) -> None:
     latent = Latent(torch.zeros(2, 4, 16, 16))
     (ours,) = KSampler.run(ctx, model, 7, 3, 6.5, "euler_ancestral", "karras", pos, neg, latent, 1.0)
     (program,) = CFGCombine.run(ctx, model, pos, neg, 6.5)
-    (graph,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0)
+    (graph,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0, 0, None, "comfyui")
     assert torch.equal(ours.samples, graph.samples)
+    (own,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0)
+    assert not torch.equal(ours.samples, own.samples)  # our own noise is per sample, ComfyUI's per batch
+    with pytest.raises(ValueError, match="not supported"):
+        KSampler.run(ctx, model, 7, 3, 6.5, "sa_solver", "karras", pos, neg, latent, 1.0)
 
 
 def test_ksampler_advanced_halves_compose_to_the_whole_run(loaded: Any) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from graph_runtime.registry import Registry
@@ -62,6 +64,16 @@ def square_prompt(value: int = 7, size: int = 8, prefix: str = "sq") -> dict[str
         "1": {"class_type": "Number", "inputs": {"value": value}},
         "2": {"class_type": "SaveSquare", "inputs": {"value": ["1", 0], "size": size, "prefix": prefix}},
     }
+
+
+def chain_prompt(length: int, value: int = 5) -> dict[str, Any]:
+    """Number -> Relay x ``length`` -> SaveSquare: ``length`` + 2 trivial nodes in one line."""
+    prompt: dict[str, Any] = {"0": {"class_type": "Number", "inputs": {"value": value}}}
+    for i in range(1, length + 1):
+        prompt[str(i)] = {"class_type": "Relay", "inputs": {"value": [str(i - 1), 0]}}
+    save = {"value": [str(length), 0], "size": 1, "prefix": "chain"}
+    prompt["out"] = {"class_type": "SaveSquare", "inputs": save}
+    return prompt
 
 
 def slow_prompt(steps: int = 5, delay: float = 0.05) -> dict[str, Any]:
@@ -120,3 +132,16 @@ async def wait_done(client: TestClient, prompt_id: str, timeout: float = 10.0) -
             return found[prompt_id]
         await asyncio.sleep(0.02)
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[int]:
+    """Run ``app`` as ``guidegraph serve`` does (``run_app``'s runner defaults); yields the port."""
+    runner = web.AppRunner(app, handler_cancellation=False, **runner_kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

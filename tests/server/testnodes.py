@@ -7,12 +7,25 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
 
-from graph_runtime.api import Context, Float, Int, Node, Output, PreviewImage, Result, Socket, String
+from graph_runtime.api import (
+    Context,
+    Float,
+    Footprint,
+    Int,
+    Node,
+    Output,
+    PreviewImage,
+    Result,
+    Socket,
+    String,
+)
 
 
 class Number(Node):
@@ -20,6 +33,18 @@ class Number(Node):
 
     category = "testing"
     inputs = (Int("value", default=1, min=0, max=1000),)
+    outputs = (Output("value", "SHADE"),)
+
+    @staticmethod
+    def run(ctx: Context, value: int) -> tuple[int]:
+        return (value,)
+
+
+class Relay(Node):
+    """Pass a shade on unchanged (chains of these measure the per-node cost of the server)."""
+
+    category = "testing"
+    inputs = (Socket("value", type="SHADE"),)
     outputs = (Output("value", "SHADE"),)
 
     @staticmethod
@@ -62,7 +87,7 @@ class SaveSquare(Node):
 
 
 class SlowSteps(Node):
-    """Sleep ``steps`` times, reporting progress with a preview at each step."""
+    """Sleep ``steps`` times, reporting progress (with a preview when one is wanted) at each step."""
 
     category = "testing"
     output_node = True
@@ -75,7 +100,8 @@ class SlowSteps(Node):
         for step in range(steps):
             time.sleep(delay)
             shade = int(255 * (step + 1) / steps)
-            ctx.progress(step + 1, steps, PreviewImage(torch.full((16, 16, 3), shade, dtype=torch.uint8)))
+            pixels = torch.full((16, 16, 3), shade, dtype=torch.uint8)  # (H, W, 3)
+            ctx.progress(step + 1, steps, PreviewImage(pixels) if ctx.wants_preview else None)
         return Result((), {"text": [f"{steps} steps"]})
 
 
@@ -92,4 +118,22 @@ class Explode(Node):
         raise ValueError(f"exploded on {value} in /very/secret/place/file.txt")
 
 
-NODES = [Number, SaveSquare, SlowSteps, Explode]
+class Allocate(Node):
+    """Allocate ``gigabytes`` for real, declaring as much as its memory footprint."""
+
+    category = "testing"
+    output_node = True
+    inputs = (Int("gigabytes", default=1, min=0, max=1 << 20),)
+    outputs = ()
+
+    @staticmethod
+    def run(ctx: Context, gigabytes: int) -> Result:
+        block = torch.empty(gigabytes << 30, dtype=torch.uint8)
+        return Result((), {"text": [f"{block.numel()} bytes"]})
+
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        return Footprint(working=int(inputs["gigabytes"]) << 30)
+
+
+NODES = [Number, Relay, SaveSquare, SlowSteps, Explode, Allocate]
