@@ -6,16 +6,16 @@ the program once per model evaluation. Scales follow the Imagen / diffusers / Co
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
-from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
-from nodes.diffusion.guidance import Guidance, cfg, combine, window
-from nodes.diffusion.regions import predict
-from nodes.diffusion.rules import Rescale, Threshold
-from nodes.diffusion.sampling import leaf_models
-from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
+from nodes.diffusion.names import SPACES
+
+if TYPE_CHECKING:
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
+
 
 CATEGORY = "guidegraph/guidance"
 GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
@@ -34,6 +34,8 @@ class Predict(Node):
 
     @staticmethod
     def run(ctx: Context, model: Denoiser, condition: Conditioning) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+
         return (predict(model, condition),)
 
 
@@ -71,6 +73,9 @@ class CFGCombine(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import cfg
+        from nodes.diffusion.regions import predict
+
         return (cfg(predict(model, positive), predict(model, negative), scale),)
 
 
@@ -144,6 +149,9 @@ class Composable(Node):
         condition_4: Conditioning | None,
         weight_4: float,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import combine
+        from nodes.diffusion.regions import predict
+
         pairs = [
             (condition_1, weight_1),
             (condition_2, weight_2),
@@ -182,6 +190,8 @@ class GuidanceMix(Node):
 
     @staticmethod
     def run(ctx: Context, base: Guidance, target: Guidance, scale: float) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import combine
+
         return (combine(base, [(target, scale)]),)
 
 
@@ -218,6 +228,9 @@ class ClassifierGrad(Node):
     def run(
         ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.gradients import ClassifierGradient
+        from nodes.diffusion.sampling import leaf_models
+
         takes = getattr(classifier.module, "in_channels", None)
         for model in leaf_models(guidance):
             if takes is not None and takes != model.latent_channels:
@@ -330,6 +343,11 @@ class ClipLoss(Node):
         vae: VAE | None = None,
         decode_scale: float = 1.0,
     ) -> tuple[Guidance]:
+        import torch
+
+        from nodes.diffusion.gradients import ClipGradient, clip_logit_scale
+        from nodes.diffusion.types import Conditioning
+
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
             others = contrast_conditions(clip, prompt, text, contrast)
@@ -356,6 +374,10 @@ def contrast_conditions(
 ) -> tuple[Conditioning, ...]:
     """The non-blank lines of ``contrast`` as CLIP text conditions; fails listing every line that
     encodes the same as the prompt or as an earlier line (such a line is no alternative)."""
+    import torch
+
+    from nodes.diffusion.types import Conditioning
+
     lines = [(n, line.strip()) for n, line in enumerate(contrast.splitlines(), 1) if line.strip()]
     if not lines:
         return ()
@@ -423,6 +445,8 @@ class GuidanceWindow(Node):
         sigma_end: float,
         outside: Guidance | None = None,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import window
+
         if sigma_end > sigma_start:
             raise ValueError(f"sigma_end ({sigma_end}) must not exceed sigma_start ({sigma_start})")
         return (window(guidance, sigma_start, sigma_end, outside),)
@@ -462,6 +486,8 @@ class CFGRescale(Node):
 
     @staticmethod
     def run(ctx: Context, guidance: Guidance, phi: float, space: str) -> tuple[Guidance]:
+        from nodes.diffusion.rules import Rescale
+
         return (Rescale(guidance, guidance.passthrough(), phi, space),)
 
 
@@ -493,6 +519,8 @@ class DynamicThreshold(Node):
 
     @staticmethod
     def run(ctx: Context, guidance: Guidance, percentile: float, max_value: float) -> tuple[Guidance]:
+        from nodes.diffusion.rules import Threshold
+
         return (Threshold(guidance, percentile, max_value),)
 
 

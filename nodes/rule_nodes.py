@@ -8,13 +8,17 @@ predictions it needs share one batched forward per step. Scales follow the CFG c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graph_runtime.api import Combo, Context, Float, Int, Node, Socket
-from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.guidance import Guidance, cfg
-from nodes.diffusion.regions import predict
-from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Tangential, ZeroStar
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.names import SPACES
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
+
+if TYPE_CHECKING:
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Conditioning
+
 
 PAIR = (
     Socket(name="model", type="MODEL", tooltip="the denoiser every prediction comes from"),
@@ -94,6 +98,9 @@ class APG(Node):
         norm_threshold: float,
         space: str,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+        from nodes.diffusion.rules import AdaptiveProjected
+
         c, u = predict(model, positive), predict(model, negative)
         if scale == 1.0:
             return (c,)
@@ -144,6 +151,9 @@ class CFGZeroStar(Node):
         zero_steps: int,
         space: str,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+        from nodes.diffusion.rules import ZeroStar
+
         return (ZeroStar(predict(model, positive), predict(model, negative), scale, zero_steps, space),)
 
 
@@ -192,6 +202,9 @@ class PerpNegGuidance(Node):
         scale: float,
         neg_scale: float,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+        from nodes.diffusion.rules import PerpNeg
+
         p, n, u = (predict(model, c) for c in (positive, negative, unconditional))
         return (PerpNeg(p, n, u, scale, neg_scale),)
 
@@ -220,6 +233,9 @@ class TangentialCFG(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+        from nodes.diffusion.rules import Tangential
+
         return (Tangential(predict(model, positive), predict(model, negative), scale),)
 
 
@@ -250,6 +266,10 @@ class CFGPlusPlus(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import cfg
+        from nodes.diffusion.regions import predict
+        from nodes.diffusion.rules import Renoise
+
         u = predict(model, negative)
         return (Renoise(cfg(predict(model, positive), u, scale), u),)
 

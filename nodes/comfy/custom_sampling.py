@@ -262,9 +262,43 @@ class CFGGuider(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, cfg: float
     ) -> tuple[Guidance]:
-        from nodes.guidance_nodes import CFGCombine
+        from nodes.comfy.core import comfy_cfg
 
-        return CFGCombine.run(ctx, model, positive, negative, cfg)
+        return (comfy_cfg(ctx, model, positive, negative, cfg),)
+
+
+class PerpNegGuider(Node):
+    """Perp-Neg (Armandpour et al. 2023): remove only the part of the negative orthogonal to the
+    positive, relative to the empty prompt: ``u∅ + cfg·(δ⁺ − neg_scale·(δ⁻ − proj_δ⁺ δ⁻))``.
+
+    guidegraph's PerpNeg rule, projected per sample; ComfyUI projects with one coefficient over the
+    whole batch, which couples the samples of a batch (kept as ours; equal for batch 1).
+    """
+
+    category = "_for_testing"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the model to guide"),
+        Socket(name="positive", type="CONDITIONING", tooltip="what to include"),
+        Socket(name="negative", type="CONDITIONING", tooltip="what to exclude"),
+        Socket(name="empty_conditioning", type="CONDITIONING", tooltip="the empty prompt's conditioning"),
+        Float(name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="guidance scale"),
+        Float(name="neg_scale", default=1.0, min=0.0, max=100.0, step=0.01, tooltip="weight of the negative"),
+    )
+    outputs = (Output("GUIDER", "GUIDER"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        positive: Conditioning,
+        negative: Conditioning,
+        empty_conditioning: Conditioning,
+        cfg: float,
+        neg_scale: float,
+    ) -> tuple[Guidance]:
+        from nodes.rule_nodes import PerpNegGuidance
+
+        return PerpNegGuidance.run(ctx, model, positive, negative, empty_conditioning, cfg, neg_scale)
 
 
 class DualCFGGuider(Node):
@@ -430,6 +464,7 @@ NODES: list[type[Node]] = [
     BasicGuider,
     CFGGuider,
     DualCFGGuider,
+    PerpNegGuider,
     SamplerCustom,
     SamplerCustomAdvanced,
 ]

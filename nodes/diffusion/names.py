@@ -138,3 +138,14 @@ def unsupported_sampler_message(name: str) -> str | None:
         reason = COMFY_UNSUPPORTED_SAMPLERS[name]
         return f"ComfyUI sampler {name!r} is not supported ({reason}); supported: {supported}"
     return f"unknown sampler {name!r}; supported: {supported}"
+
+
+# Guidance-scale schedules over the sampling run (nodes.diffusion.rules.Scheduled).
+SCHEDULES: tuple[str, ...] = (
+    "constant",
+    "linear_increasing",
+    "linear_decreasing",
+    "cosine_increasing",
+    "cosine_decreasing",
+)
+INFINITE_BLUR = 9999.0  # a blur σ at or above this replaces every query by its mean (SEG's σ → ∞)
