@@ -50,7 +50,7 @@ def programs(device: torch.device) -> dict[str, Guidance]:
 
 
 def perturbed(leaf: Prediction, perturbation: Perturbation) -> Prediction:
-    return Prediction(leaf.model, leaf.condition, perturbation)
+    return Prediction(leaf.model, leaf.condition, perturbation=perturbation)
 
 
 def main() -> None:

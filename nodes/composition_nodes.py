@@ -33,13 +33,25 @@ class GuidanceCombine(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="base", type="GUIDANCE"),
+        Socket(name="base", type="GUIDANCE", tooltip="the program the terms extrapolate from"),
         *(
             spec
             for i in range(1, TERMS + 1)
             for spec in (
-                Socket(name=f"guidance_{i}", type="GUIDANCE", optional=i > 1),
-                Float(name=f"weight_{i}", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+                Socket(
+                    name=f"guidance_{i}",
+                    type="GUIDANCE",
+                    optional=i > 1,
+                    tooltip=f"program {i} to extrapolate towards" + (" (optional)" if i > 1 else ""),
+                ),
+                Float(
+                    name=f"weight_{i}",
+                    default=1.0,
+                    min=-SCALE_LIMIT,
+                    max=SCALE_LIMIT,
+                    step=0.05,
+                    tooltip=f"w{i} in base + Σ wᵢ·(guidanceᵢ − base)",
+                ),
             )
         ),
     )
@@ -65,10 +77,29 @@ class GuidanceInterval(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Float(name="start", default=0.0, min=0.0, max=1.0, step=0.01),
-        Float(name="stop", default=1.0, min=0.0, max=1.0, step=0.01),
-        Socket(name="outside", type="GUIDANCE", optional=True),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the rule to apply inside the interval"),
+        Float(
+            name="start",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="first guided fraction of the run: step i is guided when start ≤ i/N < stop",
+        ),
+        Float(
+            name="stop",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="the fraction of the run where guidance stops",
+        ),
+        Socket(
+            name="outside",
+            type="GUIDANCE",
+            optional=True,
+            tooltip="what runs outside the interval (default: the rule's pass-through)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -94,8 +125,13 @@ class GuidanceSchedule(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Combo(name="schedule", options=SCHEDULES, default="linear_increasing"),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the rule whose strength varies over the run"),
+        Combo(
+            name="schedule",
+            options=SCHEDULES,
+            default="linear_increasing",
+            tooltip="f(p) over the run's progress p = i/N; each averages 1",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -122,11 +158,23 @@ class Autoguidance(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Socket(name="weak_model", type="MODEL"),
-        Socket(name="condition", type="CONDITIONING"),
-        Float(name="scale", default=2.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
-        Socket(name="weak_condition", type="CONDITIONING", optional=True),
+        Socket(name="model", type="MODEL", tooltip="the good model"),
+        Socket(name="weak_model", type="MODEL", tooltip="a smaller or less-trained version of it"),
+        Socket(name="condition", type="CONDITIONING", tooltip="the condition both models see"),
+        Float(
+            name="scale",
+            default=2.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="w in D_weak + w·(D_model − D_weak)",
+        ),
+        Socket(
+            name="weak_condition",
+            type="CONDITIONING",
+            optional=True,
+            tooltip="the same prompt through the weak model's own encoder, if it has one",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -139,12 +187,13 @@ class Autoguidance(Node):
         scale: float,
         weak_condition: Conditioning | None = None,
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction, combine
+        from nodes.diffusion.guidance import combine
+        from nodes.diffusion.regions import predict
 
         if weak_model is model:
             raise ValueError("weak_model is the same model as model: autoguidance needs a weaker one")
-        weak = Prediction(weak_model, condition if weak_condition is None else weak_condition)
-        return (combine(weak, [(Prediction(model, condition), scale)]),)
+        weak = predict(weak_model, condition if weak_condition is None else weak_condition)
+        return (combine(weak, [(predict(model, condition), scale)]),)
 
 
 def perturbed_term(
@@ -153,12 +202,15 @@ def perturbed_term(
     """``guidance + s·(D(c) − D̃(c))`` with D̃ the perturbed forward, after checking the layers exist."""
     from nodes.diffusion.guidance import Difference, Prediction
     from nodes.diffusion.perturbation import check_layers
+    from nodes.diffusion.types import Conditioning
 
     check_layers(model.network, perturbation.layers, model.name)
+    if not isinstance(positive, Conditioning):
+        raise ValueError("positive: a perturbed prediction takes a single condition, not a conditioning set")
     plain = Prediction(model, positive)
     if scale == 0:
         return (guidance,)
-    return (Difference(guidance, plain, Prediction(model, positive, perturbation), scale),)
+    return (Difference(guidance, plain, Prediction(model, positive, perturbation=perturbation), scale),)
 
 
 def layer_names(text: str) -> tuple[str, ...]:
@@ -166,9 +218,13 @@ def layer_names(text: str) -> tuple[str, ...]:
 
 
 PERTURBED_INPUTS = (
-    Socket(name="guidance", type="GUIDANCE"),
-    Socket(name="model", type="MODEL"),
-    Socket(name="positive", type="CONDITIONING"),
+    Socket(name="guidance", type="GUIDANCE", tooltip="the program to add the term to (e.g. CFG)"),
+    Socket(name="model", type="MODEL", tooltip="the denoiser whose self-attention is perturbed"),
+    Socket(
+        name="positive",
+        type="CONDITIONING",
+        tooltip="c: the condition of the plain and the perturbed prediction",
+    ),
 )
 LAYERS_TOOLTIP = "self-attention layers by module name or prefix, comma-separated ('mid', 'up.1')"
 
@@ -186,7 +242,14 @@ class PAG(Node):
     category = CATEGORY
     inputs = (
         *PERTURBED_INPUTS,
-        Float(name="scale", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Float(
+            name="scale",
+            default=3.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="s in + s·(c − c̃); 0 removes the term",
+        ),
         String(name="layers", default="mid", tooltip=LAYERS_TOOLTIP),
     )
     outputs = GUIDANCE_OUT
@@ -212,8 +275,22 @@ class SEG(Node):
     category = CATEGORY
     inputs = (
         *PERTURBED_INPUTS,
-        Float(name="scale", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Float(name="blur_sigma", default=INFINITE_BLUR, min=0.0, max=INFINITE_BLUR, step=0.5),
+        Float(
+            name="scale",
+            default=3.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="s in + s·(c − c̃); 0 removes the term",
+        ),
+        Float(
+            name="blur_sigma",
+            default=INFINITE_BLUR,
+            min=0.0,
+            max=INFINITE_BLUR,
+            step=0.5,
+            tooltip="std of the query blur in feature-map pixels; 9999 gives the mean query",
+        ),
         String(name="layers", default="mid", tooltip=LAYERS_TOOLTIP),
     )
     outputs = GUIDANCE_OUT
@@ -243,7 +320,14 @@ class SkipLayerGuidance(Node):
     category = CATEGORY
     inputs = (
         *PERTURBED_INPUTS,
-        Float(name="scale", default=2.8, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Float(
+            name="scale",
+            default=2.8,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="s in + s·(c − c̃); 0 removes the term",
+        ),
         String(name="layers", default="mid", tooltip=LAYERS_TOOLTIP),
     )
     outputs = GUIDANCE_OUT

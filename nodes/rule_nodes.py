@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 
 
 PAIR = (
-    Socket(name="model", type="MODEL"),
-    Socket(name="positive", type="CONDITIONING"),
-    Socket(name="negative", type="CONDITIONING"),
+    Socket(name="model", type="MODEL", tooltip="the denoiser every prediction comes from"),
+    Socket(name="positive", type="CONDITIONING", tooltip="c: the condition to steer towards"),
+    Socket(
+        name="negative",
+        type="CONDITIONING",
+        tooltip="u: the unconditional prediction (a NullCondition) or a negative prompt",
+    ),
 )
 
 
@@ -41,11 +45,44 @@ class APG(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Float(name="scale", default=7.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Float(name="eta", default=0.0, min=-10.0, max=10.0, step=0.05),
-        Float(name="momentum", default=-0.5, min=-1.0, max=1.0, step=0.05),
-        Float(name="norm_threshold", default=15.0, min=0.0, max=1e6, step=0.5),
-        Combo(name="space", options=SPACES, default="x0"),
+        Float(
+            name="scale",
+            default=7.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w: 1 is the conditional alone; the projected update is scaled by w − 1",
+        ),
+        Float(
+            name="eta",
+            default=0.0,
+            min=-10.0,
+            max=10.0,
+            step=0.05,
+            tooltip="η: weight of the update's part along D_c (0 drops the part that saturates colours)",
+        ),
+        Float(
+            name="momentum",
+            default=-0.5,
+            min=-1.0,
+            max=1.0,
+            step=0.05,
+            tooltip="β: adds β times the previous direction (negative pushes away from it; 0 off)",
+        ),
+        Float(
+            name="norm_threshold",
+            default=15.0,
+            min=0.0,
+            max=1e6,
+            step=0.5,
+            tooltip="r: cap on the per-sample norm of the update (0 off)",
+        ),
+        Combo(
+            name="space",
+            options=SPACES,
+            default="x0",
+            tooltip="where the projection is taken (x0: the paper's choice)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -61,10 +98,10 @@ class APG(Node):
         norm_threshold: float,
         space: str,
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.regions import predict
         from nodes.diffusion.rules import AdaptiveProjected
 
-        c, u = Prediction(model, positive), Prediction(model, negative)
+        c, u = predict(model, positive), predict(model, negative)
         if scale == 1.0:
             return (c,)
         return (AdaptiveProjected(c, u, scale, eta, momentum, norm_threshold, space),)
@@ -83,9 +120,24 @@ class CFGZeroStar(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Int(name="zero_steps", default=1, min=0, max=10000),
-        Combo(name="space", options=SPACES, default="eps"),
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in α·u + w·(c − α·u)",
+        ),
+        Int(
+            name="zero_steps",
+            default=1,
+            min=0,
+            max=10000,
+            tooltip="first steps of the run with zero flow velocity (the sample stands still)",
+        ),
+        Combo(
+            name="space", options=SPACES, default="eps", tooltip="where α is computed (eps: the ODE velocity)"
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -99,10 +151,10 @@ class CFGZeroStar(Node):
         zero_steps: int,
         space: str,
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.regions import predict
         from nodes.diffusion.rules import ZeroStar
 
-        return (ZeroStar(Prediction(model, positive), Prediction(model, negative), scale, zero_steps, space),)
+        return (ZeroStar(predict(model, positive), predict(model, negative), scale, zero_steps, space),)
 
 
 class PerpNegGuidance(Node):
@@ -116,9 +168,27 @@ class PerpNegGuidance(Node):
     category = CATEGORY
     inputs = (
         *PAIR,
-        Socket(name="unconditional", type="CONDITIONING"),
-        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Float(name="neg_scale", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+        Socket(
+            name="unconditional",
+            type="CONDITIONING",
+            tooltip="∅: the null condition both directions start from",
+        ),
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in ∅ + w·(δ⁺ − λ·perp(δ⁻))",
+        ),
+        Float(
+            name="neg_scale",
+            default=1.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="λ: strength of the negative's part orthogonal to the positive",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -132,10 +202,10 @@ class PerpNegGuidance(Node):
         scale: float,
         neg_scale: float,
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.regions import predict
         from nodes.diffusion.rules import PerpNeg
 
-        p, n, u = (Prediction(model, c) for c in (positive, negative, unconditional))
+        p, n, u = (predict(model, c) for c in (positive, negative, unconditional))
         return (PerpNeg(p, n, u, scale, neg_scale),)
 
 
@@ -146,17 +216,27 @@ class TangentialCFG(Node):
     """
 
     category = CATEGORY
-    inputs = (*PAIR, Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1))
+    inputs = (
+        *PAIR,
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w in u' + w·(c − u')",
+        ),
+    )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.regions import predict
         from nodes.diffusion.rules import Tangential
 
-        return (Tangential(Prediction(model, positive), Prediction(model, negative), scale),)
+        return (Tangential(predict(model, positive), predict(model, negative), scale),)
 
 
 class CFGPlusPlus(Node):
@@ -169,18 +249,29 @@ class CFGPlusPlus(Node):
     """
 
     category = CATEGORY
-    inputs = (*PAIR, Float(name="scale", default=0.6, min=0.0, max=2.0, step=0.05))
+    inputs = (
+        *PAIR,
+        Float(
+            name="scale",
+            default=0.6,
+            min=0.0,
+            max=2.0,
+            step=0.05,
+            tooltip="λ in u + λ·(c − u); the paper uses 0 to 1",
+        ),
+    )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import Prediction, cfg
+        from nodes.diffusion.guidance import cfg
+        from nodes.diffusion.regions import predict
         from nodes.diffusion.rules import Renoise
 
-        u = Prediction(model, negative)
-        return (Renoise(cfg(Prediction(model, positive), u, scale), u),)
+        u = predict(model, negative)
+        return (Renoise(cfg(predict(model, positive), u, scale), u),)
 
 
 NODES: list[type[Node]] = [APG, CFGZeroStar, PerpNegGuidance, TangentialCFG, CFGPlusPlus]

@@ -23,7 +23,13 @@ class ImageClassifierLoader(Node):
     kind 'evaluator') → IMAGE_CLASSIFIER, for universal guidance."""
 
     category = "guidegraph/loaders"
-    inputs = (Combo(name="network", options=FolderFiles("evaluators", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="network",
+            options=FolderFiles("evaluators", MODEL_FILES),
+            tooltip="a clean-image classifier file in models/evaluators",
+        ),
+    )
     outputs = (Output("IMAGE_CLASSIFIER", "IMAGE_CLASSIFIER"),)
 
     @staticmethod
@@ -48,12 +54,32 @@ class UniversalGuidance(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="network", type="IMAGE_CLASSIFIER"),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the program to steer"),
+        Socket(name="network", type="IMAGE_CLASSIFIER", tooltip="f: the clean-image network"),
         String(name="label", default="red circle", tooltip="a class name of the network, or its index"),
-        Float(name="scale", default=10.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.5),
-        Int(name="backward_steps", default=0, min=0, max=100),
-        Float(name="backward_lr", default=0.1, min=0.0, max=100.0, step=0.01),
+        Float(
+            name="scale",
+            default=10.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.5,
+            tooltip="s of forward guidance, D − s·σ²·∇ℓ (0 off)",
+        ),
+        Int(
+            name="backward_steps",
+            default=0,
+            min=0,
+            max=100,
+            tooltip="m: gradient steps on x̂0 without the denoiser (0 off)",
+        ),
+        Float(
+            name="backward_lr",
+            default=0.1,
+            min=0.0,
+            max=100.0,
+            step=0.01,
+            tooltip="step size of the backward steps",
+        ),
     )
     outputs = GUIDANCE_OUT
 

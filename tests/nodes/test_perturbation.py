@@ -54,7 +54,7 @@ def evaluate(program, x: torch.Tensor, max_batch: int = 0) -> tuple[torch.Tensor
 def test_pag_plus_cfg_is_one_forward_and_perturbs_only_its_slice(unet: Denoiser, perturbation) -> None:
     pos, null = conditions(unet)
     c, u = Prediction(unet, pos), Prediction(unet, null)
-    perturbed = Prediction(unet, pos, perturbation)
+    perturbed = Prediction(unet, pos, perturbation=perturbation)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     out, compiled = evaluate(Difference(cfg(c, u, 5.0), c, perturbed, 3.0), x)
     assert compiled.stats.model_calls == 1 and compiled.stats.rows == 6  # [c, u, c̃] in one forward

@@ -1,6 +1,7 @@
 """The rule contract (``Guidance``'s docstring), checked over every rule class.
 
-For each rule: it is registered here (a new rule without a case fails), it declares a known space,
+For each rule of ``nodes.diffusion`` (RegionMix included): it is registered here (a new rule
+without a case fails), it declares a known space,
 ``children()`` lists its GUIDANCE fields in declaration order, ``apply`` reads its inputs in that
 order (its output equals the formula evaluated by field name), its neutral setting equals its
 pass-through, and its per-run state starts fresh at every compile.
@@ -9,6 +10,7 @@ pass-through, and its per-run state starts fresh at every compile.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 
 import nodes.diffusion.gradients as gradients
 import nodes.diffusion.guidance as guidance
+import nodes.diffusion.regions as regions
 import nodes.diffusion.rules as rules
 from nodes.diffusion.conventions import SPACES, from_space, to_space
 from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction
@@ -32,11 +35,7 @@ def all_rules() -> list[type[Guidance]]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls is not Prediction and cls.__module__ in (
-            guidance.__name__,
-            rules.__name__,
-            gradients.__name__,
-        ):
+        if cls is not Prediction and cls.__module__.startswith("nodes.diffusion."):
             found.append(cls)
     return sorted(found, key=lambda c: c.__name__)
 
@@ -162,6 +161,12 @@ CASES: dict[str, Case] = {
         lambda p, neutral: gradients.ClassifierGradient(p[0], FLAT, 0, 0.0 if neutral else 3.0),
         None,
     ),
+    "RegionMix": (  # full-image entries: the strength-weighted mean; its own pass-through
+        lambda p, neutral: regions.RegionMix(
+            (p[0], p[1]), (1.0, 1.0 if neutral else 3.0), ((0.0, math.inf), (0.0, math.inf))
+        ),
+        None,
+    ),
     "UniversalGradient": (
         lambda p, neutral: gradients.UniversalGradient(
             p[0], CHANNELS, 0, 0.0 if neutral else 2.0, 0 if neutral else 3, 0.2
@@ -209,7 +214,7 @@ def test_rule_keeps_the_contract(name: str, leaves: list[Guidance]) -> None:
     assert rule.space in ("affine", "gradient", *SPACES)  # a field where the space is an input
     assert rule == build(leaves, False) and hash(rule) == hash(build(leaves, False))  # frozen, by content
     fields = [f.name for f in dataclasses.fields(rule) if isinstance(getattr(rule, f.name), Guidance)]
-    if name != "Combine":  # Combine's terms are (program, weight) pairs after its base
+    if name not in ("Combine", "RegionMix"):  # their inputs are tuples (terms, leaves)
         assert rule.children() == tuple(getattr(rule, f) for f in fields)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
     sigma = 2.0
