@@ -8,10 +8,11 @@ executor (started and stopped by ``cleanup_ctx``), the middlewares, and every ro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,7 +25,10 @@ from server.hub import Hub
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
 from server.templates import Templates
-from server.worker import PromptWorker
+from server.worker import PromptWorker, Workers
+
+if TYPE_CHECKING:
+    from server.ray_pool import RaySettings
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +106,12 @@ def create_app(
     registry: Any = None,
     executor_factory: Callable[[Any, ServerConfig], Any] | None = None,
     static_root: Path | None = None,
+    ray: RaySettings | None = None,
 ) -> web.Application:
-    """Build the application; nothing runs until it starts (then ``cleanup_ctx`` brings the worker up)."""
+    """Build the application; nothing runs until it starts (then ``cleanup_ctx`` brings the worker up).
+
+    ``ray``: run prompts on Ray workers (server.ray_pool) instead of this process's worker thread.
+    """
     config.check()
     if registry is None:
         from graph_runtime.registry import Registry
@@ -120,7 +128,7 @@ def create_app(
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
     app[state.SETTINGS_LOCK] = asyncio.Lock()
-    app.cleanup_ctx.append(_store_and_worker)
+    app.cleanup_ctx.append(functools.partial(_store_and_worker, ray=ray))
     app.on_shutdown.append(_close_sockets)
     app.add_routes(routes())
     return app
@@ -133,7 +141,7 @@ def default_executor(registry: Any, config: ServerConfig) -> Any:
     return Executor(registry, device=config.device, cache=config.cache, paths=paths)
 
 
-async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
+async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> AsyncIterator[None]:
     """Open the database (recovering an interrupted run), then run the worker until shutdown."""
     config = app[state.CONFIG]
     for path in (config.output, config.input, config.temp):
@@ -143,14 +151,24 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     recovered = await asyncio.to_thread(store.recover)
     if recovered:
         log.warning("recorded %d prompt(s) interrupted by the last shutdown", len(recovered))
-    factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
-    executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
-    worker = PromptWorker(
-        store, executor, app[state.HUB], asyncio.get_running_loop(), preview_max_side=config.preview_max_side
-    )
+    worker: Workers
+    if ray is not None:
+        from server.ray_pool import RayPool  # imports Ray only here
+
+        worker = RayPool(store, app[state.HUB], asyncio.get_running_loop(), app[state.REGISTRY], config, ray)
+    else:
+        factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
+        executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
+        worker = PromptWorker(
+            store,
+            executor,
+            app[state.HUB],
+            asyncio.get_running_loop(),
+            preview_max_side=config.preview_max_side,
+        )
     app[state.STORE] = store
     app[state.WORKER] = worker
-    worker.start()
+    await asyncio.to_thread(worker.start)
     try:
         yield
     finally:

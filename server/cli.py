@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -40,7 +41,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--cache", default="lru", help="node cache policy (default lru)")
     parser.add_argument("--max-upload-mb", type=int, default=32)
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run prompts on Ray workers: a cluster's address (host:6379), or none for a local cluster",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="with --ray: how many workers (default: one per GPU, else one)",
+    )
     parser.set_defaults(func=serve)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -69,7 +95,18 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"guidegraph serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config)
+    if args.workers is not None and args.ray is None:
+        print("guidegraph serve: --workers needs --ray", file=sys.stderr)
+        return 2
+    ray = None
+    if args.ray is not None:
+        if importlib.util.find_spec("ray") is None:
+            print("guidegraph serve: --ray needs Ray: pip install 'guidegraph[ray]'", file=sys.stderr)
+            return 2
+        from server.ray_pool import RaySettings
+
+        ray = RaySettings(address=args.ray or None, workers=args.workers)
+    app = create_app(config, ray=ray)
     host = config.listen
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{config.port}/"

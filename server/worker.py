@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from graph_runtime.context import CancelToken, PreviewImage
 from graph_runtime.events import (
@@ -51,6 +51,27 @@ class Running:
     node: str | None = None
 
 
+class Requeue(Exception):
+    """Raised by an executor whose run was lost with its worker: the prompt goes back to the queue."""
+
+
+class Workers(Protocol):
+    """What the handlers drive: this module's one thread, or a pool of remote workers (server.ray_pool)."""
+
+    @property
+    def running(self) -> Running | None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def interrupt(self, prompt_id: str | None = None) -> bool: ...
+
+    def request_free(self) -> None: ...
+
+
 @dataclass
 class _RunState:
     """Per-prompt bookkeeping: stored messages, and node states for ``progress_state``."""
@@ -72,8 +93,11 @@ class PromptWorker:
         loop: asyncio.AbstractEventLoop,
         *,
         preview_max_side: int = 512,
+        claim: Callable[[], PromptRow | None] | None = None,
+        name: str = "guidegraph-worker",
     ) -> None:
         self._store = store
+        self._claim = claim or store.claim_next
         self._executor = executor
         self._hub = hub
         self._loop = loop
@@ -83,7 +107,7 @@ class PromptWorker:
         self._free_requested = threading.Event()
         self._lock = threading.Lock()
         self._running: Running | None = None
-        self._thread = threading.Thread(target=self._main, name="guidegraph-worker", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.prompts_run = 0
 
     # -- control (any thread) --------------------------------------------------------------------
@@ -128,7 +152,7 @@ class PromptWorker:
                 self._free_requested.clear()
                 self._safely(self._executor.free)
             try:
-                row = self._store.claim_next()
+                row = self._claim()
             except Exception:
                 log.exception("could not read the queue")
                 row = None
@@ -161,6 +185,9 @@ class PromptWorker:
             outputs = dict(result.ui or {})
             if status == ERROR and state.error is None:
                 self._report_failures(state, result)
+        except Requeue as lost:
+            self._requeue(row, str(lost))
+            return
         except Exception as exc:  # the executor itself failed: fail this prompt, keep serving
             log.exception("prompt %s failed outside any node", row.id)
             self._emit(
@@ -186,6 +213,19 @@ class PromptWorker:
             log.exception("could not record the outcome of prompt %s", row.id)
         with self._lock:
             self._running = None
+        self._broadcast_status()
+
+    def _requeue(self, row: PromptRow, reason: str) -> None:
+        """Back to the queue, ahead of later prompts; its client sees it start again."""
+        log.warning("prompt %s goes back to the queue: %s", row.id, reason)
+        try:
+            self._store.requeue(row.id)
+        except Exception:
+            log.exception("could not requeue prompt %s", row.id)
+        with self._lock:
+            self._running = None
+        data = {"prompt_id": row.id, "reason": redact(reason), "timestamp": now_ms()}
+        self._loop.call_soon_threadsafe(self._hub.send, "prompt_requeued", data, row.client_id)
         self._broadcast_status()
 
     def _report_failures(self, state: _RunState, result: Any) -> None:

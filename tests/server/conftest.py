@@ -120,3 +120,12 @@ async def wait_done(client: TestClient, prompt_id: str, timeout: float = 10.0) -
             return found[prompt_id]
         await asyncio.sleep(0.02)
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Any:
+    """One local Ray cluster for the whole session (4 logical CPUs: up to 4 CPU workers at once)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,230 @@
+"""Prompts on a Ray cluster: one actor per worker owns an Executor, its node cache and warm models.
+
+Ray is an optional extra (``pip install guidegraph[ray]``) and only this module and its users import
+it, lazily: ``guidegraph serve`` and ``guidegraph run`` without ``--ray`` never load it.
+
+A :class:`PromptActor` builds its registry in its own process (``make_registry``, a picklable callable:
+``Registry.from_entry_points`` in production, so node packs register their model folders there too),
+finds model files through its own folders (a shared path, or ``GUIDEGRAPH_MODEL_DIRS`` on that
+machine), and streams a run back as a Ray streaming generator: the runtime's events as they happen,
+then one slim :class:`RunResult` (no node outputs, which stay in the actor's cache). A prompt that
+names a model file the actor cannot find yields :class:`MissingFiles` before anything runs, so the
+caller can send it to a worker that has the file. Actors restart after a crash (``max_restarts``)
+but their calls are never retried: the caller decides what a lost run means.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from graph_runtime.api import Combo
+from graph_runtime.context import CancelToken, Paths
+from graph_runtime.events import Event
+from graph_runtime.executor import Executor, RunResult
+from graph_runtime.folders import FolderFiles, resolve_file
+from graph_runtime.registry import Registry
+
+log = logging.getLogger(__name__)
+
+RegistryFactory = Callable[[], Registry]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file a prompt names: which node and input, which folder kind, which file."""
+
+    node_id: str
+    input: str
+    kind: str
+    name: str
+
+
+def model_files(prompt: dict[str, Any], registry: Registry) -> list[ModelFile]:
+    """The files named by COMBO inputs that list a model folder (what a worker must hold or load)."""
+    found = []
+    for node_id, node in prompt.items():
+        cls = registry.get(node.get("class_type", "")) if isinstance(node, dict) else None
+        if cls is None:
+            continue
+        inputs = node.get("inputs") or {}
+        for spec in cls.inputs:
+            value = inputs.get(spec.name)
+            if isinstance(spec, Combo) and isinstance(spec.options, FolderFiles) and isinstance(value, str):
+                found.append(ModelFile(str(node_id), spec.name, spec.options.kind, value))
+    return found
+
+
+@dataclass(frozen=True)
+class MissingFiles:
+    """What an actor yields instead of running a prompt whose model files it cannot find."""
+
+    worker: str
+    files: tuple[ModelFile, ...]
+
+    def message(self) -> str:
+        names = ", ".join(f"node {f.node_id} input {f.input!r}: {f.kind}/{f.name}" for f in self.files)
+        return f"worker {self.worker} has no such model file ({names})"
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """The executor itself raised (outside any node); the exception's type and message."""
+
+    exception_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How each actor builds its executor: device (None: the best it has), cache policy, file folders."""
+
+    make_registry: RegistryFactory = Registry.from_entry_points
+    device: str | None = None
+    cache: str = "lru"
+    paths: Paths = field(default_factory=Paths)
+
+
+class PromptActor:
+    """Runs prompts in a Ray actor process; wrap it with ``ray.remote`` (see :func:`spawn`)."""
+
+    def __init__(self, name: str, options: WorkerOptions) -> None:
+        self.name = name
+        self.registry = options.make_registry()
+        self.executor = Executor(
+            self.registry, device=options.device, cache=options.cache, paths=options.paths
+        )
+        self._cancels: dict[str, CancelToken] = {}
+        self._lock = threading.Lock()
+
+    def ready(self) -> dict[str, Any]:
+        """Who this worker is (answers once the constructor has run)."""
+
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": str(self.executor.device),
+        }
+
+    def run(
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        outputs: Sequence[str] | None = None,
+        extra_pnginfo: dict[str, Any] | None = None,
+        previews: bool = False,
+    ) -> Iterator[Event | RunResult | MissingFiles | RemoteFailure]:
+        """Stream one run: its events, then its slim result (or MissingFiles / RemoteFailure)."""
+        missing = [f for f in model_files(prompt, self.registry) if not _exists(f)]
+        if missing:
+            yield MissingFiles(self.name, tuple(missing))
+            return
+        token = CancelToken()
+        with self._lock:
+            self._cancels[prompt_id] = token
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        done = object()
+
+        def work() -> None:
+            try:
+                result = self.executor.run(
+                    prompt,
+                    prompt_id=prompt_id,
+                    outputs=outputs,
+                    on_event=items.put,
+                    cancel=token,
+                    extra_pnginfo=extra_pnginfo,
+                    previews=previews,
+                )
+                items.put(_slim(result))
+            except Exception as exc:
+                log.exception("prompt %s failed outside any node", prompt_id)
+                items.put(RemoteFailure(type(exc).__name__, str(exc)))
+            finally:
+                items.put(done)
+
+        threading.Thread(target=work, name=f"run-{prompt_id}", daemon=True).start()
+        try:
+            while (item := items.get()) is not done:
+                yield item
+        finally:
+            with self._lock:
+                self._cancels.pop(prompt_id, None)
+
+    def interrupt(self, prompt_id: str) -> bool:
+        with self._lock:
+            token = self._cancels.get(prompt_id)
+        if token is not None:
+            token.cancel()
+        return token is not None
+
+    def free(self) -> None:
+        """Drop the node cache (models included)."""
+        self.executor.free()
+
+
+def _exists(file: ModelFile) -> bool:
+    try:
+        resolve_file(file.kind, file.name)
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
+def _slim(result: RunResult) -> RunResult:
+    """The result without node outputs or the validation report (they stay in the actor)."""
+    return RunResult(
+        result.prompt_id,
+        result.status,
+        ui=result.ui,
+        executed=result.executed,
+        cached=result.cached,
+        failures=result.failures,
+        skipped=result.skipped,
+        interrupted_at=result.interrupted_at,
+    )
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``address``, or start a local one; True when this call started it."""
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def spawn(name: str, options: WorkerOptions, *, gpus: float = 0.0, cpus: float = 1.0) -> Any:
+    """Start one restartable PromptActor (returns its handle at once; ``ready`` says when it is up)."""
+
+    actor = ray.remote(PromptActor).options(
+        name=None,
+        num_cpus=cpus,
+        num_gpus=gpus,
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=4,  # a run, plus interrupt/free/ready calls beside it
+    )
+    return actor.remote(name, options)
+
+
+def cluster_gpus() -> int:
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def absolute(paths: Paths) -> Paths:
+    """Paths that mean the same on every worker of one machine (and on a shared filesystem)."""
+    return Paths(*(Path(p).resolve() for p in (paths.output, paths.temp, paths.input)))
