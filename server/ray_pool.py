@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 FileKey = tuple[str, str]  # (folder kind, file name)
 POLL_S = 0.1  # how often a lane looks at its prompt's cancel token while waiting for events
+READY_POLL_S = 1.0  # how long a lane waits for its starting actor before looking again
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class RayPool:
 
         if lane.ready_ref is None:
             lane.ready_ref = lane.actor.ready.remote()
-        done, _ = ray.wait([lane.ready_ref], timeout=0)
+        done, _ = ray.wait([lane.ready_ref], timeout=READY_POLL_S)  # this lane's thread only
         if not done:
             return False
         try:
