@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from graph_runtime.api import Combo
 from graph_runtime.context import CancelToken, Paths
@@ -36,6 +37,7 @@ from graph_runtime.registry import Registry
 log = logging.getLogger(__name__)
 
 RegistryFactory = Callable[[], Registry]
+POLL_S = 0.1  # how often a caller looks at its cancel token while it waits for a run's events
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,53 @@ def _slim(result: RunResult) -> RunResult:
         skipped=result.skipped,
         interrupted_at=result.interrupted_at,
     )
+
+
+class WorkerLost(Exception):
+    """The actor died during a call (a crash, ``kill -9``, a lost node); Ray restarts it empty."""
+
+
+def run_remote(
+    actor: Any,
+    name: str,
+    prompt_id: str,
+    prompt: dict[str, Any],
+    *,
+    on_event: Callable[[Event], None],
+    cancel: CancelToken,
+    outputs: Sequence[str] | None = None,
+    extra_pnginfo: dict[str, Any] | None = None,
+    previews: bool = False,
+) -> RunResult | MissingFiles:
+    """Run a prompt on ``actor``, replaying its events into ``on_event`` as they arrive.
+
+    Cancelling ``cancel`` interrupts the run in the actor (it is looked at every ``POLL_S``). Raises
+    :class:`WorkerLost` when the actor dies, RuntimeError when its executor fails outside any node.
+    """
+    stream = actor.run.options(num_returns="streaming").remote(
+        prompt_id, prompt, list(outputs) if outputs else None, extra_pnginfo, previews
+    )
+    asked_to_stop = False
+    try:
+        while True:
+            if cancel.cancelled and not asked_to_stop:
+                actor.interrupt.remote(prompt_id)
+                asked_to_stop = True
+            ready, _ = ray.wait([stream], timeout=POLL_S)
+            if not ready:
+                continue
+            try:
+                item = ray.get(next(stream))
+            except StopIteration:
+                raise RuntimeError(f"{name} ended prompt {prompt_id} without a result") from None
+            if isinstance(item, Event):
+                on_event(item)
+            elif isinstance(item, (RunResult, MissingFiles)):
+                return item
+            elif isinstance(item, RemoteFailure):
+                raise RuntimeError(f"{item.exception_type}: {item.message}")
+    except RayActorError as exc:
+        raise WorkerLost(f"{name} was lost while running it ({type(exc).__name__})") from exc
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:

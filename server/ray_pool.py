@@ -34,12 +34,13 @@ from graph_runtime.cluster import (
     MissingFiles,
     ModelFile,
     RegistryFactory,
-    RemoteFailure,
+    WorkerLost,
     WorkerOptions,
     absolute,
     cluster_gpus,
     connect,
     model_files,
+    run_remote,
     spawn,
 )
 from graph_runtime.context import CancelToken, Paths
@@ -54,7 +55,7 @@ from server.worker import PromptWorker, Requeue, Running
 log = logging.getLogger(__name__)
 
 FileKey = tuple[str, str]  # (folder kind, file name)
-POLL_S = 0.1  # how often a lane looks at its prompt's cancel token while waiting for events
+MAX_LOSSES = 3  # a prompt that takes down this many workers fails instead of going back again
 READY_POLL_S = 1.0  # how long a lane waits for its starting actor before looking again
 
 
@@ -107,6 +108,7 @@ class RayPool:
         self._settings = settings
         self._lock = threading.Lock()
         self._needs: dict[str, frozenset[FileKey]] = {}
+        self._losses: dict[str, int] = {}
         self._lanes: list[_Lane] = []
         self._started_cluster = False
 
@@ -243,12 +245,14 @@ class RayPool:
 
     # -- what lanes report -----------------------------------------------------------------------
 
-    def _lost(self, lane: _Lane) -> None:
-        """The actor died: Ray restarts it with an empty cache; wait until it answers again."""
+    def _lost(self, lane: _Lane, prompt_id: str) -> int:
+        """The actor died: Ray restarts it with an empty cache. How many workers this prompt cost."""
         with self._lock:
             lane.models.clear()
             lane.info = None
             lane.ready_ref = None
+            self._losses[prompt_id] = self._losses.get(prompt_id, 0) + 1
+            return self._losses[prompt_id]
 
     def _freed(self, lane: _Lane) -> None:
         with self._lock:
@@ -282,35 +286,26 @@ class RemoteExecutor:
         extra_pnginfo: dict[str, Any] | None,
         previews: bool,
     ) -> RunResult:
-
         lane = self._lane
-        stream = lane.actor.run.options(num_returns="streaming").remote(
-            prompt_id, prompt, list(outputs) if outputs else None, extra_pnginfo, previews
-        )
-        asked_to_stop = False
         try:
-            while True:
-                if cancel.cancelled and not asked_to_stop:
-                    lane.actor.interrupt.remote(prompt_id)
-                    asked_to_stop = True
-                ready, _ = ray.wait([stream], timeout=POLL_S)
-                if not ready:
-                    continue
-                try:
-                    item = ray.get(next(stream))
-                except StopIteration:
-                    raise RuntimeError(f"{lane.name} ended prompt {prompt_id} without a result") from None
-                if isinstance(item, Event):
-                    on_event(item)
-                elif isinstance(item, RunResult):
-                    return item
-                elif isinstance(item, MissingFiles):
-                    return self._missing(prompt, prompt_id, item)
-                elif isinstance(item, RemoteFailure):
-                    raise RuntimeError(f"{item.exception_type}: {item.message}")
-        except RayActorError as exc:
-            self._pool._lost(lane)
-            raise Requeue(f"{lane.name} was lost while running it ({type(exc).__name__})") from exc
+            outcome = run_remote(
+                lane.actor,
+                lane.name,
+                prompt_id,
+                prompt,
+                on_event=on_event,
+                cancel=cancel,
+                outputs=outputs,
+                extra_pnginfo=extra_pnginfo,
+                previews=previews,
+            )
+        except WorkerLost as lost:
+            if self._pool._lost(lane, prompt_id) >= MAX_LOSSES:
+                raise RuntimeError(f"{lost}; lost {MAX_LOSSES} workers on this prompt, giving up") from None
+            raise Requeue(str(lost)) from lost
+        if isinstance(outcome, MissingFiles):
+            return self._missing(prompt, prompt_id, outcome)
+        return outcome
 
     def _missing(self, prompt: dict[str, Any], prompt_id: str, missing: MissingFiles) -> RunResult:
         if self._pool._lacks(self._lane, missing.files):

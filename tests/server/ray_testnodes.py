@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,22 @@ class UseBlob(Node):
         return Result((), {"text": [f"{len(blob)} bytes, seed {seed}, pid {os.getpid()}"]})
 
 
-RAY_NODES = [*NODES, LoadBlob, UseBlob]
+class KillWorker(Node):
+    """Kill the process running it (a worker that crashes on this prompt, every time)."""
+
+    category = "testing"
+    output_node = True
+    deterministic = False
+    inputs = (Int("value", default=0),)
+    outputs = ()
+
+    @staticmethod
+    def run(ctx: Context, value: int) -> Result:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return Result()
+
+
+RAY_NODES = [*NODES, LoadBlob, UseBlob, KillWorker]
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,19 @@ async def test_kill_9_of_a_worker_mid_prompt_loses_nothing_three_times(make_ray_
     await ws.close()
 
 
+async def test_a_prompt_that_kills_every_worker_it_meets_fails_after_three_and_the_rest_run(
+    make_ray_client,
+) -> None:
+    client = await make_ray_client(workers=2)
+    await all_ready(client)
+    poison = (await queue(client, {"1": {"class_type": "KillWorker", "inputs": {"value": 1}}}))["prompt_id"]
+    fine = (await queue(client, slow_prompt(steps=3, delay=0.01)))["prompt_id"]
+    assert (await wait_done(client, fine, timeout=60))["status"]["status_str"] == "success"
+    entry = await wait_done(client, poison, timeout=60)
+    error = next(d for t, d in entry["status"]["messages"] if t == "execution_error")
+    assert "lost 3 workers on this prompt" in error["exception_message"]
+
+
 async def test_prompts_alternating_two_models_load_each_at_most_once_per_worker(
     make_ray_client, tmp_path: Path
 ) -> None:
