@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,35 +244,51 @@ def run_remote(
         raise WorkerLost(f"{name} was lost while running it ({type(exc).__name__})") from exc
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Join the cluster at ``address``, or start a local one; True when this call started it."""
+def wait_ready(actor: Any, cancel: CancelToken, timeout_s: float = 600.0) -> dict[str, Any] | None:
+    """Wait until ``actor`` (starting, or restarting after a loss) answers; None if cancelled or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while not cancel.cancelled and time.monotonic() < deadline:
+        ref = actor.ready.remote()
+        try:
+            return dict(ray.get(ref, timeout=1.0))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref)
+        except RayActorError:
+            time.sleep(POLL_S)
+    return None
 
+
+def connect(address: str | None, workers: int | None = None) -> bool:
+    """Join the cluster at ``address``, or start a local one; True when this call started it.
+
+    A local cluster offers at least as many CPUs as ``workers``, so every CPU worker can start.
+    """
     if ray.is_initialized():
         return False
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True
 
 
-def spawn(name: str, options: WorkerOptions, *, gpus: float = 0.0, cpus: float = 1.0) -> Any:
-    """Start one restartable PromptActor (returns its handle at once; ``ready`` says when it is up)."""
+def start_workers(workers: int | None, options: WorkerOptions) -> list[tuple[str, Any]]:
+    """Start ``workers`` restartable PromptActors (default: one per GPU of the cluster, else one).
 
+    On a cluster with GPUs each worker holds its share of them (one each by default); on CPUs each
+    holds one CPU. Handles come back at once; an actor's ``ready`` answers when it is up.
+    """
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count = workers or gpus or 1
     actor = ray.remote(PromptActor).options(
-        name=None,
-        num_cpus=cpus,
-        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+        num_gpus=min(1.0, gpus / count) if gpus else 0,
         max_restarts=-1,
         max_task_retries=0,
         max_concurrency=4,  # a run, plus interrupt/free/ready calls beside it
     )
-    return actor.remote(name, options)
-
-
-def cluster_gpus() -> int:
-
-    return int(ray.cluster_resources().get("GPU", 0))
+    names = [f"worker-{i + 1}" for i in range(count)]
+    return [(name, actor.remote(name, options)) for name in names]
 
 
 def absolute(paths: Paths) -> Paths:

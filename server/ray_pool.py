@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +36,10 @@ from graph_runtime.cluster import (
     WorkerLost,
     WorkerOptions,
     absolute,
-    cluster_gpus,
     connect,
     model_files,
     run_remote,
-    spawn,
+    start_workers,
 )
 from graph_runtime.context import CancelToken, Paths
 from graph_runtime.events import Event
@@ -63,14 +61,12 @@ READY_POLL_S = 1.0  # how long a lane waits for its starting actor before lookin
 class RaySettings:
     """Where the cluster is and how many workers to start on it.
 
-    ``workers`` None: one per GPU of the cluster, or one CPU worker when it has none. ``num_cpus``
-    sizes a local cluster (None: Ray's guess, or ``workers`` if larger). ``make_registry`` runs in
-    each actor (tests pass their own node list).
+    ``workers`` None: one per GPU of the cluster, or one CPU worker when it has none.
+    ``make_registry`` runs in each actor (tests pass their own node list).
     """
 
     address: str | None = None
     workers: int | None = None
-    num_cpus: int | None = None
     make_registry: RegistryFactory = Registry.from_entry_points
     window: int = 16  # how many pending prompts a lane looks at when it picks
 
@@ -117,15 +113,11 @@ class RayPool:
     def start(self) -> None:
 
         settings = self._settings
-        self._started_cluster = connect(settings.address, _local_cpus(settings))
-        gpus = cluster_gpus()
-        count = settings.workers or gpus or 1
-        per_gpu = min(1.0, gpus / count) if gpus else 0.0
+        self._started_cluster = connect(settings.address, settings.workers)
         paths = absolute(Paths(output=self._config.output, temp=self._config.temp, input=self._config.input))
         options = WorkerOptions(settings.make_registry, self._config.device, self._config.cache, paths)
-        for index in range(count):
-            name = f"worker-{index + 1}"
-            lane = _Lane(name, spawn(name, options, gpus=per_gpu, cpus=0 if gpus else 1))
+        for name, actor in start_workers(settings.workers, options):
+            lane = _Lane(name, actor)
             lane.worker = PromptWorker(
                 self._store,
                 RemoteExecutor(self, lane),
@@ -136,7 +128,7 @@ class RayPool:
                 name=f"guidegraph-{name}",
             )
             self._lanes.append(lane)
-        log.info("dispatching to %d Ray worker(s) (cluster resources %s)", count, ray.cluster_resources())
+        log.info("dispatching to %d Ray worker(s) on %s", len(self._lanes), ray.cluster_resources())
         for lane in self._lanes:
             _worker(lane).start()
 
@@ -325,9 +317,3 @@ class RemoteExecutor:
 def _worker(lane: _Lane) -> PromptWorker:
     assert lane.worker is not None
     return lane.worker
-
-
-def _local_cpus(settings: RaySettings) -> int | None:
-    if settings.num_cpus is not None:
-        return settings.num_cpus
-    return max(settings.workers or 1, os.cpu_count() or 1)

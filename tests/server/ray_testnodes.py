@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Result, Socket
+from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Result, Socket, String
 from graph_runtime.folders import register_folders, resolve_file
 from graph_runtime.registry import Registry
 from tests.server.testnodes import NODES
@@ -64,7 +64,26 @@ class KillWorker(Node):
         return Result()
 
 
-RAY_NODES = [*NODES, LoadBlob, UseBlob, KillWorker]
+class CrashOnce(Node):
+    """Kill the process running it the first time (``marker`` does not exist yet); pass after."""
+
+    category = "testing"
+    output_node = True
+    deterministic = False
+    inputs = (String("marker", default=""), Int("value", default=0))
+    outputs = ()
+
+    @staticmethod
+    def run(ctx: Context, marker: str, value: int) -> Result:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return Result((), {"text": [f"value {value}"]})
+        os.kill(os.getpid(), signal.SIGKILL)
+        return Result()
+
+
+RAY_NODES = [*NODES, LoadBlob, UseBlob, KillWorker, CrashOnce]
 
 
 @dataclass(frozen=True)
