@@ -58,9 +58,13 @@ def shipped() -> list[str]:
     return sorted(p.name.removesuffix(".ui.json") for p in WORKFLOWS.glob("*.ui.json"))
 
 
-@pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
-    """``guidegraph serve`` itself, over the built-in nodes, the shipped workflows and a fresh profile."""
+@pytest.fixture(params=["local", "ray"])
+def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """``guidegraph serve`` itself, over the built-in nodes, the shipped workflows and a fresh profile.
+
+    Twice: prompts run in the server's worker thread, then on a Ray worker (``--ray``: a local cluster).
+    """
+    ray = ["--ray", "--workers", "1"] if request.param == "ray" else []
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -76,6 +80,7 @@ def server_url(tmp_path: Path) -> Iterator[str]:
             str(WORKFLOWS),
             "--device",
             "cpu",
+            *ray,
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
