@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.runtime
 	$(BIN)/python -m benchmarks.guidance
 	$(BIN)/python -m benchmarks.server
+	$(BIN)/python -m benchmarks.ray_scale
 
 clean:
 	rm -rf $(VENV) output temp .mypy_cache .pytest_cache .ruff_cache
