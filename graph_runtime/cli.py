@@ -76,6 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry()
     prompt = load_workflow(args.workflow, registry)
     apply_assignments(prompt, args.set or [])
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     if args.sweep or args.ray is not None:
         return cmd_sweep(args, registry, prompt)
     if args.workers is not None:
@@ -135,16 +137,19 @@ def cmd_sweep(args: argparse.Namespace, registry: Registry, prompt: dict[str, An
         if args.ray is not None:
             if importlib.util.find_spec("ray") is None:
                 raise UsageError("--ray needs Ray: pip install 'guidegraph[ray]'")
-            sweep.run_ray(
-                points,
-                Registry.from_entry_points,
-                output,
-                bar,
-                cancel,
-                address=args.ray or None,
-                workers=args.workers,
-                device=args.device,
-            )
+            try:
+                sweep.run_ray(
+                    points,
+                    Registry.from_entry_points,
+                    output,
+                    bar,
+                    cancel,
+                    address=args.ray or None,
+                    workers=args.workers,
+                    device=args.device,
+                )
+            except ConnectionError as exc:
+                raise UsageError(str(exc)) from None
         else:
             executor = Executor(registry, device=args.device, cache="lru", paths=Paths(output=output))
             sweep.run_local(points, executor, bar, cancel)

@@ -98,13 +98,19 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers is not None and args.ray is None:
         print("guidegraph serve: --workers needs --ray", file=sys.stderr)
         return 2
-    ray = None
+    ray, started_ray = None, False
     if args.ray is not None:
         if importlib.util.find_spec("ray") is None:
             print("guidegraph serve: --ray needs Ray: pip install 'guidegraph[ray]'", file=sys.stderr)
             return 2
+        from graph_runtime.cluster import connect
         from server.ray_pool import RaySettings
 
+        try:
+            started_ray = connect(args.ray or None, args.workers)  # here, to fail before binding
+        except ConnectionError as exc:
+            print(f"guidegraph serve: {exc}", file=sys.stderr)
+            return 2
         ray = RaySettings(address=args.ray or None, workers=args.workers)
     app = create_app(config, ray=ray)
     host = config.listen
@@ -113,5 +119,11 @@ def serve(args: argparse.Namespace) -> int:
     if token and not is_loopback(host):
         where += "?token=<your token>"
     print(f"guidegraph: the editor is at {where}", flush=True)
-    web.run_app(app, host=host, port=config.port, print=None, handle_signals=True)
+    try:
+        web.run_app(app, host=host, port=config.port, print=None, handle_signals=True)
+    finally:
+        if started_ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
     return 0

@@ -143,18 +143,16 @@ class RayPool:
         for thread in threads:
             thread.join()
         for lane in self._lanes:
-            ray.kill(lane.actor, no_restart=True)
+            try:
+                ray.kill(lane.actor, no_restart=True)
+            except Exception:  # the cluster went away first
+                log.warning("could not stop %s", lane.name, exc_info=True)
         if self._started_cluster:
             ray.shutdown()
 
     def wake(self) -> None:
         for lane in self._lanes:
             _worker(lane).wake()
-
-    @property
-    def running(self) -> Running | None:
-        """One running prompt (the WebSocket handler's reconnect hint); see ``running_all``."""
-        return next(iter(self.running_all()), None)
 
     def running_all(self) -> list[Running]:
         return [r for lane in self._lanes if (r := _worker(lane).running) is not None]

@@ -58,8 +58,7 @@ class Requeue(Exception):
 class Workers(Protocol):
     """What the handlers drive: this module's one thread, or a pool of remote workers (server.ray_pool)."""
 
-    @property
-    def running(self) -> Running | None: ...
+    def running_all(self) -> list[Running]: ...
 
     def start(self) -> None: ...
 
@@ -130,6 +129,11 @@ class PromptWorker:
         with self._lock:
             return self._running
 
+    def running_all(self) -> list[Running]:
+        """What runs now, as a list (a pool of workers may run several prompts)."""
+        running = self.running
+        return [] if running is None else [running]
+
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Cancel the running prompt (only if it is ``prompt_id``, when given)."""
         with self._lock:
@@ -186,8 +190,9 @@ class PromptWorker:
             if status == ERROR and state.error is None:
                 self._report_failures(state, result)
         except Requeue as lost:
-            self._requeue(row, str(lost))
-            return
+            if not token.cancelled:  # an interrupted prompt stays interrupted, whatever befell its worker
+                self._requeue(row, str(lost))
+                return
         except Exception as exc:  # the executor itself failed: fail this prompt, keep serving
             log.exception("prompt %s failed outside any node", row.id)
             self._emit(

@@ -25,6 +25,7 @@ from server.app import create_app
 from server.ray_pool import RayPool, RaySettings
 from tests.server.conftest import make_config, queue, slow_prompt, wait_done
 from tests.server.ray_testnodes import RAY_NODES, BlobRegistry, blob_prompt
+from tests.server.test_restart import free_port
 
 
 @pytest.fixture
@@ -208,6 +209,15 @@ def test_serve_without_ray_never_imports_ray(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_address_where_no_cluster_answers_is_one_clear_line(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    args = ["serve", "--ray", address, "--data-dir", str(tmp_path / "user"), "--port", str(free_port())]
+    out = subprocess.run([sys.executable, "-m", "graph_runtime.cli", *args], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"guidegraph serve: no Ray cluster answers at {address}" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_workers_without_ray_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
