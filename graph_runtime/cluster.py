@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RegistryFactory = Callable[[], Registry]
 POLL_S = 0.1  # how often a caller looks at its cancel token while it waits for a run's events
+MAX_LOSSES = 3  # a prompt that takes down this many workers fails instead of being tried again
 
 
 @dataclass(frozen=True)
@@ -248,14 +249,16 @@ def run_remote(
 def wait_ready(actor: Any, cancel: CancelToken, timeout_s: float = 600.0) -> dict[str, Any] | None:
     """Wait until ``actor`` (starting, or restarting after a loss) answers; None if cancelled or timed out."""
     deadline = time.monotonic() + timeout_s
-    while not cancel.cancelled and time.monotonic() < deadline:
-        ref = actor.ready.remote()
+    ref = actor.ready.remote()
+    while not cancel.cancelled and (left := deadline - time.monotonic()) > 0:
+        done, _ = ray.wait([ref], timeout=min(left, 1.0))
+        if not done:
+            continue
         try:
-            return dict(ray.get(ref, timeout=1.0))
-        except ray.exceptions.GetTimeoutError:
-            ray.cancel(ref)
-        except RayActorError:
+            return dict(ray.get(ref))
+        except RayActorError:  # it died again, or was restarting: ask again
             time.sleep(POLL_S)
+            ref = actor.ready.remote()
     return None
 
 

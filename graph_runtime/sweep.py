@@ -225,12 +225,13 @@ def _lane(actor: Any, name: str, todo: _Queue, names: list[str], bar: SweepBar, 
             )
         except cluster.WorkerLost as lost:
             bar.update(started=-1)
-            if point.tries < 3:
+            if point.tries < cluster.MAX_LOSSES:
                 todo.give_back(point)
                 if cluster.wait_ready(actor, cancel) is None:
                     return
                 continue
-            outcome = _failed(point, "WorkerLost", f"{lost}; lost 3 workers on this point, giving up")
+            message = f"{lost}; lost {cluster.MAX_LOSSES} workers on this point, giving up"
+            outcome = _failed(point, "WorkerLost", message)
         except RuntimeError as exc:
             outcome = _failed(point, "RuntimeError", str(exc))
         if isinstance(outcome, cluster.MissingFiles):

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 from graph_runtime.cluster import (
+    MAX_LOSSES,
     MissingFiles,
     ModelFile,
     RegistryFactory,
@@ -40,6 +40,7 @@ from graph_runtime.cluster import (
     model_files,
     run_remote,
     start_workers,
+    wait_ready,
 )
 from graph_runtime.context import CancelToken, Paths
 from graph_runtime.events import Event
@@ -53,8 +54,7 @@ from server.worker import PromptWorker, Requeue, Running
 log = logging.getLogger(__name__)
 
 FileKey = tuple[str, str]  # (folder kind, file name)
-MAX_LOSSES = 3  # a prompt that takes down this many workers fails instead of going back again
-READY_POLL_S = 1.0  # how long a lane waits for its starting actor before looking again
+READY_POLL_S = 1.0  # how long a lane waits for its starting actor before looking at the queue again
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ class _Lane:
     name: str
     actor: Any
     worker: PromptWorker | None = None
-    ready_ref: Any = None
     info: dict[str, Any] | None = None
     models: set[FileKey] = field(default_factory=set)
     missing: set[FileKey] = field(default_factory=set)
@@ -107,6 +106,7 @@ class RayPool:
         self._losses: dict[str, int] = {}
         self._lanes: list[_Lane] = []
         self._started_cluster = False
+        self._stopping = CancelToken()
 
     # -- the Workers interface -------------------------------------------------------------------
 
@@ -134,6 +134,7 @@ class RayPool:
 
     def stop(self, timeout: float = 10.0) -> None:
 
+        self._stopping.cancel()
         workers = [_worker(lane) for lane in self._lanes]
         for worker in workers:
             worker.interrupt()
@@ -195,17 +196,8 @@ class RayPool:
         return row
 
     def _check_ready(self, lane: _Lane) -> bool:
-
-        if lane.ready_ref is None:
-            lane.ready_ref = lane.actor.ready.remote()
-        done, _ = ray.wait([lane.ready_ref], timeout=READY_POLL_S)  # this lane's thread only
-        if not done:
-            return False
-        try:
-            info = ray.get(lane.ready_ref)
-        except RayActorError as exc:
-            log.warning("%s is not up yet: %s", lane.name, type(exc).__name__)
-            lane.ready_ref = None
+        info = wait_ready(lane.actor, self._stopping, READY_POLL_S)  # blocks this lane's thread only
+        if info is None:
             return False
         with self._lock:
             lane.info = info
@@ -240,7 +232,6 @@ class RayPool:
         with self._lock:
             lane.models.clear()
             lane.info = None
-            lane.ready_ref = None
             self._losses[prompt_id] = self._losses.get(prompt_id, 0) + 1
             return self._losses[prompt_id]
 
