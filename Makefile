@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+# open_clip's own tokenizer is the tests' reference for CLIP token ids; --no-deps: it would pull torchvision
+	$(BIN)/python -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
 setup: $(VENV)/.installed

@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from families.shapes.family import ShapesText  # noqa: E402
 from graph_runtime import Executor, Registry  # noqa: E402
 from graph_runtime.folders import register_folders  # noqa: E402
 from nodes import MODEL_KINDS, MODELS_DIR, node_classes  # noqa: E402
@@ -69,8 +70,8 @@ def side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, rep
 
 def model_files() -> dict[str, str]:
     """Shipped files per kind, or random-weight stand-ins written to a temporary folder."""
-    from nodes.networks import NoisyClassifier, ShapesUNet, read_metadata, save_network
-    from nodes.networks.clip import ShapesCLIP
+    from families.shapes.networks import NoisyClassifier, ShapesUNet, read_metadata, save_network
+    from families.shapes.networks.clip import ShapesCLIP
 
     found: dict[str, str] = {}
     wanted = {"checkpoints": "denoiser", "classifiers": "noisy_classifier", "clip": "clip"}
@@ -141,7 +142,7 @@ class Prompt:
         node_id = str(len(self.prompt) + 1)
         cls = self.registry.get(class_type)
         assert cls is not None, class_type
-        values = {k: ([str.__str__(v), 0] if isinstance(v, NodeId) else v) for k, v in inputs.items()}
+        values = {k: (v.link() if isinstance(v, NodeId) else v) for k, v in inputs.items()}
         for spec in cls.inputs:
             if spec.name not in values and spec.is_widget and spec.has_default:
                 values[spec.name] = getattr(spec, "default", None)
@@ -153,7 +154,17 @@ class Prompt:
 
 
 class NodeId(str):
-    """A node id that links its first output when passed as an input value."""
+    """A node id that links its first output when passed as an input value; ``out(i)`` links output i."""
+
+    output = 0
+
+    def out(self, index: int) -> NodeId:
+        linked = NodeId(self)
+        linked.output = index
+        return linked
+
+    def link(self) -> list[object]:
+        return [str.__str__(self), self.output]
 
 
 def bench_graph_vs_loop(
@@ -163,10 +174,10 @@ def bench_graph_vs_loop(
     executor = Executor(registry, device=device, dtype=torch.float32)
     wb = Prompt(registry)
     model = wb.add("Model", checkpoint=files["checkpoints"])
-    pos = wb.add("Condition", model=model, text="a red circle")
-    neg = wb.add("NullCondition", model=model)
+    pos = wb.add("Condition", clip=model.out(1), text="a red circle")
+    neg = wb.add("NullCondition", clip=model.out(1))
     guidance = wb.add("CFGCombine", model=model, positive=pos, negative=neg, scale=SCALE)
-    latent = wb.add("EmptyLatent", width=32, height=32, batch_size=batch)
+    latent = wb.add("EmptyLatent", model=model, width=32, height=32, batch_size=batch)
     sampler = wb.add(
         "Sampler",
         guidance=guidance,
@@ -216,8 +227,8 @@ def bench_graph_vs_loop(
 
 
 def bench_batching(device: torch.device, denoiser: Denoiser, steps: int, batch: int, reps: int) -> dict:
-    c = Conditioning.of(denoiser.encode_prompts(["a red circle"])[0], "red")
-    u = Conditioning.of(denoiser.encode_prompts([""])[0], "null")
+    text = ShapesText(denoiser.network, denoiser.name)
+    c, u = text.encode_text("a red circle"), text.encode_text("")
     program = cfg(Prediction(denoiser, c), Prediction(denoiser, u), SCALE)
     start = torch.zeros(batch, 3, 32, 32)
     sigmas = sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max)
@@ -235,7 +246,7 @@ def bench_gradients(
     device: torch.device, denoiser: Denoiser, clf: Classifier, clip: Clip, batch: int, reps: int
 ) -> dict[str, float]:
     """Seconds per program step for a single prediction, plus each gradient rule on top of it."""
-    c = Conditioning.of(denoiser.encode_prompts(["a red circle"])[0], "red")
+    c = ShapesText(denoiser.network, denoiser.name).encode_text("a red circle")
     base = Prediction(denoiser, c)
     with torch.no_grad():
         text = Conditioning.of(clip.encode_text(["a red circle"])[0], "clip red")
@@ -265,8 +276,8 @@ def bench_gradients(
 
 
 def load(kind: str, name: str, device: torch.device) -> torch.nn.Module:
+    from families.shapes.networks import load_network
     from graph_runtime.folders import resolve_file
-    from nodes.networks import load_network
 
     return load_network(resolve_file(kind, name), device=device).module
 

@@ -43,24 +43,34 @@ def folder_kinds() -> list[str]:
     return sorted(set(_FOLDERS) | set(_env_folders()))
 
 
-def list_files(kind: str, extensions: Iterable[str] = ()) -> list[str]:
-    """Relative names (forward slashes) of the files under every directory of ``kind``, sorted."""
+def list_files(kind: str, extensions: Iterable[str] = (), bundle_marker: str = "") -> list[str]:
+    """Relative names (forward slashes) of the files under every directory of ``kind``, sorted.
+
+    With ``bundle_marker``, a folder holding a file of that name is one entry (its folder name) and
+    its contents are not listed (a diffusers pipeline folder with ``model_index.json``).
+    """
     exts = tuple(e.lower() for e in extensions)
     names: set[str] = set()
     for root in folder_paths(kind):
         if not root.is_dir():
             continue
+        bundles = {m.parent for m in root.rglob(bundle_marker)} if bundle_marker else set()
+        names.update(b.relative_to(root).as_posix() for b in bundles if b != root)
         for path in root.rglob("*"):
-            if path.is_file() and (not exts or path.name.lower().endswith(exts)):
-                names.add(path.relative_to(root).as_posix())
+            if not (path.is_file() and (not exts or path.name.lower().endswith(exts))):
+                continue
+            if bundles and any(b in path.parents for b in bundles):
+                continue
+            names.add(path.relative_to(root).as_posix())
     return sorted(names)
 
 
 def resolve_file(kind: str, name: str) -> Path:
-    """The real path of ``name`` inside a folder of ``kind``; refuses names that escape the folder."""
+    """The real path of ``name`` inside a folder of ``kind`` (a file, or a bundle folder); refuses
+    names that escape the folder."""
     for root in folder_paths(kind):
         candidate = (root / name).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
+        if candidate.is_relative_to(root) and candidate != root and candidate.exists():
             return candidate
     raise FileNotFoundError(
         f"no file {name!r} in the {kind!r} model folders {[str(p) for p in folder_paths(kind)]}"
@@ -69,10 +79,14 @@ def resolve_file(kind: str, name: str) -> Path:
 
 @dataclass(frozen=True)
 class FolderFiles:
-    """A COMBO option source: the files of one model folder kind, re-listed on every call."""
+    """A COMBO option source: the files of one model folder kind, re-listed on every call.
+
+    ``bundle_marker`` lists folders that hold that file as single entries (see :func:`list_files`).
+    """
 
     kind: str
     extensions: tuple[str, ...] = ()
+    bundle_marker: str = ""
 
     def __call__(self) -> list[str]:
-        return list_files(self.kind, self.extensions)
+        return list_files(self.kind, self.extensions, self.bundle_marker)

@@ -1,7 +1,7 @@
 """guidegraph's built-in node library, registered through the ``guidegraph.nodes`` entry point.
 
 Each node module lists its classes in ``NODES``; this pack is their concatenation (no registration by
-import side effects). Math lives in ``nodes.diffusion`` (pure torch), networks in ``nodes.networks``.
+import side effects). Math lives in ``nodes.diffusion`` (pure torch); networks live in ``families``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from graph_runtime.api import Node, NodePack
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_KINDS = ("checkpoints", "classifiers", "clip", "evaluators")
+MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
 
 
 def node_classes() -> list[type[Node]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from graph_runtime.api import Context, Node, Output, Socket
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_INPUTS = 8
 
@@ -34,6 +37,8 @@ class ImageBatch(Node):
                     f"{name} has images of shape {tuple(batch.shape[1:])} (H, W, C), but images_1 has "
                     f"{shape}; every batch must match"
                 )
+        import torch
+
         return (torch.cat([b for _, b in given], dim=0),)  # (ΣBᵢ, H, W, C)
 
 

@@ -12,7 +12,8 @@ from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output,
 from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
 from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.sampling import leaf_models
+from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
 CATEGORY = "guidegraph/guidance"
 GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
@@ -144,6 +145,14 @@ class ClassifierGrad(Node):
     def run(
         ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
     ) -> tuple[Guidance]:
+        takes = getattr(classifier.module, "in_channels", None)
+        for model in leaf_models(guidance):
+            if takes is not None and takes != model.latent_channels:
+                raise ValueError(
+                    f"classifier: {classifier.name!r} reads {takes}-channel inputs, but model "
+                    f"{model.name!r} samples {model.latent_channels}-channel latents; a classifier for "
+                    "guidance must be trained on the space the model samples in"
+                )
         return (ClassifierGradient(guidance, classifier, classifier.label_index(label), scale),)
 
 
@@ -162,12 +171,17 @@ class ClipLoss(Node):
     denoiser), which costs no backward pass through the model. ``cutouts`` random crops (0: the whole image),
     ``augment`` random flips; both seeded per sample. ``grad_clamp`` caps the per-sample RMS of g and
     ``shift_clamp`` the per-sample RMS of the x̂0 shift s·σ²·g (0: off).
+
+    Latent models (Stable Diffusion) connect their ``vae``: x̂0 is decoded to pixels before the CLIP
+    sees it, and the gradient flows back through the decoder ("CLIP-guided Stable Diffusion"). The
+    decoder runs under activation checkpointing (its activations are recomputed in the backward pass
+    rather than kept), and ``decode_scale`` < 1 decodes a downsampled x̂0 to cut the cost further.
     """
 
     category = CATEGORY
     inputs = (
         Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="clip", type="CLIP"),
+        Socket(name="clip", type="CLIP_MODEL"),
         String(name="prompt", default="a red circle", multiline=True),
         Float(name="scale", default=300.0, min=-1e6, max=1e6, step=1.0),
         Int(name="cutouts", default=0, min=0, max=64),
@@ -181,6 +195,8 @@ class ClipLoss(Node):
             placeholder="other prompts, one per line (empty: spherical distance to the prompt)",
         ),
         Float(name="shift_clamp", default=1.0, min=0.0, max=1e6, step=0.01),
+        Socket(name="vae", type="VAE", optional=True),
+        Float(name="decode_scale", default=1.0, min=0.125, max=1.0, step=0.125, optional=True),
     )
     outputs = GUIDANCE_OUT
 
@@ -197,6 +213,8 @@ class ClipLoss(Node):
         grad_clamp: float,
         contrast: str = "",
         shift_clamp: float = 0.0,
+        vae: VAE | None = None,
+        decode_scale: float = 1.0,
     ) -> tuple[Guidance]:
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
@@ -213,6 +231,8 @@ class ClipLoss(Node):
             contrast=others,
             logit_scale=clip_logit_scale(clip),
             shift_clamp=shift_clamp,
+            vae=vae if vae is not None and vae.downscale > 1 else None,
+            decode_scale=decode_scale,
         )
         return (rule,)
 

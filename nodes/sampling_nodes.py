@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from graph_runtime.api import Combo, Context, Float, Int, Node, Output, PreviewImage, Socket
-from nodes.diffusion.guidance import Guidance
-from nodes.diffusion.samplers import SAMPLERS
-from nodes.diffusion.sampling import guided_sample, leaf_models
-from nodes.diffusion.schedules import SCHEDULERS, sigmas_for_denoise
-from nodes.diffusion.types import Latent
+from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Latent
 
 SEED_MAX = 2**64 - 1
 
 
 def preview_of(denoised: torch.Tensor) -> PreviewImage:
     """The first sample's x̂0 (C, H, W) in [-1, 1] → uint8 (H, W, 3) for the editor's live preview."""
+    import torch
+
     first = denoised[0, :3].detach().float()
     if first.shape[0] < 3:
         first = first[:1].expand(3, -1, -1)  # grey preview for 1- or 2-channel data
@@ -41,8 +46,8 @@ class Sampler(Node):
         Socket(name="latent", type="LATENT"),
         Int(name="seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
         Int(name="steps", default=20, min=1, max=10000),
-        Combo(name="sampler_name", options=tuple(SAMPLERS), default="euler"),
-        Combo(name="scheduler", options=SCHEDULERS, default="karras"),
+        Combo(name="sampler_name", options=SAMPLER_NAMES, default="euler"),
+        Combo(name="scheduler", options=SCHEDULER_NAMES, default="karras"),
         Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
         Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
     )
@@ -60,6 +65,10 @@ class Sampler(Node):
         denoise: float,
         max_batch: int | None = 0,
     ) -> tuple[Latent]:
+        from nodes.diffusion.sampling import guided_sample, leaf_models
+        from nodes.diffusion.schedules import sigmas_for_denoise
+        from nodes.diffusion.types import Latent
+
         models = leaf_models(guidance)
         if not models:
             raise ValueError("the guidance has no model prediction to sample from")
@@ -87,20 +96,33 @@ class Sampler(Node):
 
 
 class EmptyLatent(Node):
-    """A batch of empty latents (zeros) to sample from; our models work in pixel space (3 channels)."""
+    """A batch of empty latents (zeros) for ``model``: width and height in pixels (multiples of 8);
+    the latents have the model's channels at its downscale (SD: 4 channels at 1/8, shapes: pixels)."""
 
     category = "guidegraph/latent"
     inputs = (
-        Int(name="width", default=32, min=8, max=4096, step=8),
-        Int(name="height", default=32, min=8, max=4096, step=8),
+        Socket(name="model", type="MODEL"),
+        Int(name="width", default=512, min=8, max=16384, step=8),
+        Int(name="height", default=512, min=8, max=16384, step=8),
         Int(name="batch_size", default=1, min=1, max=4096),
-        Int(name="channels", default=3, min=1, max=64),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
-    def run(ctx: Context, width: int, height: int, batch_size: int, channels: int) -> tuple[Latent]:
-        return (Latent(torch.zeros(batch_size, channels, height, width)),)
+    def run(ctx: Context, model: Denoiser, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
+        f = model.downscale
+        problems = [
+            f"{n} {v} is not a multiple of {max(f, 8)}"
+            for n, v in (("width", width), ("height", height))
+            if v % max(f, 8)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (model {model.name!r} works at 1/{f} of the pixels)")
+        return (Latent(torch.zeros(batch_size, model.latent_channels, height // f, width // f)),)
 
 
 class SetNoiseMask(Node):
@@ -112,6 +134,10 @@ class SetNoiseMask(Node):
 
     @staticmethod
     def run(ctx: Context, latent: Latent, mask: torch.Tensor) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
         m = mask.float().reshape(-1, 1, *mask.shape[-2:])  # (B or 1, 1, H, W)
         if m.shape[-2:] != latent.samples.shape[-2:]:
             m = torch.nn.functional.interpolate(m, size=latent.samples.shape[-2:], mode="bilinear")

@@ -3,13 +3,15 @@
     .venv/bin/python workflows/make_thumbnails.py [NAME ...]
 
 For each workflow: ``guidegraph run workflows/NAME.api.json`` (wall-clock seconds, CLI start-up
-included), then ``workflows/NAME.jpg`` (the editor's template thumbnail, at most 320 px wide) from
+included; the Stable Diffusion workflows, run here on tiny random-weight checkpoints named as they
+expect, at ``SD_SMOKE_SIZE`` pixels: see workflows/README.md), then ``workflows/NAME.jpg`` (the editor's template thumbnail, at most 320 px wide) from
 the PNG it wrote; the showcase's grid is also copied to ``workflows/showcase.png`` (the README's
 picture). Prints a Markdown table of the run times for workflows/README.md.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,13 +25,23 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 CLI = Path(sys.executable).with_name("guidegraph")
 THUMB_WIDTH = 320
+SD_SMOKE_SIZE = 128
+
+
+def smoke_settings(name: str) -> list[str]:
+    """``--set`` options that shrink an SD workflow's image to SD_SMOKE_SIZE (tiny random weights)."""
+    if not name.startswith("sd"):
+        return []
+    prompt = json.loads((HERE / f"{name}.api.json").read_text(encoding="utf-8"))
+    latents = [i for i, node in prompt.items() if node["class_type"] == "EmptyLatent"]
+    return [f"--set={i}.{side}={SD_SMOKE_SIZE}" for i in latents for side in ("width", "height")]
 
 
 def run(name: str, output: Path) -> tuple[float, Path]:
     """Run one workflow through the CLI; its wall time and the PNG it reports writing."""
     start = time.perf_counter()
     done = subprocess.run(
-        [str(CLI), "run", str(HERE / f"{name}.api.json"), "--output", str(output)],
+        [str(CLI), "run", str(HERE / f"{name}.api.json"), "--output", str(output), *smoke_settings(name)],
         capture_output=True,
         text=True,
         check=False,

@@ -22,16 +22,17 @@ as ``D' = D + s·σ²·∇ₓ log p`` (Dhariwal & Nichol 2021, the DDIM ``condit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from nodes.diffusion.names import SPACES
+
 Parametrization = Literal["eps", "v", "x0", "edm"]
 Space = Literal["x0", "eps", "v"]
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "v", "x0", "edm")
-SPACES: tuple[str, ...] = ("x0", "eps", "v")
 
 
 def betas_for_schedule(name: str, timesteps: int) -> torch.Tensor:
@@ -142,8 +143,12 @@ def add_score(denoised: torch.Tensor, sigma: torch.Tensor, grad: torch.Tensor, s
 class Denoiser:
     """A network wrapped as D(x, σ, cond) → x̂0. Compares by identity (one loaded model, one value).
 
-    ``network(c_in·x, c_noise, cond)`` returns the raw output; ``sigmas`` is the training σ table
+    ``network(c_in·x, c_noise, cond)`` returns the raw output, where ``cond`` is the batched condition
+    (a tensor (B, D) or (B, T, D), or a dict of ``context`` and extras such as SDXL's ``pooled`` and
+    ``time_ids``: :func:`nodes.diffusion.types.batch_conditions`). ``sigmas`` is the training σ table
     (discrete VP) or a log-uniform table between σ_min and σ_max (EDM), used by the schedules.
+    ``latent_channels`` and ``downscale`` say what its latents look like next to pixels; ``encoder``
+    names the text encoder whose conditions it takes.
     """
 
     network: torch.nn.Module
@@ -152,6 +157,9 @@ class Denoiser:
     discrete: bool = True
     sigma_data: float = 1.0
     name: str = ""
+    latent_channels: int = 3
+    downscale: int = 1
+    encoder: str = ""
     _log_tables: dict[torch.device, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -179,34 +187,18 @@ class Denoiser:
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return t_to_sigma(t, self.sigmas) if self.discrete else (4 * t).exp()
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), σ (B,), cond (B, D) → x̂0 (B, C, H, W)."""
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """x (B, C, H, W), σ (B,), cond (batched, see above) → x̂0 (B, C, H, W)."""
         c_skip, c_out, c_in = (
             append_dims(c, x.ndim) for c in scalings(self.parametrization, sigma, self.sigma_data)
         )
         raw = self.network(x * c_in, self.c_noise(sigma), cond)
         return c_skip * x + c_out * raw
 
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompts → (B, D) embeddings through the network's own text encoder."""
-        encode: Callable[[list[str]], torch.Tensor] | None = getattr(self.network, "encode_prompts", None)
-        if encode is None:
-            raise ValueError(f"model {self.name!r} has no prompt encoder (it is not text-conditioned)")
-        return encode(list(prompts))
 
-    def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class indices (B,) → (B, D) embeddings through the network's label embedding."""
-        encode: Callable[[torch.Tensor], torch.Tensor] | None = getattr(self.network, "encode_labels", None)
-        if encode is None:
-            raise ValueError(f"model {self.name!r} has no label embedding (it is not class-conditioned)")
-        return encode(labels)
-
-    @property
-    def labels(self) -> list[str]:
-        return list(getattr(self.network, "labels", []) or [])
-
-
-def denoiser_from_metadata(network: torch.nn.Module, metadata: Mapping[str, Any], name: str = "") -> Denoiser:
+def denoiser_from_metadata(
+    network: torch.nn.Module, metadata: Mapping[str, Any], name: str = "", encoder: str = ""
+) -> Denoiser:
     """Build the adapter a file's header metadata asks for (parametrization + schedule)."""
     parametrization = str(metadata.get("parametrization", "eps"))
     schedule = metadata.get("schedule") or {
@@ -220,10 +212,12 @@ def denoiser_from_metadata(network: torch.nn.Module, metadata: Mapping[str, Any]
                 f"{name}: discrete VP models are eps, v or x0 predictions, not {parametrization!r}"
             )
         table = vp_sigmas(str(schedule.get("beta_schedule", "linear")), int(schedule.get("timesteps", 1000)))
-        return Denoiser(network, parametrization, table, discrete=True, sigma_data=1.0, name=name)
+        return Denoiser(
+            network, parametrization, table, discrete=True, sigma_data=1.0, name=name, encoder=encoder
+        )
     if schedule.get("type") == "edm":
         smin, smax = float(schedule.get("sigma_min", 0.002)), float(schedule.get("sigma_max", 80.0))
         table = torch.logspace(math.log10(smin), math.log10(smax), 1000)
         sd = float(schedule.get("sigma_data", 0.5))
-        return Denoiser(network, "edm", table, discrete=False, sigma_data=sd, name=name)
+        return Denoiser(network, "edm", table, discrete=False, sigma_data=sd, name=name, encoder=encoder)
     raise ValueError(f"{name}: unknown schedule type {schedule.get('type')!r}; expected discrete_vp or edm")

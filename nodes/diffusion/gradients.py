@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nodes.diffusion.conventions import add_score, append_dims
 from nodes.diffusion.guidance import Guidance, Step
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class ClipGradient(Guidance):
     contrast: tuple[Conditioning, ...] = ()
     logit_scale: float = 100.0
     shift_clamp: float = 0.0
+    vae: VAE | None = None
+    decode_scale: float = 1.0
 
     def grads_through_denoiser(self) -> bool:
         return self.through_denoiser
@@ -131,7 +134,8 @@ class ClipGradient(Guidance):
             else:
                 x0 = wrt = denoised.detach().requires_grad_()
             b = x0.shape[0]
-            cuts = make_cutouts(x0, self.cutouts, step.generators, self.augment)  # (B·K, C, H, W)
+            pixels = self.pixels(x0)  # (B, 3, H, W) in [-1, 1]
+            cuts = make_cutouts(pixels, self.cutouts, step.generators, self.augment)  # (B·K, C, H, W)
             image = self.clip.encode_image(cuts)  # (B·K, E)
             text = self.text.embedding.to(image.device, image.dtype)  # (E,)
             if self.contrast:
@@ -154,6 +158,14 @@ class ClipGradient(Guidance):
             rms = append_dims(shift.flatten(1).pow(2).mean(dim=1).sqrt(), shift.ndim)  # (B, 1, 1, 1)
             shift = shift * rms.clamp(max=self.shift_clamp) / rms.clamp(min=1e-12)
         return denoised + shift.to(denoised.dtype)
+
+    def pixels(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂0 as the CLIP sees it: decoded by the VAE (checkpointed, optionally downsampled) if any."""
+        if self.vae is None:
+            return x0
+        if self.decode_scale < 1:
+            x0 = F.interpolate(x0, scale_factor=self.decode_scale, mode="bilinear", antialias=True)
+        return checkpoint(self.vae.decode, x0, use_reentrant=False)
 
 
 def clip_logit_scale(clip: Clip) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nodes.diffusion.conventions import SPACES, Denoiser, append_dims, from_space, to_space
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.types import Conditioning, batch_conditions
 
 
 @dataclass
@@ -225,11 +225,7 @@ class CompiledGuidance:
         self.root = self._collect(root, ids)
         self.device, self.dtype, self.max_batch = device, dtype, max_batch
         self.windows = [n for n in self.nodes if isinstance(n, Window)]
-        self.embeddings = {
-            i: n.condition.embedding.to(device, dtype)
-            for i, n in enumerate(self.nodes)
-            if isinstance(n, Prediction)
-        }
+        self.conditions = {i: n.condition for i, n in enumerate(self.nodes) if isinstance(n, Prediction)}
         self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
         self.plans: dict[tuple[bool, ...], _Plan] = {}
         self.stats = ForwardStats()
@@ -287,14 +283,14 @@ class CompiledGuidance:
         b, k = x.shape[0], len(leaf_ids)
         xs = x.repeat(k, *([1] * (x.ndim - 1)))  # (k·B, C, H, W)
         sigmas = sigma.repeat(k)  # (k·B,)
-        conds = torch.cat([self.embeddings[i].expand(b, -1) for i in leaf_ids])  # (k·B, D)
+        conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
         rows = xs.shape[0]
         chunk = self.max_batch if 0 < self.max_batch < rows else rows
         outs = []
         for start in range(0, rows, chunk):
-            outs.append(
-                model(xs[start : start + chunk], sigmas[start : start + chunk], conds[start : start + chunk])
-            )
+            part = slice(start, start + chunk)
+            cond = {k: v[part] for k, v in conds.items()} if isinstance(conds, dict) else conds[part]
+            outs.append(model(xs[part], sigmas[part], cond))
             self.stats.model_calls += 1
             self.stats.per_model[model.name] = self.stats.per_model.get(model.name, 0) + 1
         self.stats.rows += rows

@@ -13,17 +13,9 @@ import numpy as np
 import torch
 
 from nodes.diffusion.conventions import Denoiser
+from nodes.diffusion.names import SCHEDULER_NAMES
 
-SCHEDULERS: tuple[str, ...] = (
-    "simple",
-    "sgm_uniform",
-    "karras",
-    "exponential",
-    "ddim_uniform",
-    "beta",
-    "normal",
-    "kl_optimal",
-)
+SCHEDULERS: tuple[str, ...] = SCHEDULER_NAMES
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from nodes.data import CLASS_NAMES
-from nodes.evaluation.cli import add_arguments, parse_scales, run
-from nodes.networks import Evaluator, NoisyClassifier, ShapesCLIP, ShapesUNet, save_network
-from nodes.training.recipes import SCHEDULE
+from families.shapes.data import CLASS_NAMES
+from families.shapes.evaluation.cli import add_arguments, parse_scales, run
+from families.shapes.networks import Evaluator, NoisyClassifier, ShapesCLIP, ShapesUNet, save_network
+from families.shapes.training.recipes import SCHEDULE
 
 TINY = {"channels": [8, 8, 8, 8], "blocks_per_level": 1}
 
@@ -81,7 +81,7 @@ def test_clip_contrast_strategy_contrasts_the_target_caption_with_the_other_fift
     import torch
 
     from nodes.diffusion.gradients import ClipGradient
-    from nodes.evaluation.run import Models, Setting, program_for
+    from families.shapes.evaluation.run import Models, Setting, program_for
 
     models = Models.load(tiny_models(tmp_path), torch.device("cpu"))
     rule = program_for(models, Setting("clip_contrast", 30.0), label=5)

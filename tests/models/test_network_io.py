@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes.networks import (
+from families.shapes.networks import (
     ARCHITECTURES,
     Evaluator,
     ModelMetadataError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.data import (
+from families.shapes.data import (
     CLASS_NAMES,
     COLOURS,
     SHAPES,

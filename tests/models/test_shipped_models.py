@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from nodes import MODELS_DIR
-from nodes.data import CLASS_NAMES, ShapesDataset, caption_for
+from families.shapes.data import CLASS_NAMES, ShapesDataset, caption_for
 from nodes.diffusion.conventions import vp_sigmas
-from nodes.networks import load_network
+from families.shapes.networks import load_network
 
 SHIPPED = {
     "checkpoints/shapes_unet.safetensors": "denoiser",

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes.networks import load_network
-from nodes.training.cards import write_model_card
-from nodes.training.loop import TrainOptions, train
-from nodes.training.recipes import RECIPES
+from families.shapes.networks import load_network
+from families.shapes.training.cards import write_model_card
+from families.shapes.training.loop import TrainOptions, train
+from families.shapes.training.recipes import RECIPES
 
 
 def smoke(recipe: str, tmp_path: Path, steps: int = 2, resume: bool = False, **extra: object) -> TrainOptions:

@@ -132,7 +132,7 @@ def make_denoiser(net: nn.Module, parametrization: str = "eps", name: str = "fak
 
 
 def condition(model: Denoiser, prompt: str) -> Conditioning:
-    return Conditioning.of(model.encode_prompts([prompt])[0], f"prompt {prompt!r}")
+    return Conditioning.of(embed_prompt(prompt), f"prompt {prompt!r}")
 
 
 @pytest.fixture
@@ -166,8 +166,8 @@ TINY_ENCODER = {"channels": [8, 8, 8, 8], "blocks_per_level": 1}
 
 def write_tiny_models(tmp_path: Path) -> str:
     """Tiny real networks (random weights) as safetensors in model folders; returns GUIDEGRAPH_MODEL_DIRS."""
-    from nodes.networks import NoisyClassifier, ShapesUNet, save_network
-    from nodes.networks.clip import ShapesCLIP
+    from families.shapes.networks import NoisyClassifier, ShapesUNet, save_network
+    from families.shapes.networks.clip import ShapesCLIP
 
     torch.manual_seed(0)
     root = tmp_path / "models"

@@ -11,16 +11,16 @@ from graph_runtime.context import Context, Paths
 from nodes.diffusion.types import Latent
 from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss
 from nodes.model_nodes import ClassifierLoader, ClipLoader, Condition, Model, NullCondition
-from nodes.sampling_nodes import EmptyLatent, Sampler
+from nodes.sampling_nodes import Sampler
 
 pytestmark = pytest.mark.gpu
 
 
 def guided_run(root: Path, device: str, latent: Latent) -> torch.Tensor:
     ctx = Context(device=torch.device(device), paths=Paths(output=root / "out"))
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
-    (pos,) = Condition.run(ctx, model=model, text="a red circle", kind="prompt")
-    (neg,) = NullCondition.run(ctx, model=model, meaning="empty prompt")
+    model, text, _ = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="float32")
+    (pos,) = Condition.run(ctx, clip=text, text="a red circle", kind="prompt")
+    (neg,) = NullCondition.run(ctx, clip=text, meaning="empty prompt")
     (g,) = CFGCombine.run(ctx, model, pos, neg, 4.0)
     (g,) = ClassifierGrad.run(
         ctx, g, ClassifierLoader.run(ctx, classifier="tiny_cls.safetensors")[0], "red circle", 2.0
@@ -34,7 +34,7 @@ def guided_run(root: Path, device: str, latent: Latent) -> torch.Tensor:
 def test_guided_sampling_on_cuda_matches_cpu_and_ignores_batch_position(model_dirs: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    batch = EmptyLatent.run(Context(), 32, 32, 3, 3)[0]
+    batch = Latent(torch.zeros(3, 3, 32, 32))
     on_gpu = guided_run(model_dirs, "cuda", batch)
     on_cpu = guided_run(model_dirs, "cpu", batch)
     alone = guided_run(model_dirs, "cuda", Latent(torch.zeros(1, 3, 32, 32), batch_index=(2,)))

@@ -301,7 +301,7 @@ def test_contrastive_clip_guidance_steers_a_sample_toward_its_prompt(mixture, cl
 
 
 def test_clip_logit_scale_reads_the_module_or_falls_back_to_openai_cap(clip: Clip) -> None:
-    from nodes.networks import ShapesCLIP
+    from families.shapes.networks import ShapesCLIP
 
     assert clip_logit_scale(clip) == 100.0
     assert abs(clip_logit_scale(Clip(ShapesCLIP(channels=[8, 8, 8, 8], embed_dim=8))) - 10.0) < 1e-4

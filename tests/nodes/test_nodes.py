@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from families.shapes.family import PixelSpace
+from families.shapes.networks import UnsafeModelFileError
 from graph_runtime.api import Interrupted
 from graph_runtime.context import CancelToken, Context, Paths
 from nodes import node_classes
@@ -17,7 +19,6 @@ from nodes.diffusion.types import Latent
 from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss, Composable, GuidanceWindow, Predict
 from nodes.image_nodes import Decode, Encode, ImageGrid, LoadImage, SaveImage
 from nodes.model_nodes import ClassifierLoader, ClipLoader, Condition, Model, NullCondition
-from nodes.networks import UnsafeModelFileError
 from nodes.sampling_nodes import EmptyLatent, Sampler
 
 
@@ -37,10 +38,11 @@ def test_every_node_declares_a_category_a_description_and_unique_name() -> None:
 
 def test_model_loader_wraps_the_file_and_refuses_pickles(model_dirs: Path) -> None:
     ctx = ctx_for(model_dirs)
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    model, clip, vae = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="auto")
     assert model.parametrization == "eps" and model.sigma_max > 100
+    assert clip.name == model.encoder == "tiny.safetensors" and vae.downscale == 1
     with pytest.raises(UnsafeModelFileError, match="pickle"):
-        Model.run(ctx, checkpoint="old.ckpt")
+        Model.run(ctx, checkpoint="old.ckpt", prediction="auto", weight_dtype="auto")
     models = model_dirs / "models"
     (models / "classifiers" / "mislabelled.safetensors").write_bytes(
         (models / "checkpoints" / "tiny.safetensors").read_bytes()
@@ -53,19 +55,19 @@ def test_model_loader_wraps_the_file_and_refuses_pickles(model_dirs: Path) -> No
 
 def test_conditions_hash_by_content_and_say_what_they_mean(model_dirs: Path) -> None:
     ctx = ctx_for(model_dirs)
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
-    (a,) = Condition.run(ctx, model=model, text="a red circle", kind="prompt")
-    (b,) = Condition.run(ctx, model=model, text="a red circle", kind="prompt")
-    (label,) = Condition.run(ctx, model=model, text="red circle", kind="class label")
+    _, clip, _ = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="auto")
+    (a,) = Condition.run(ctx, clip=clip, text="a red circle", kind="prompt")
+    (b,) = Condition.run(ctx, clip=clip, text="a red circle", kind="prompt")
+    (label,) = Condition.run(ctx, clip=clip, text="red circle", kind="class label")
     assert a == b and hash(a) == hash(b) and a != label
     assert "red circle" in label.meaning
-    (empty,) = NullCondition.run(ctx, model=model, meaning="empty prompt")
-    (zeros,) = NullCondition.run(ctx, model=model, meaning="zeroed embedding")
+    (empty,) = NullCondition.run(ctx, clip=clip, meaning="empty prompt")
+    (zeros,) = NullCondition.run(ctx, clip=clip, meaning="zeroed embedding")
     assert float(zeros.embedding.abs().sum()) == 0 and empty != zeros
     with pytest.raises(ValueError, match="no null class"):
-        NullCondition.run(ctx, model=model, meaning="null class")
+        NullCondition.run(ctx, clip=clip, meaning="null class")
     with pytest.raises(ValueError, match="unknown class"):
-        Condition.run(ctx, model=model, text="purple blob", kind="class label")
+        Condition.run(ctx, clip=clip, text="purple blob", kind="class label")
 
 
 def test_cfg_node_scale_one_and_zero_are_single_predictions(gaussian, cond) -> None:
@@ -104,7 +106,7 @@ def test_sampler_reports_every_step_with_a_preview_and_stops_when_cancelled(gaus
         if value == 3:
             token.cancel()
 
-    latent = EmptyLatent.run(Context(), 8, 8, 2, 3)[0]
+    latent = EmptyLatent.run(Context(), m, 8, 8, 2)[0]
     guidance = CFGCombine.run(Context(), m, cond(m, "red"), cond(m, ""), 3.0)[0]
     with pytest.raises(Interrupted):
         sample(guidance, latent, 0, Context(cancel=token, on_progress=on_progress, wants_preview=True))
@@ -114,7 +116,7 @@ def test_sampler_reports_every_step_with_a_preview_and_stops_when_cancelled(gaus
 def test_sampler_samples_do_not_depend_on_batch_position(gaussian, cond) -> None:
     m = gaussian()
     guidance = CFGCombine.run(Context(), m, cond(m, "red"), cond(m, ""), 3.0)[0]
-    batch = sample(guidance, EmptyLatent.run(Context(), 8, 8, 3, 3)[0], 100)
+    batch = sample(guidance, EmptyLatent.run(Context(), m, 8, 8, 3)[0], 100)
     third = sample(guidance, Latent(torch.zeros(1, 3, 8, 8), batch_index=(2,)), 100)
     assert torch.allclose(batch[2:], third, atol=1e-5)
     assert not torch.allclose(batch[0], batch[1])
@@ -131,23 +133,23 @@ def test_noise_mask_keeps_the_unmasked_pixels(gaussian, cond) -> None:
 
 def test_real_tiny_networks_run_under_every_guidance_node(model_dirs: Path) -> None:
     ctx = ctx_for(model_dirs)
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    model, text, _ = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="auto")
     (clf,) = ClassifierLoader.run(ctx, classifier="tiny_cls.safetensors")
     (clip,) = ClipLoader.run(ctx, clip="tiny_clip.safetensors")
-    (pos,) = Condition.run(ctx, model=model, text="a red circle", kind="prompt")
-    (neg,) = NullCondition.run(ctx, model=model, meaning="empty prompt")
+    (pos,) = Condition.run(ctx, clip=text, text="a red circle", kind="prompt")
+    (neg,) = NullCondition.run(ctx, clip=text, meaning="empty prompt")
     (g,) = CFGCombine.run(ctx, model, pos, neg, 4.0)
     (g,) = ClassifierGrad.run(ctx, g, clf, "red circle", 2.0)
     (g,) = ClipLoss.run(ctx, g, clip, "a red circle", 50.0, 2, True, True, 0.05)
-    out = Sampler.run(ctx, g, EmptyLatent.run(ctx, 32, 32, 2, 3)[0], 3, 3, "heun", "normal", 1.0)[0]
+    out = Sampler.run(ctx, g, EmptyLatent.run(ctx, model, 32, 32, 2)[0], 3, 3, "heun", "normal", 1.0)[0]
     assert out.samples.shape == (2, 3, 32, 32) and bool(out.samples.isfinite().all())
 
 
 def test_decode_and_encode_are_inverse_and_use_comfy_layout() -> None:
     latent = Latent(torch.rand(2, 3, 4, 5) * 2 - 1)
-    (image,) = Decode.run(Context(), latent)
+    (image,) = Decode.run(Context(), latent, PixelSpace())
     assert image.shape == (2, 4, 5, 3) and float(image.min()) >= 0
-    assert torch.allclose(Encode.run(Context(), image)[0].samples, latent.samples, atol=1e-6)
+    assert torch.allclose(Encode.run(Context(), image, PixelSpace())[0].samples, latent.samples, atol=1e-6)
 
 
 def test_save_image_writes_unique_pngs_with_prompt_and_workflow_chunks(tmp_path: Path) -> None:
@@ -189,9 +191,9 @@ def test_image_grid_tiles_with_labels() -> None:
 
 def test_clip_loss_with_contrast_prompts_builds_the_zero_shot_loss(model_dirs: Path) -> None:
     ctx = ctx_for(model_dirs)
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    model, text, _ = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="auto")
     (clip,) = ClipLoader.run(ctx, clip="tiny_clip.safetensors")
-    (neg,) = NullCondition.run(ctx, model=model, meaning="empty prompt")
+    (neg,) = NullCondition.run(ctx, clip=text, meaning="empty prompt")
     base = Predict.run(ctx, model, neg)[0]
     (rule,) = ClipLoss.run(
         ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, "a blue circle\n\n a red square ", 0.5
@@ -204,9 +206,9 @@ def test_clip_loss_with_contrast_prompts_builds_the_zero_shot_loss(model_dirs: P
 
 def test_clip_loss_rejects_contrast_lines_that_repeat_the_prompt_or_each_other(model_dirs: Path) -> None:
     ctx = ctx_for(model_dirs)
-    (model,) = Model.run(ctx, checkpoint="tiny.safetensors")
+    model, text, _ = Model.run(ctx, checkpoint="tiny.safetensors", prediction="auto", weight_dtype="auto")
     (clip,) = ClipLoader.run(ctx, clip="tiny_clip.safetensors")
-    base = Predict.run(ctx, model, NullCondition.run(ctx, model=model, meaning="empty prompt")[0])[0]
+    base = Predict.run(ctx, model, NullCondition.run(ctx, clip=text, meaning="empty prompt")[0])[0]
     contrast = "a blue circle\nred circle\nthe blue circle"
     with pytest.raises(ValueError) as info:
         ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, contrast)

@@ -26,15 +26,15 @@ def guided_workflow(executor: Executor, steps: int = 4) -> WorkflowBuilder:
     """Model → prompts → CFG → classifier gradient → CLIP loss → window → Sampler → Decode → grid → Save."""
     wb = WorkflowBuilder(executor.registry)
     model = wb.add("Model", checkpoint="tiny.safetensors")
-    pos = wb.add("Condition", model=model, text="a red circle")
-    neg = wb.add("NullCondition", model=model)
+    pos = wb.add("Condition", clip=model[1], text="a red circle")
+    neg = wb.add("NullCondition", clip=model[1])
     cfg = wb.add("CFGCombine", model=model, positive=pos, negative=neg, scale=4.0)
     clf = wb.add("ClassifierLoader", classifier="tiny_cls.safetensors")
     grad = wb.add("ClassifierGrad", guidance=cfg, classifier=clf, label="red circle", scale=2.0)
     clip = wb.add("ClipLoader", clip="tiny_clip.safetensors")
     loss = wb.add("ClipLoss", guidance=grad, clip=clip, prompt="red", cutouts=2)
     windowed = wb.add("GuidanceWindow", guidance=loss, sigma_start=50.0, sigma_end=0.5)
-    latent = wb.add("EmptyLatent", width=32, height=32, batch_size=2)
+    latent = wb.add("EmptyLatent", model=model, width=32, height=32, batch_size=2)
     sampled = wb.add(
         "Sampler",
         guidance=windowed,
@@ -45,7 +45,7 @@ def guided_workflow(executor: Executor, steps: int = 4) -> WorkflowBuilder:
         scheduler="karras",
         node_id="sampler",
     )
-    image = wb.add("Decode", latent=sampled)
+    image = wb.add("Decode", latent=sampled, vae=model[2])
     grid = wb.add("ImageGrid", images=image, column_labels="seed 5, seed 6")
     wb.add("SaveImage", images=grid, filename_prefix="test/guided", node_id="save")
     return wb
@@ -89,13 +89,13 @@ def test_rerunning_an_identical_workflow_executes_nothing_but_a_new_seed_resampl
 def test_negative_prompt_and_composable_workflow_batch_all_prompts(executor: Executor) -> None:
     wb = WorkflowBuilder(executor.registry)
     model = wb.add("Model", checkpoint="tiny.safetensors")
-    conds = [wb.add("Condition", model=model, text=t) for t in ("circle", "red", "square")]
-    null = wb.add("NullCondition", model=model)
+    conds = [wb.add("Condition", clip=model[1], text=t) for t in ("circle", "red", "square")]
+    null = wb.add("NullCondition", clip=model[1])
     mix = wb.add(
         "Composable", model=model, unconditional=null, condition_1=conds[0], weight_1=2.0,
         condition_2=conds[1], weight_2=2.0, condition_3=conds[2], weight_3=-1.0,
     )  # fmt: skip
-    latent = wb.add("EmptyLatent", width=32, height=32, batch_size=1)
+    latent = wb.add("EmptyLatent", model=model, width=32, height=32, batch_size=1)
     sampler = wb.add(
         "Sampler", guidance=mix, latent=latent, seed=1, steps=2, sampler_name="euler", scheduler="normal"
     )
@@ -106,16 +106,16 @@ def test_negative_prompt_and_composable_workflow_batch_all_prompts(executor: Exe
 
 def test_a_pickle_in_the_model_folder_fails_only_its_branch_with_a_clear_error(executor: Executor) -> None:
     wb = WorkflowBuilder(executor.registry)
-    wb.add("Model", checkpoint="old.ckpt", node_id="bad")
-    latent = wb.add("EmptyLatent", batch_size=1)
-    wb.add("SaveImage", images=wb.add("Decode", latent=latent), node_id="ok")
-    bad_model = wb.add("Model", checkpoint="old.ckpt")
-    pos = wb.add("Condition", model=bad_model, text="red")
+    good = wb.add("Model", checkpoint="tiny.safetensors")
+    latent = wb.add("EmptyLatent", model=good, width=32, height=32, batch_size=1)
+    wb.add("SaveImage", images=wb.add("Decode", latent=latent, vae=good[2]), node_id="ok")
+    bad_model = wb.add("Model", checkpoint="old.ckpt", node_id="bad")
+    pos = wb.add("Condition", clip=bad_model[1], text="red")
     g = wb.add("Predict", model=bad_model, condition=pos)
     s = wb.add(
         "Sampler", guidance=g, latent=latent, seed=0, steps=1, sampler_name="euler", scheduler="karras"
     )
-    wb.add("SaveImage", images=wb.add("Decode", latent=s), node_id="doomed")
+    wb.add("SaveImage", images=wb.add("Decode", latent=s, vae=bad_model[2]), node_id="doomed")
     result = executor.run(wb.prompt)
     assert "ok" in result.ui
     failure = next(iter(result.failures.values()))

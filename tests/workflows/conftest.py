@@ -1,7 +1,9 @@
 """Fixtures for the shipped workflows: the real node library, the shipped models, a CPU executor.
 
-The workflows read the shipped weights in ``models/`` (they are part of the repository), so these
-tests run exactly what a user runs; ``reduced`` cuts sampler steps and batch sizes for speed.
+The shapes workflows read the shipped weights in ``models/`` (they are part of the repository), so
+these tests run exactly what a user runs. The Stable Diffusion workflows name the checkpoints users
+keep; here those names hold tiny random-weight checkpoints made by ``guidegraph make-checkpoint``'s
+code (:data:`SD_FILES`). ``reduced`` cuts sampler steps, batch sizes and SD image sizes for speed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,18 @@ NAMES = (
     "cfg_window",
     "scale_sweep",
     "showcase",
+    "sd15_txt2img",
+    "sd15_negative_prompt",
+    "sd15_clip_guided",
+    "sdxl_txt2img",
 )
+# What the SD workflows name, as (folder kind, file name, what to write there).
+SD_FILES = (
+    ("checkpoints", "v1-5-pruned-emaonly.safetensors", "sd1"),
+    ("checkpoints", "sd_xl_base_1.0.safetensors", "sdxl"),
+    ("clip", "clip_vit_b32.safetensors", "clip"),
+)
+SD_SIZE = 64  # pixels; the tiny VAE downscales by 2
 
 
 def load_api(name: str) -> dict[str, Any]:
@@ -54,15 +67,37 @@ def reduced(prompt: dict[str, Any], steps: int = 2, batch: int = 1) -> dict[str,
     for node_id in nodes_of(out, "Sampler"):
         out[node_id]["inputs"]["steps"] = steps
     for node_id in nodes_of(out, "EmptyLatent"):
-        out[node_id]["inputs"]["batch_size"] = batch
+        inputs = out[node_id]["inputs"]
+        inputs["batch_size"] = batch
+        if inputs["width"] > SD_SIZE:  # a Stable Diffusion workflow, here on a tiny random checkpoint
+            inputs["width"] = inputs["height"] = SD_SIZE
+    for node_id in nodes_of(out, "Decode"):
+        if out[node_id]["inputs"].get("tile_size"):
+            out[node_id]["inputs"]["tile_size"] = SD_SIZE // 2  # still tiled, in 4 tiles
     return out
 
 
+def write_sd_models(root: Path) -> dict[str, list[Path]]:
+    """Tiny random checkpoints (and a CLIP) under the names the SD workflows use; folders by kind."""
+    from families.clip import write_random_clip
+    from families.sd.make import make_checkpoint
+
+    for kind, name, what in SD_FILES:
+        path = root / kind / name
+        if what == "clip":
+            write_random_clip(path, "tiny")
+        else:
+            make_checkpoint(what, path, size="tiny")
+    return {kind: [root / kind] for kind in {k for k, _, _ in SD_FILES}}
+
+
 @pytest.fixture(scope="session")
-def registry() -> Registry:
-    """The built-in nodes, with the shipped model folders registered (as the entry point does)."""
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """The built-in nodes, with the shipped model folders registered (as the entry point does) and
+    the random SD checkpoints the SD workflows name."""
     pack = node_pack()
     register_folders(pack.model_folders)
+    register_folders(write_sd_models(tmp_path_factory.mktemp("sd-models")))
     return Registry(pack.nodes)
 
 

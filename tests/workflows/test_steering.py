@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from families.shapes.networks.io import load_network
 from graph_runtime import Executor
-from nodes.networks.io import load_network
 from tests.workflows.conftest import load_api, nodes_of, reduced
 
 EVALUATOR = Path(__file__).resolve().parents[2] / "models" / "evaluators" / "shapes_evaluator.safetensors"

@@ -1,0 +1,207 @@
+"""Stable Diffusion networks as graph values: the UNet as a σ-space denoiser, CLIP text encoders, the VAE.
+
+The networks are diffusers' ``UNet2DConditionModel`` and ``AutoencoderKL`` and transformers'
+``CLIPTextModel`` / ``CLIPTextModelWithProjection``; this module only adapts them to guidegraph's
+contracts, following what the reference pipelines (diffusers' StableDiffusionPipeline and
+StableDiffusionXLPipeline) do:
+
+- UNet: a discrete VP network, ε- or v-prediction, on the DDPM table of its scheduler config
+  (SD: ``scaled_linear`` β from 0.00085 to 0.012 over 1000 steps); called with the continuous
+  timestep t(σ) and ``encoder_hidden_states``; SDXL adds ``text_embeds`` (pooled) and ``time_ids``.
+- Text: BPE ids in chunks of 77 (``families.sd.tokenizer``); SD 1.x and 2.x take the last hidden
+  state after the final layer norm (SD 2.x checkpoints hold 23 of OpenCLIP's 24 layers: its
+  "penultimate layer" is built into the config); SDXL takes the penultimate hidden state of both
+  encoders, concatenated, and the second encoder's projected pooled output.
+- VAE: latents are ``scaling_factor·(z − shift)``; encoding takes the posterior mean (deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from families.base import Checkpoint, LoadOptions
+from families.sd.components import SDComponents
+from nodes.diffusion.conventions import Denoiser
+from nodes.diffusion.types import Conditioning
+
+XL_VARIANTS = ("sdxl", "sdxl_refiner")
+REFINER_AESTHETIC_SCORE = 6.0  # diffusers' default for the refiner's positive prompt
+
+
+def betas_from_config(config: dict[str, Any]) -> torch.Tensor:
+    """The DDPM β table a diffusers scheduler config describes (float64)."""
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    kind = config.get("beta_schedule", "scaled_linear")
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float64)
+    raise ValueError(f"beta_schedule {kind!r} is not supported (scaled_linear or linear)")
+
+
+def sigmas_from_config(config: dict[str, Any]) -> torch.Tensor:
+    """σ_i = √((1 − ᾱ_i)/ᾱ_i), i = 0…T−1 (float32, increasing)."""
+    alphas_bar = torch.cumprod(1 - betas_from_config(config), dim=0)
+    return ((1 - alphas_bar) / alphas_bar).sqrt().float()
+
+
+def prediction_of(config: dict[str, Any], override: str) -> str:
+    """eps or v: the override when given, else the scheduler config's ``prediction_type``."""
+    if override in ("eps", "v"):
+        return override
+    found = config.get("prediction_type", "epsilon")
+    if found == "epsilon":
+        return "eps"
+    if found == "v_prediction":
+        return "v"
+    raise ValueError(f"prediction_type {found!r} is not supported (epsilon or v_prediction)")
+
+
+class SDUNet(nn.Module):
+    """``UNet2DConditionModel`` behind the denoiser's network contract ``(c_in·x, t, cond) → raw``."""
+
+    def __init__(self, unet: Any, variant: str, downscale: int) -> None:
+        super().__init__()
+        self.unet, self.variant, self.downscale = unet, variant, downscale
+
+    def forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        dtype = self.unet.dtype
+        context = cond["context"] if isinstance(cond, dict) else cond  # (B, T, D)
+        if context.ndim != 3:
+            raise ValueError(
+                "a Stable Diffusion UNet takes token embeddings (B, T, D); this condition was made by "
+                "another model's encoder"
+            )
+        added = None
+        if self.variant in XL_VARIANTS:
+            if not isinstance(cond, dict) or "pooled" not in cond:
+                raise ValueError("SDXL needs the pooled text embedding: encode the prompt with its CLIP")
+            added = {"text_embeds": cond["pooled"].to(dtype), "time_ids": self.time_ids(cond, x_in).to(dtype)}
+        out = self.unet(
+            x_in.to(dtype), t.to(dtype), encoder_hidden_states=context.to(dtype), added_cond_kwargs=added
+        ).sample
+        return out.to(x_in.dtype)
+
+    def time_ids(self, cond: dict[str, torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
+        """SDXL's micro-conditioning: the condition's own, else the image size with no crop (diffusers'
+        default: original = target = the generated size; the refiner's aesthetic score 6)."""
+        if "time_ids" in cond:
+            return cond["time_ids"]
+        h, w = x_in.shape[-2] * self.downscale, x_in.shape[-1] * self.downscale
+        ids = [h, w, 0, 0, REFINER_AESTHETIC_SCORE] if self.variant == "sdxl_refiner" else [h, w, 0, 0, h, w]
+        return torch.tensor(ids, dtype=x_in.dtype, device=x_in.device).expand(x_in.shape[0], -1)
+
+
+@dataclass(frozen=True, eq=False)
+class SDText:
+    """The CLIP text encoder(s) of an SD checkpoint (socket CLIP)."""
+
+    encoders: tuple[Any, ...]
+    pad_tokens: tuple[str, ...]
+    variant: str
+    name: str
+    labels: tuple[str, ...] = ()
+    null_label: int | None = None
+
+    def encode_text(self, text: str, clip_skip: int = 0) -> Conditioning:
+        from families.sd.tokenizer import token_chunks
+
+        contexts: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        xl = self.variant in XL_VARIANTS
+        for encoder, pad in zip(self.encoders, self.pad_tokens, strict=True):
+            layers = encoder.config.num_hidden_layers
+            if clip_skip >= layers - (1 if xl else 0):
+                raise ValueError(f"clip_skip {clip_skip}: this text encoder has only {layers} layers")
+            device = next(encoder.parameters()).device
+            ids = torch.tensor(token_chunks(text, pad), device=device)  # (chunks, 77)
+            with torch.no_grad():
+                out = encoder(ids, output_hidden_states=True)
+                if xl:
+                    hidden = out.hidden_states[-2 - clip_skip]  # (chunks, 77, D)
+                    if hasattr(out, "text_embeds"):
+                        pooled = out.text_embeds[0]  # (P,) first chunk, as ComfyUI
+                else:
+                    hidden = encoder.final_layer_norm(out.hidden_states[-1 - clip_skip])
+            contexts.append(hidden.float().reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
+        context = torch.cat(contexts, dim=-1)  # (T, ΣD)
+        extras = {"pooled": pooled.float()} if xl and pooled is not None else None
+        meaning = f"prompt {text!r}" + (f" clip_skip {clip_skip}" if clip_skip else "")
+        return Conditioning.of(
+            context.cpu(), meaning, {k: v.cpu() for k, v in (extras or {}).items()}, self.name
+        )
+
+    def encode_label(self, index: int) -> Conditioning:
+        raise ValueError(f"{self.name}: Stable Diffusion models take prompts, not class labels")
+
+
+@dataclass(frozen=True, eq=False)
+class SDVAE:
+    """``AutoencoderKL`` between pixels in [-1, 1] and scaled latents (socket VAE)."""
+
+    vae: Any  # diffusers AutoencoderKL
+    name: str
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def _scale_shift(self) -> tuple[float, float]:
+        return float(self.vae.config.scaling_factor), float(
+            getattr(self.vae.config, "shift_factor", None) or 0.0
+        )
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._scale_shift()
+        z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        return ((z - shift) * scale).to(pixels.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._scale_shift()
+        z = latents.to(self.vae.device, self.vae.dtype) / scale + shift
+        return self.vae.decode(z).sample.to(latents.dtype)
+
+
+def checkpoint_from_components(components: SDComponents, options: LoadOptions) -> Checkpoint:
+    """Wrap loaded SD networks as MODEL, CLIP and VAE (moved to the options' device and dtype)."""
+    device = torch.device(options.device or "cpu")
+    dtype = options.dtype or torch.float32
+    for module in (components.unet, components.vae, *components.text_encoders):
+        first = next(module.parameters())
+        if first.device != device or first.dtype != dtype:  # diffusers warns on every .to()
+            module.to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
+    name = components.name
+    vae = SDVAE(components.vae, name)
+    config = dict(components.scheduler_config)
+    network = SDUNet(components.unet, components.variant, vae.downscale)
+    model = Denoiser(
+        network,
+        prediction_of(config, options.prediction),
+        sigmas_from_config(config),
+        discrete=True,
+        name=name,
+        latent_channels=int(components.unet.config.in_channels),
+        downscale=vae.downscale,
+        encoder=name,
+    )
+    text = SDText(tuple(components.text_encoders), tuple(components.pad_tokens), components.variant, name)
+    return Checkpoint(model=model, clip=text, vae=vae, family="sd", variant=components.variant)
+
+
+def load_vae_file(path: Path, options: LoadOptions) -> SDVAE:
+    """A separate VAE file (``models/vae``) as a VAE value."""
+    from families.sd.files import load_vae
+
+    vae = load_vae(path, options).to(options.device or "cpu", options.dtype or torch.float32)
+    return SDVAE(vae.eval().requires_grad_(False), path.name)

@@ -1,0 +1,72 @@
+"""One guided sampling run: compile the GUIDANCE program, draw per-sample noise, run a named sampler.
+
+Pure torch (no engine imports): the Sampler node is a thin adapter over :func:`guided_sample`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from nodes.diffusion.conventions import Denoiser
+from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
+from nodes.diffusion.samplers import SAMPLERS, Callback, PerSampleNoise
+
+
+def leaf_models(root: Guidance) -> list[Denoiser]:
+    """The distinct models of a program's leaves, in first-seen order (iterative walk)."""
+    seen: list[Denoiser] = []
+    stack, visited = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, Prediction) and node.model not in seen:
+            seen.append(node.model)
+        stack.extend(reversed(node.children()))
+    return seen
+
+
+def guided_sample(
+    program: Guidance,
+    start: torch.Tensor,
+    seeds: Sequence[int],
+    sigmas: torch.Tensor,
+    sampler_name: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    noise_mask: torch.Tensor | None = None,
+    callback: Callback = None,
+    max_batch: int = 0,
+) -> tuple[torch.Tensor, ForwardStats]:
+    """Sample from ``start`` (B, C, H, W; zeros for txt2img, an image for img2img) along ``sigmas``.
+
+    The initial sample is ``start + σ_0·n`` with n drawn from generator ``seeds[b]`` for sample b (the
+    same generator then feeds the sampler's later noise), so a sample's result does not depend on its
+    position in the batch. With ``noise_mask`` (1 = regenerate) the kept region is pinned to ``start``
+    inside the denoiser and again at the end. Runs under ``torch.no_grad``; gradient rules switch
+    autograd on locally.
+    """
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
+    if len(seeds) != start.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {start.shape[0]}")
+    compiled = CompiledGuidance(program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch)
+    noise = PerSampleNoise(seeds, start.shape[1:], device, dtype)
+    latent = start.to(device, dtype)
+    sigmas = sigmas.to(torch.float64)
+    x = latent + noise() * float(sigmas[0])
+    mask = None if noise_mask is None else noise_mask.to(device, dtype)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = compiled(x, sigma)
+        return out if mask is None else mask * out + (1 - mask) * latent
+
+    with torch.no_grad():
+        out = SAMPLERS[sampler_name](denoise, x, sigmas, noise=noise, callback=callback)
+    if mask is not None:
+        out = mask * out + (1 - mask) * latent
+    return out, compiled.stats

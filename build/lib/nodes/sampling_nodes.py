@@ -1,0 +1,147 @@
+"""The Sampler (runs a GUIDANCE program along a schedule) and latent sources."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graph_runtime.api import Combo, Context, Float, Int, Node, Output, PreviewImage, Socket
+from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Latent
+
+SEED_MAX = 2**64 - 1
+
+
+def preview_of(denoised: torch.Tensor) -> PreviewImage:
+    """The first sample's x̂0 (C, H, W) in [-1, 1] → uint8 (H, W, 3) for the editor's live preview."""
+    import torch
+
+    first = denoised[0, :3].detach().float()
+    if first.shape[0] < 3:
+        first = first[:1].expand(3, -1, -1)  # grey preview for 1- or 2-channel data
+    pixels = ((first.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, H, W)
+    return PreviewImage(pixels.permute(1, 2, 0).cpu())  # (H, W, 3)
+
+
+class Sampler(Node):
+    """Sample with a GUIDANCE program: compiled once, then run at every model evaluation.
+
+    ``sampler_name`` and ``scheduler`` use ComfyUI's names. Noise is drawn per sample from
+    ``seed + index`` (index = the latent's batch index), so a sample does not depend on the batch.
+    The start is ``latent + σ_0·n``, as in ComfyUI: an empty latent gives txt2img, and ``denoise`` < 1
+    starts an encoded image at a lower σ (img2img); a latent
+    noise mask regenerates only where it is 1. Reports progress with a preview every step and stops
+    there when cancelled. ``max_batch`` > 0 splits a model's batched forward into chunks of that
+    many rows (memory); 0 never splits.
+    """
+
+    category = "guidegraph/sampling"
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Socket(name="latent", type="LATENT"),
+        Int(name="seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+        Int(name="steps", default=20, min=1, max=10000),
+        Combo(name="sampler_name", options=SAMPLER_NAMES, default="euler"),
+        Combo(name="scheduler", options=SCHEDULER_NAMES, default="karras"),
+        Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
+        Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        guidance: Guidance,
+        latent: Latent,
+        seed: int,
+        steps: int,
+        sampler_name: str,
+        scheduler: str,
+        denoise: float,
+        max_batch: int | None = 0,
+    ) -> tuple[Latent]:
+        from nodes.diffusion.sampling import guided_sample, leaf_models
+        from nodes.diffusion.schedules import sigmas_for_denoise
+        from nodes.diffusion.types import Latent
+
+        models = leaf_models(guidance)
+        if not models:
+            raise ValueError("the guidance has no model prediction to sample from")
+        sigmas = sigmas_for_denoise(scheduler, models[0], steps, denoise)
+        seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
+        total = len(sigmas) - 1
+
+        def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
+            ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
+
+        ctx.check_cancelled()
+        out, _ = guided_sample(
+            guidance,
+            latent.samples,
+            seeds,
+            sigmas,
+            sampler_name,
+            device=ctx.device,
+            dtype=ctx.dtype,
+            noise_mask=latent.noise_mask,
+            callback=on_step,
+            max_batch=max_batch or 0,
+        )
+        return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
+
+
+class EmptyLatent(Node):
+    """A batch of empty latents (zeros) for ``model``: width and height in pixels (multiples of 8);
+    the latents have the model's channels at its downscale (SD: 4 channels at 1/8, shapes: pixels)."""
+
+    category = "guidegraph/latent"
+    inputs = (
+        Socket(name="model", type="MODEL"),
+        Int(name="width", default=512, min=8, max=16384, step=8),
+        Int(name="height", default=512, min=8, max=16384, step=8),
+        Int(name="batch_size", default=1, min=1, max=4096),
+    )
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, width: int, height: int, batch_size: int) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
+        f = model.downscale
+        problems = [
+            f"{n} {v} is not a multiple of {max(f, 8)}"
+            for n, v in (("width", width), ("height", height))
+            if v % max(f, 8)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (model {model.name!r} works at 1/{f} of the pixels)")
+        return (Latent(torch.zeros(batch_size, model.latent_channels, height // f, width // f)),)
+
+
+class SetNoiseMask(Node):
+    """Attach a mask to a latent: the Sampler regenerates where it is 1 and keeps the rest (inpainting)."""
+
+    category = "guidegraph/latent"
+    inputs = (Socket(name="latent", type="LATENT"), Socket(name="mask", type="MASK"))
+    outputs = (Output("LATENT", "LATENT"),)
+
+    @staticmethod
+    def run(ctx: Context, latent: Latent, mask: torch.Tensor) -> tuple[Latent]:
+        import torch
+
+        from nodes.diffusion.types import Latent
+
+        m = mask.float().reshape(-1, 1, *mask.shape[-2:])  # (B or 1, 1, H, W)
+        if m.shape[-2:] != latent.samples.shape[-2:]:
+            m = torch.nn.functional.interpolate(m, size=latent.samples.shape[-2:], mode="bilinear")
+        return (Latent(latent.samples, m, latent.batch_index),)
+
+
+NODES: list[type[Node]] = [Sampler, EmptyLatent, SetNoiseMask]

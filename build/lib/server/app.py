@@ -1,0 +1,162 @@
+"""The app factory and its one route table.
+
+``create_app(config)`` wires the pieces: the SQLite store, the WebSocket hub, the worker thread with its
+executor (started and stopped by ``cleanup_ctx``), the middlewares, and every route, mounted both at
+``/`` and under ``/api/`` as ComfyUI does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from graph_runtime.context import Paths
+from graph_runtime.folders import register_folders
+from server import state
+from server.config import MiB, ServerConfig
+from server.handlers import editor, files, history, info, prompts, userdata, ws
+from server.hub import Hub
+from server.security import Guard, json_errors, security_headers
+from server.store import PromptStore
+from server.templates import Templates
+from server.worker import PromptWorker
+
+log = logging.getLogger(__name__)
+
+Route = tuple[str, str, Callable[[web.Request], Any]]
+
+API_ROUTES: list[Route] = [
+    ("GET", "/ws", ws.websocket),
+    ("GET", "/prompt", prompts.get_prompt),
+    ("POST", "/prompt", prompts.post_prompt),
+    ("GET", "/queue", prompts.get_queue),
+    ("POST", "/queue", prompts.post_queue),
+    ("POST", "/interrupt", prompts.interrupt),
+    ("POST", "/free", prompts.free),
+    ("GET", "/history", history.get_history),
+    ("GET", "/history/{prompt_id}", history.get_history_one),
+    ("POST", "/history", history.post_history),
+    ("GET", "/jobs", history.get_jobs),
+    ("POST", "/jobs/cancel", history.cancel_jobs),
+    ("GET", "/jobs/{job_id}", history.get_job),
+    ("POST", "/jobs/{job_id}/cancel", history.cancel_job),
+    ("GET", "/object_info", info.object_info),
+    ("GET", "/object_info/{node_class}", info.object_info_one),
+    ("GET", "/system_stats", info.system_stats),
+    ("GET", "/features", info.features),
+    ("GET", "/embeddings", info.embeddings),
+    ("GET", "/models", info.models),
+    ("GET", "/models/{folder}", info.models_in_folder),
+    ("GET", "/experiment/models", info.experiment_models),
+    ("GET", "/experiment/models/{folder}", info.experiment_models_in_folder),
+    ("GET", "/i18n", info.i18n),
+    ("GET", "/view", files.view),
+    ("POST", "/upload/image", files.upload_image),
+    ("GET", "/users", userdata.get_users),
+    ("POST", "/users", userdata.post_users),
+    ("GET", "/settings", userdata.get_settings),
+    ("POST", "/settings", userdata.post_settings),
+    ("GET", "/settings/{setting_id}", userdata.get_setting),
+    ("POST", "/settings/{setting_id}", userdata.post_setting),
+    ("GET", "/userdata", userdata.list_userdata),
+    ("GET", "/v2/userdata", userdata.list_userdata_v2),
+    ("GET", "/userdata/{file}", userdata.get_userdata),
+    ("POST", "/userdata/{file}", userdata.post_userdata),
+    ("DELETE", "/userdata/{file}", userdata.delete_userdata),
+    ("POST", "/userdata/{file}/move/{dest}", userdata.move_userdata),
+    ("GET", "/extensions", editor.extensions),
+    ("GET", "/workflow_templates", editor.workflow_templates),
+    ("GET", "/workflow_templates/{module}/{file}", editor.template_file),
+    ("GET", "/global_subgraphs", editor.global_subgraphs),
+    ("GET", "/guidegraph/default_workflow", editor.default_workflow),
+]
+
+EDITOR_ROUTES: list[Route] = [
+    ("GET", "/", editor.index),
+    ("GET", "/user.css", editor.empty_css),
+    ("GET", "/templates/index.json", editor.templates_index),
+    ("GET", "/templates/index_logo.json", editor.templates_logo),
+    ("GET", "/extensions/guidegraph/{name}", editor.extension_file),
+    ("GET", "/{tail:.*}", editor.static_file),  # last: the editor's own files
+]
+
+
+def routes() -> list[web.RouteDef]:
+    """Every API route under ``/`` and ``/api``, then the editor's routes."""
+    table = [
+        web.route(method, prefix + path, handler)
+        for prefix in ("", "/api")
+        for method, path, handler in API_ROUTES
+    ]
+    return table + [web.route(method, path, handler) for method, path, handler in EDITOR_ROUTES]
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    registry: Any = None,
+    executor_factory: Callable[[Any, ServerConfig], Any] | None = None,
+    static_root: Path | None = None,
+) -> web.Application:
+    """Build the application; nothing runs until it starts (then ``cleanup_ctx`` brings the worker up)."""
+    config.check()
+    if registry is None:
+        from graph_runtime.registry import Registry
+
+        registry = Registry.from_entry_points()
+    app = web.Application(
+        middlewares=[json_errors, Guard(config).middleware, security_headers],
+        client_max_size=config.max_upload_bytes + MiB,
+    )
+    app[state.CONFIG] = config
+    app[state.REGISTRY] = registry
+    app[state.HUB] = Hub(config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s)
+    app[state.TEMPLATES] = Templates(config.workflows_dir, config.default_workflow)
+    app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
+    app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
+    app[state.SETTINGS_LOCK] = asyncio.Lock()
+    app.cleanup_ctx.append(_store_and_worker)
+    app.on_shutdown.append(_close_sockets)
+    app.add_routes(routes())
+    return app
+
+
+def default_executor(registry: Any, config: ServerConfig) -> Any:
+    from graph_runtime.executor import Executor
+
+    paths = Paths(output=config.output, temp=config.temp, input=config.input)
+    return Executor(registry, device=config.device, cache=config.cache, paths=paths)
+
+
+async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
+    """Open the database (recovering an interrupted run), then run the worker until shutdown."""
+    config = app[state.CONFIG]
+    for path in (config.output, config.input, config.temp):
+        path.mkdir(parents=True, exist_ok=True)
+    register_folders({"input": [config.input]})  # uploads become LoadImage choices
+    store = await asyncio.to_thread(PromptStore, config.data_dir / "guidegraph.sqlite3", config.history_limit)
+    recovered = await asyncio.to_thread(store.recover)
+    if recovered:
+        log.warning("recorded %d prompt(s) interrupted by the last shutdown", len(recovered))
+    factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
+    executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
+    worker = PromptWorker(
+        store, executor, app[state.HUB], asyncio.get_running_loop(), preview_max_side=config.preview_max_side
+    )
+    app[state.STORE] = store
+    app[state.WORKER] = worker
+    worker.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(store.close)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[state.HUB].close_all()

@@ -1,0 +1,170 @@
+"""Queueing work: ``/prompt``, ``/queue``, ``/interrupt``, ``/free``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from graph_runtime.validation import validate
+from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
+from server import state
+from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
+from server.store import DuplicatePromptId
+
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    remaining = await asyncio.to_thread(request.app[state.STORE].queue_remaining)
+    return json_response({"exec_info": {"queue_remaining": remaining}})
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    """Validate and enqueue; answer like ComfyUI (200 with partial node_errors, or 400)."""
+    app = request.app
+    config = app[state.CONFIG]
+    body = await read_json(request, config.max_json_bytes, config.max_json_depth)
+    if "prompt" not in body:
+        return json_response(error_body("no_prompt", "No prompt provided", "", node_errors={}), 400)
+    raw_prompt = body["prompt"]
+    if not isinstance(raw_prompt, dict) or not raw_prompt:
+        return _invalid("the prompt must be a non-empty object of nodes")
+    registry = app[state.REGISTRY]
+    targets = _targets(body.get("partial_execution_targets"))
+    try:
+        prompt = await asyncio.to_thread(to_api_prompt, raw_prompt, registry)
+        report = await asyncio.to_thread(validate, prompt, registry, targets)
+    except WorkflowFormatError as exc:
+        return _invalid("the prompt is not a valid workflow", str(exc))
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        return _invalid("the prompt could not be read", f"{type(exc).__name__}: {exc}")
+    comfy = report.to_comfy()
+    if not report.runnable:
+        return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
+
+    prompt_id = body.get("prompt_id") or str(uuid.uuid4())
+    if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
+        fail("prompt_id must be 1-128 letters, digits or _.:-", type="invalid_prompt")
+    number = _number(body.get("number"))
+    client_id = body.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 128):
+        fail("client_id must be a string", type="invalid_prompt")
+    extra_data = body.get("extra_data") or {}
+    if not isinstance(extra_data, dict):
+        fail("extra_data must be an object", type="invalid_prompt")
+    extra_data = strip_secrets(extra_data)
+    if client_id is not None:
+        extra_data["client_id"] = client_id
+    store = app[state.STORE]
+    try:
+        number = await asyncio.to_thread(
+            store.add,
+            prompt_id,
+            prompt,
+            extra_data,
+            list(report.good_outputs),
+            number=number,
+            front=bool(body.get("front")),
+            client_id=client_id,
+            workflow_id=_workflow_id(extra_data),
+        )
+    except DuplicatePromptId:
+        fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
+    app[state.WORKER].wake()
+    await broadcast_status(app)
+    node_errors = {} if report.ok else report.node_errors
+    return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
+
+
+def _invalid(message: str, details: str = "") -> web.Response:
+    return json_response(error_body("invalid_prompt", message, details[:500], node_errors={}), 400)
+
+
+def _targets(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 10_000:
+        fail("partial_execution_targets must be a list of node ids", type="invalid_prompt")
+    return value or None
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail("number must be a finite number", type="invalid_prompt")
+    return float(value)
+
+
+def _int(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _workflow_id(extra_data: dict[str, Any]) -> str | None:
+    workflow = (
+        (extra_data.get("extra_pnginfo") or {}).get("workflow")
+        if isinstance(extra_data.get("extra_pnginfo"), dict)
+        else None
+    )
+    found = workflow.get("id") if isinstance(workflow, dict) else None
+    return found if isinstance(found, str) and len(found) <= 128 else None
+
+
+async def broadcast_status(app: web.Application) -> None:
+    remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
+    app[state.HUB].send_status(remaining)
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    running, pending = await asyncio.to_thread(request.app[state.STORE].queue)
+    return json_response(
+        {
+            "queue_running": [r.queue_item() for r in running],
+            "queue_pending": [r.queue_item() for r in pending],
+        }
+    )
+
+
+async def post_queue(request: web.Request) -> web.Response:
+    """``{clear: true}`` empties the pending queue; ``{delete: [ids]}`` drops those pending prompts."""
+    config = request.app[state.CONFIG]
+    body = await read_json(request, config.max_json_bytes, config.max_json_depth)
+    store = request.app[state.STORE]
+    deleted = 0
+    if body.get("clear") is True:
+        deleted += await asyncio.to_thread(store.delete_pending, None)
+    if "delete" in body:
+        deleted += await asyncio.to_thread(store.delete_pending, _ids(body["delete"], "delete"))
+    await broadcast_status(request.app)
+    return json_response({"deleted": deleted})
+
+
+def _ids(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 10_000:
+        fail(f"{name} must be a list of prompt ids", type="invalid_request")
+    return value
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """No body or no prompt_id: stop whatever runs. With prompt_id: only if that prompt runs."""
+    config = request.app[state.CONFIG]
+    body = await read_json(request, config.max_json_bytes, config.max_json_depth, empty={})
+    prompt_id = body.get("prompt_id")
+    if prompt_id is not None and not isinstance(prompt_id, str):
+        fail("prompt_id must be a string", type="invalid_request")
+    interrupted = request.app[state.WORKER].interrupt(prompt_id)
+    return json_response({"interrupted": interrupted})
+
+
+async def free(request: web.Request) -> web.Response:
+    """``{unload_models, free_memory}``: drop the node cache between prompts."""
+    config = request.app[state.CONFIG]
+    body = await read_json(request, config.max_json_bytes, config.max_json_depth, empty={})
+    if body.get("unload_models") is True or body.get("free_memory") is True:
+        request.app[state.WORKER].request_free()
+    return json_response({})

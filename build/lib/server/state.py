@@ -1,0 +1,24 @@
+"""The application's typed state: one ``web.AppKey`` per long-lived object."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from graph_runtime.registry import Registry
+from server.config import ServerConfig
+from server.hub import Hub
+from server.store import PromptStore
+from server.templates import Templates
+from server.worker import PromptWorker
+
+CONFIG = web.AppKey("config", ServerConfig)
+REGISTRY = web.AppKey("registry", Registry)
+STORE = web.AppKey("store", PromptStore)
+HUB = web.AppKey("hub", Hub)
+WORKER = web.AppKey("worker", PromptWorker)
+TEMPLATES = web.AppKey("templates", Templates)
+STATIC_ROOT = web.AppKey("static_root", object)
+EXECUTOR_FACTORY = web.AppKey("executor_factory", object)
+SETTINGS_LOCK = web.AppKey("settings_lock", asyncio.Lock)

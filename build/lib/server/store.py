@@ -1,0 +1,428 @@
+"""The durable queue and history: one SQLite table, one row per prompt, written before any answer.
+
+A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrupted`` (or ``pending`` →
+``cancelled``). Pending rows are the queue, ordered by ``(number, seq)``; finished rows are the history,
+ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
+left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
+
+The database runs in WAL mode with ``synchronous=FULL``: once ``add`` returns, the prompt survives a
+crash. One connection is shared by the event loop's helper threads and the worker, behind a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PENDING, RUNNING = "pending", "running"
+SUCCESS, ERROR, INTERRUPTED, CANCELLED = "success", "error", "interrupted", "cancelled"
+FINISHED = (SUCCESS, ERROR, INTERRUPTED, CANCELLED)
+
+JOB_STATUS = {
+    PENDING: "pending",
+    RUNNING: "in_progress",
+    SUCCESS: "completed",
+    ERROR: "failed",
+    INTERRUPTED: "cancelled",
+    CANCELLED: "cancelled",
+}
+STATUS_FOR_JOB: dict[str, tuple[str, ...]] = {
+    "pending": (PENDING,),
+    "in_progress": (RUNNING,),
+    "completed": (SUCCESS,),
+    "failed": (ERROR,),
+    "cancelled": (INTERRUPTED, CANCELLED),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    number REAL NOT NULL,
+    status TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    extra_data TEXT NOT NULL,
+    outputs_to_execute TEXT NOT NULL,
+    client_id TEXT,
+    workflow_id TEXT,
+    create_time INTEGER NOT NULL,
+    start_time INTEGER,
+    end_time INTEGER,
+    outputs TEXT,
+    messages TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS prompts_queue ON prompts (status, number, seq);
+CREATE INDEX IF NOT EXISTS prompts_finished ON prompts (end_time, seq);
+"""
+
+
+class DuplicatePromptId(ValueError):
+    """A client asked for a prompt_id that is already queued or in the history."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt as stored: the queue tuple's fields plus its outcome."""
+
+    seq: int
+    id: str
+    number: float
+    status: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: list[str]
+    client_id: str | None
+    workflow_id: str | None
+    create_time: int
+    start_time: int | None
+    end_time: int | None
+    outputs: dict[str, Any]
+    messages: list[Any]
+    error: dict[str, Any] | None
+
+    def queue_item(self) -> list[Any]:
+        """ComfyUI's 5-tuple ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
+        return [_number(self.number), self.id, self.prompt, self.extra_data, self.outputs_to_execute]
+
+    def history_entry(self) -> dict[str, Any]:
+        return {
+            "prompt": self.queue_item(),
+            "outputs": self.outputs,
+            "status": {
+                "status_str": "success" if self.status == SUCCESS else "error",
+                "completed": self.status == SUCCESS,
+                "messages": self.messages,
+            },
+            "meta": {
+                node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+                for node in self.outputs
+            },
+        }
+
+    def job(self, full: bool = False) -> dict[str, Any]:
+        """The ``/jobs`` view of this prompt (``full`` adds outputs and the workflow)."""
+        images = [
+            {**image, "nodeId": node, "mediaType": kind}
+            for node, ui in self.outputs.items()
+            if isinstance(ui, dict)
+            for kind, items in ui.items()
+            if kind in ("images", "video", "audio") and isinstance(items, list)
+            for image in items
+            if isinstance(image, dict)
+        ]
+        count = sum(
+            len(items)
+            for ui in self.outputs.values()
+            if isinstance(ui, dict)
+            for items in ui.values()
+            if isinstance(items, list)
+        )
+        finished = self.status in FINISHED
+        job: dict[str, Any] = {
+            "id": self.id,
+            "status": JOB_STATUS[self.status],
+            "priority": _number(self.number),
+            "create_time": self.create_time,
+            "execution_start_time": self.start_time,
+            "execution_end_time": self.end_time,
+            "outputs_count": count if finished else None,
+            "previewable_outputs_count": len(images) if finished else None,
+            "preview_output": images[0] if images else None,
+            "execution_error": self.error,
+            "workflow_id": self.workflow_id,
+        }
+        if full:
+            job["outputs"] = self.outputs
+            job["workflow"] = {"prompt": self.prompt, "extra_data": self.extra_data}
+            job["execution_status"] = self.history_entry()["status"]
+        return job
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+class PromptStore:
+    """Queue and history in one SQLite file; every method is one short transaction."""
+
+    def __init__(self, path: Path, history_limit: int = 10_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._history_limit = history_limit
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- the queue -------------------------------------------------------------------------------
+
+    def add(
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        extra_data: dict[str, Any],
+        outputs_to_execute: Sequence[str],
+        *,
+        number: float | None = None,
+        front: bool = False,
+        client_id: str | None = None,
+        workflow_id: str | None = None,
+    ) -> float:
+        """Commit a pending prompt and return its queue number (lower runs first)."""
+        with self._lock, self._tx():
+            if number is None:
+                row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
+                number = -float(row["n"]) if front else float(row["n"])
+                if front:  # ahead of everything pending, including earlier front prompts
+                    low = self._db.execute(
+                        "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
+                    ).fetchone()["m"]
+                    if low is not None and low <= number:
+                        number = low - 1
+            try:
+                self._db.execute(
+                    "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
+                    " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        prompt_id,
+                        number,
+                        PENDING,
+                        _dump(prompt),
+                        _dump(extra_data),
+                        _dump(list(outputs_to_execute)),
+                        client_id,
+                        workflow_id,
+                        now_ms(),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicatePromptId(prompt_id) from exc
+        return number
+
+    def claim_next(self) -> PromptRow | None:
+        """Mark the first pending prompt running and return it (None when the queue is empty)."""
+        with self._lock, self._tx():
+            row = self._db.execute(
+                "SELECT * FROM prompts WHERE status = ? ORDER BY number, seq LIMIT 1", (PENDING,)
+            ).fetchone()
+            if row is None:
+                return None
+            start = now_ms()
+            self._db.execute(
+                "UPDATE prompts SET status = ?, start_time = ? WHERE seq = ?", (RUNNING, start, row["seq"])
+            )
+        return _row({**dict(row), "status": RUNNING, "start_time": start})
+
+    def finish(
+        self,
+        prompt_id: str,
+        status: str,
+        outputs: dict[str, Any],
+        messages: list[Any],
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the outcome of a prompt (its output files are already on disk) and trim history."""
+        with self._lock, self._tx():
+            self._db.execute(
+                "UPDATE prompts SET status = ?, end_time = ?, outputs = ?, messages = ?, error = ?"
+                " WHERE id = ?",
+                (status, now_ms(), _dump(outputs), _dump(messages), _dump(error), prompt_id),
+            )
+            self._trim()
+
+    def recover(self) -> list[str]:
+        """After a crash or restart: a prompt left running is recorded as interrupted."""
+        with self._lock, self._tx():
+            ids = [r["id"] for r in self._db.execute("SELECT id FROM prompts WHERE status = ?", (RUNNING,))]
+            for prompt_id in ids:
+                note = {
+                    "prompt_id": prompt_id,
+                    "node_id": None,
+                    "node_type": None,
+                    "executed": [],
+                    "timestamp": now_ms(),
+                    "reason": "server restarted while this prompt was running",
+                }
+                self._db.execute(
+                    "UPDATE prompts SET status = ?, end_time = ?, outputs = '{}', messages = ? WHERE id = ?",
+                    (INTERRUPTED, now_ms(), _dump([["execution_interrupted", note]]), prompt_id),
+                )
+        return ids
+
+    def queue(self) -> tuple[list[PromptRow], list[PromptRow]]:
+        """(running, pending), each in run order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM prompts WHERE status IN (?, ?) ORDER BY number, seq", (RUNNING, PENDING)
+            ).fetchall()
+        items = [_row(dict(r)) for r in rows]
+        return [r for r in items if r.status == RUNNING], [r for r in items if r.status == PENDING]
+
+    def queue_remaining(self) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) AS n FROM prompts WHERE status IN (?, ?)", (RUNNING, PENDING)
+            ).fetchone()
+        return int(row["n"])
+
+    def delete_pending(self, ids: Iterable[str] | None = None) -> int:
+        """Drop pending prompts (all of them when ``ids`` is None); running ones need an interrupt."""
+        with self._lock, self._tx():
+            if ids is None:
+                cur = self._db.execute("DELETE FROM prompts WHERE status = ?", (PENDING,))
+            else:
+                cur = self._db.executemany(
+                    "DELETE FROM prompts WHERE status = ? AND id = ?", [(PENDING, i) for i in ids]
+                )
+        return cur.rowcount
+
+    def cancel_pending(self, ids: Iterable[str]) -> list[str]:
+        """Move pending prompts to the history as cancelled; returns the ids that were pending."""
+        done = []
+        with self._lock, self._tx():
+            for prompt_id in ids:
+                cur = self._db.execute(
+                    "UPDATE prompts SET status = ?, end_time = ?, outputs = '{}', messages = '[]'"
+                    " WHERE id = ? AND status = ?",
+                    (CANCELLED, now_ms(), prompt_id, PENDING),
+                )
+                if cur.rowcount:
+                    done.append(prompt_id)
+            self._trim()
+        return done
+
+    # -- the history -----------------------------------------------------------------------------
+
+    def get(self, prompt_id: str) -> PromptRow | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
+        return _row(dict(row)) if row else None
+
+    def history(self, max_items: int, offset: int = 0) -> list[PromptRow]:
+        """Finished prompts, oldest first; with no offset, the newest ``max_items`` of them."""
+        with self._lock:
+            if offset <= 0:
+                rows = self._db.execute(
+                    "SELECT * FROM (SELECT * FROM prompts WHERE status IN (?, ?, ?, ?)"
+                    " ORDER BY end_time DESC, seq DESC LIMIT ?) ORDER BY end_time, seq",
+                    (*FINISHED, max_items),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM prompts WHERE status IN (?, ?, ?, ?)"
+                    " ORDER BY end_time, seq LIMIT ? OFFSET ?",
+                    (*FINISHED, max_items, offset),
+                ).fetchall()
+        return [_row(dict(r)) for r in rows]
+
+    def delete_history(self, ids: Iterable[str] | None = None) -> int:
+        with self._lock, self._tx():
+            marks = ",".join("?" * len(FINISHED))
+            if ids is None:
+                cur = self._db.execute(f"DELETE FROM prompts WHERE status IN ({marks})", FINISHED)
+            else:
+                cur = self._db.executemany(
+                    f"DELETE FROM prompts WHERE id = ? AND status IN ({marks})", [(i, *FINISHED) for i in ids]
+                )
+        return cur.rowcount
+
+    def jobs(
+        self,
+        statuses: Sequence[str],
+        limit: int,
+        offset: int,
+        *,
+        sort_by: str = "create_time",
+        descending: bool = True,
+        workflow_id: str | None = None,
+    ) -> tuple[list[PromptRow], int]:
+        """A page of prompts with the given stored statuses, and how many match in all."""
+        if not statuses:
+            return [], 0
+        column = {"create_time": "create_time", "execution_duration": "(end_time - start_time)"}.get(
+            sort_by, "create_time"
+        )
+        order = "DESC" if descending else "ASC"
+        where = f"status IN ({','.join('?' * len(statuses))})"
+        args: list[Any] = list(statuses)
+        if workflow_id is not None:
+            where += " AND workflow_id = ?"
+            args.append(workflow_id)
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) AS n FROM prompts WHERE {where}", args).fetchone()["n"]
+            rows = self._db.execute(
+                f"SELECT * FROM prompts WHERE {where}"
+                f" ORDER BY {column} {order}, seq {order} LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [_row(dict(r)) for r in rows], int(total)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _trim(self) -> None:
+        marks = ",".join("?" * len(FINISHED))
+        self._db.execute(
+            f"DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE status IN ({marks})"
+            " ORDER BY end_time DESC, seq DESC LIMIT -1 OFFSET ?)",
+            (*FINISHED, self._history_limit),
+        )
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _row(row: dict[str, Any]) -> PromptRow:
+    def load(key: str, default: Any) -> Any:
+        raw = row.get(key)
+        return default if raw is None else json.loads(raw)
+
+    return PromptRow(
+        seq=row["seq"],
+        id=row["id"],
+        number=row["number"],
+        status=row["status"],
+        prompt=load("prompt", {}),
+        extra_data=load("extra_data", {}),
+        outputs_to_execute=load("outputs_to_execute", []),
+        client_id=row["client_id"],
+        workflow_id=row["workflow_id"],
+        create_time=row["create_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        outputs=load("outputs", {}),
+        messages=load("messages", []),
+        error=load("error", None),
+    )
