@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,6 @@ class UseBlob(Node):
 
     @staticmethod
     def run(ctx: Context, blob: bytes, seed: int, steps: int, delay: float) -> Result:
-        import time
-
         for step in range(steps):
             time.sleep(delay)
             ctx.progress(step + 1, steps)
@@ -110,6 +109,22 @@ class BlobRegistry:
                 folders.append(folder)
                 break
         register_folders({"blobs": folders})
+        return Registry(RAY_NODES)
+
+
+@dataclass(frozen=True)
+class SlowFirstRegistry:
+    """The first worker to start takes ``delay`` seconds to build its registry (a slow model pull)."""
+
+    claims: Path
+    delay: float
+
+    def __call__(self) -> Registry:
+        try:
+            os.close(os.open(self.claims / "slow", os.O_CREAT | os.O_EXCL))
+            time.sleep(self.delay)
+        except FileExistsError:
+            pass
         return Registry(RAY_NODES)
 
 

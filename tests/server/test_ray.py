@@ -24,7 +24,7 @@ from server import state
 from server.app import create_app
 from server.ray_pool import RayPool, RaySettings
 from tests.server.conftest import make_config, queue, slow_prompt, wait_done
-from tests.server.ray_testnodes import RAY_NODES, BlobRegistry, blob_prompt
+from tests.server.ray_testnodes import RAY_NODES, BlobRegistry, SlowFirstRegistry, blob_prompt
 from tests.server.test_restart import free_port
 
 
@@ -76,6 +76,16 @@ async def test_prompts_run_on_every_worker_and_queue_and_history_name_it(make_ra
     assert {e["worker"] for e in entries} == {"worker-1", "worker-2"}
     job = await (await client.get(f"/jobs/{ids[0]}")).json()
     assert job["worker"] in ("worker-1", "worker-2")
+
+
+async def test_a_worker_slow_to_start_does_not_hold_up_the_others(make_ray_client, tmp_path: Path) -> None:
+    client = await make_ray_client(workers=2, make_registry=SlowFirstRegistry(tmp_path, delay=60))
+    ids = [(await queue(client, slow_prompt(steps=2, delay=0.01)))["prompt_id"] for _ in range(4)]
+    entries = [await wait_done(client, i, timeout=30) for i in ids]
+    assert [e["status"]["status_str"] for e in entries] == ["success"] * 4
+    workers = pool_of(client).workers()
+    assert sorted(w["ready"] for w in workers) == [False, True]
+    assert {e["worker"] for e in entries} == {next(w["name"] for w in workers if w["ready"])}
 
 
 async def test_kill_9_of_a_worker_mid_prompt_loses_nothing_three_times(make_ray_client) -> None:
