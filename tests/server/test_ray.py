@@ -119,6 +119,16 @@ async def test_kill_9_of_a_worker_mid_prompt_loses_nothing_three_times(make_ray_
     await ws.close()
 
 
+def test_a_lost_machine_costs_its_prompt_a_restart_on_another(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.server.ray_lost_node"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["status"].values()) == {"success"} and len(result["status"]) == 4
+    assert result["worker"][result["victim"]] != result["doomed"]  # it finished on the surviving machine
+
+
 async def test_a_prompt_that_kills_every_worker_it_meets_fails_after_three_and_the_rest_run(
     make_ray_client,
 ) -> None:
