@@ -1,12 +1,13 @@
 """Image-text CLIP models for CLIP-loss guidance (socket CLIP_MODEL), loaded from local safetensors.
 
-Two layouts: the project's shapes CLIP (header metadata ``kind: clip``), and OpenAI CLIP in the
+Three layouts: the project's shapes CLIP (header metadata ``kind: clip``); OpenAI CLIP in the
 transformers ``CLIPModel`` layout (``vision_model.*``, ``text_model.*``, ``visual_projection``,
-``text_projection``, ``logit_scale``), whose configuration (ViT-B/32, ViT-L/14 or any other size) is
-read off the tensor shapes, with OpenAI's QuickGELU. The BPE tokenizer is the offline one of the SD
-family. Images enter as pixels in [-1, 1] of any size and are resized and normalised with
-differentiable torch ops, so gradients reach the pixels (CLIPImageProcessor's path is not
-differentiable).
+``text_projection``, ``logit_scale``), whose configuration (ViT-B/32, ViT-L/14 or any other size)
+is read off the tensor shapes, with OpenAI's QuickGELU; and open_clip's layout (``visual.*``,
+``transformer.*``, ``text_projection``), converted to the transformers one on load. The BPE
+tokenizer is the offline one of the SD family. Images enter as pixels in [-1, 1] of any size and
+are resized and normalised with differentiable torch ops, so gradients reach the pixels
+(CLIPImageProcessor's path is not differentiable).
 """
 
 from __future__ import annotations
@@ -102,6 +103,56 @@ def transformers_clip_config(source: Source) -> dict[str, Any]:
     return {"projection_dim": projection, "vision_config": vision, "text_config": text}
 
 
+def open_clip_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip CLIP state dict (``visual.*``, ``transformer.*``, ``token_embedding`` …) in the
+    transformers ``CLIPModel`` layout: q/k/v split out of ``in_proj``, projections transposed."""
+    out: dict[str, torch.Tensor] = {}
+
+    def blocks(src: str, dst: str) -> None:
+        pattern = re.compile(re.escape(src) + r"(\d+)\.(.*)")
+        for key, value in state.items():
+            m = pattern.fullmatch(key)
+            if not m:
+                continue
+            i, rest = m[1], m[2]
+            base = f"{dst}{i}."
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.removeprefix("attn.in_proj_")  # weight | bias
+                for part, chunk in zip(("q", "k", "v"), value.chunk(3), strict=True):
+                    out[f"{base}self_attn.{part}_proj.{kind}"] = chunk
+                continue
+            renamed = {
+                "attn.out_proj.": "self_attn.out_proj.", "ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.",
+                "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2.",
+            }  # fmt: skip
+            for old, new in renamed.items():
+                if rest.startswith(old):
+                    out[base + new + rest[len(old) :]] = value
+
+    blocks("visual.transformer.resblocks.", "vision_model.encoder.layers.")
+    blocks("transformer.resblocks.", "text_model.encoder.layers.")
+    simple = {
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+        "logit_scale": "logit_scale",
+    }
+    for old, new in simple.items():
+        if old in state:
+            out[new] = state[old]
+    out["visual_projection.weight"] = state["visual.proj"].T.contiguous()  # open_clip: x @ proj
+    out["text_projection.weight"] = state["text_projection"].T.contiguous()
+    return out
+
+
 def load_clip_model(path: Path, options: LoadOptions, name: str = "") -> Clip:
     """A CLIP_MODEL from a local safetensors file (shapes CLIP or transformers-layout OpenAI CLIP)."""
     source = Source.open(path)
@@ -110,28 +161,46 @@ def load_clip_model(path: Path, options: LoadOptions, name: str = "") -> Clip:
         from families.shapes.networks.io import load_network
 
         return Clip(load_network(path, device=options.device).module, name)
-    if "vision_model.embeddings.patch_embedding.weight" in source.tensors:
-        hub_offline()
+    if "visual.conv1.weight" in source.tensors and "text_projection" in source.tensors:
         from safetensors.torch import load_file
-        from transformers import CLIPConfig, CLIPModel
 
-        model: Any = CLIPModel(CLIPConfig(**transformers_clip_config(source)))
-        state = load_file(str(path))
-        state.pop("text_model.embeddings.position_ids", None)
-        state.pop("vision_model.embeddings.position_ids", None)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path.name}: weights do not fit the CLIP read off its shapes: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        model.to(options.device or torch.device("cpu"), torch.float32)
-        model.eval().requires_grad_(False)
-        return Clip(TransformersClip(model), name)
+        state = open_clip_to_transformers(load_file(str(path)))
+        return _transformers_clip(state, Source(path, {k: _info(v) for k, v in state.items()}), options, name)
+    if "vision_model.embeddings.patch_embedding.weight" in source.tensors:
+        from safetensors.torch import load_file
+
+        return _transformers_clip(load_file(str(path)), source, options, name)
     raise CheckpointError(
         f"{path.name}: not a CLIP model guidegraph knows. Found {source.summary()}. Supported: the shapes "
-        "CLIP (metadata kind 'clip') and OpenAI CLIP in the transformers CLIPModel layout"
+        "CLIP (metadata kind 'clip'), OpenAI CLIP in the transformers CLIPModel layout, and open_clip's "
+        "layout"
     )
+
+
+def _info(t: torch.Tensor) -> Any:
+    from families.base import TensorInfo
+
+    return TensorInfo(str(t.dtype), tuple(t.shape))
+
+
+def _transformers_clip(
+    state: dict[str, torch.Tensor], source: Source, options: LoadOptions, name: str
+) -> Clip:
+    """A transformers ``CLIPModel`` sized from ``source``'s shapes, loaded with ``state``."""
+    hub_offline()
+    from transformers import CLIPConfig, CLIPModel
+
+    model: Any = CLIPModel(CLIPConfig(**transformers_clip_config(source)))
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source.name}: weights do not fit the CLIP read off its shapes: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.to(options.device or torch.device("cpu"), torch.float32)
+    model.eval().requires_grad_(False)
+    return Clip(TransformersClip(model), name)
 
 
 def _config(

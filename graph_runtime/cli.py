@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         raise UsageError("--workers needs --ray")
     report = validate(prompt, registry, args.outputs)
+    _print_warnings(report.warnings)
     if not report.ok:
         _print_problems(report.messages())
         return EXIT_INVALID
@@ -169,6 +170,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     registry = _registry()
     prompt = load_workflow(args.workflow, registry)
     report = validate(prompt, registry, args.outputs)
+    _print_warnings(report.warnings)
     if args.json:
         print(json.dumps(report.to_comfy() if not report.ok else {"node_errors": {}}, indent=2))
     elif report.ok:
@@ -176,6 +178,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         _print_problems(report.messages(), stream=sys.stdout)
     return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _print_problems(lines: list[str], stream: Any = None) -> None:

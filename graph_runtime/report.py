@@ -29,6 +29,8 @@ class ValidationReport:
     order: list[str] = field(default_factory=list)
     """The nodes the good outputs need, in a topological order."""
     nodes: dict[str, PlannedNode] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Things ignored rather than refused (inputs a node does not declare, as ComfyUI ignores them)."""
 
     @property
     def ok(self) -> bool:

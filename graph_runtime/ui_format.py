@@ -12,12 +12,15 @@ What the editor's own ``graphToPrompt`` does in the browser, done here with the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from graph_runtime.links import wrap
 from graph_runtime.registry import Registry, editor_order
 from graph_runtime.schema import UiLinkObject, UiNode, UiSubgraph, UiWorkflow
+
+log = logging.getLogger(__name__)
 
 MODE_MUTED = 2
 MODE_BYPASS = 4
@@ -114,6 +117,14 @@ class _Converter:
             values = named
         if isinstance(values, dict):
             inputs.update({k: wrap(v) for k, v in values.items()})
+        elif isinstance(values, list) and values and cls is None:
+            log.warning(
+                "node %s: unknown node type %r, so its %d widget values cannot be mapped to input names "
+                "(is its node pack installed?)",
+                scope.prefix + str(node.id),
+                node.type,
+                len(values),
+            )
         elif isinstance(values, list) and cls is not None:
             position = 0
             for spec in editor_order(cls):

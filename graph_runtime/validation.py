@@ -32,6 +32,7 @@ class _Checker:
         self.prompt = prompt
         self.registry = registry
         self.errors: dict[str, list[dict[str, Any]]] = {}
+        self.warnings: list[str] = []
         self.choices: dict[int, list[str]] = {}
 
     def add(self, node_id: str, kind: str, message: str, details: str = "", **extra: Any) -> None:
@@ -47,14 +48,11 @@ class _Checker:
             return planned
         for name, value in inputs.items():
             spec = cls.input(name)
-            if spec is None:
+            if spec is None:  # ignored, as ComfyUI ignores inputs a node does not declare
                 known = ", ".join(s.name for s in cls.inputs) or "none"
-                self.add(
-                    node_id,
-                    "unknown_input",
-                    "Unknown input",
-                    f"{cls.__name__} has no input {name!r} (inputs: {known})",
-                    input_name=name,
+                self.warnings.append(
+                    f"node {node_id} ({cls.__name__}), input {name!r}: not an input of {cls.__name__}, "
+                    f"ignored (inputs: {known})"
                 )
                 continue
             link = as_link(value)
@@ -334,6 +332,7 @@ def _validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None) ->
                     details,
                     cycle=members[:MAX_NAMED_CYCLE_NODES],
                 )
+    report.warnings = checker.warnings
     _finish(report, checker.errors, graph, order, relevant, prompt, targets, outputs is None)
     return report
 

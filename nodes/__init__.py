@@ -11,12 +11,13 @@ from pathlib import Path
 from graph_runtime.api import Node, NodePack
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_KINDS = ("checkpoints", "vae", "classifiers", "clip", "evaluators")
+MODEL_KINDS = ("checkpoints", "vae", "loras", "classifiers", "clip", "evaluators")
 
 
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
     from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
+    from nodes.comfy import conditioning, core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
@@ -24,6 +25,10 @@ def node_classes() -> list[type[Node]]:
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,
+        *core.NODES,
+        *conditioning.NODES,
+        *custom_sampling.NODES,
+        *latent.NODES,
     ]
 
 

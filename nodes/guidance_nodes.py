@@ -11,7 +11,8 @@ import torch
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
 from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
-from nodes.diffusion.guidance import Guidance, Prediction, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.guidance import Guidance, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.regions import predict
 from nodes.diffusion.sampling import leaf_models
 from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
@@ -29,7 +30,7 @@ class Predict(Node):
 
     @staticmethod
     def run(ctx: Context, model: Denoiser, condition: Conditioning) -> tuple[Guidance]:
-        return (Prediction(model, condition),)
+        return (predict(model, condition),)
 
 
 class CFGCombine(Node):
@@ -54,7 +55,7 @@ class CFGCombine(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
-        return (cfg(Prediction(model, positive), Prediction(model, negative), scale),)
+        return (cfg(predict(model, positive), predict(model, negative), scale),)
 
 
 class Composable(Node):
@@ -100,8 +101,8 @@ class Composable(Node):
             (condition_3, weight_3),
             (condition_4, weight_4),
         ]
-        terms = [(Prediction(model, c), w) for c, w in pairs if c is not None]
-        return (combine(Prediction(model, unconditional), terms),)
+        terms = [(predict(model, c), w) for c, w in pairs if c is not None]
+        return (combine(predict(model, unconditional), terms),)
 
 
 class GuidanceMix(Node):

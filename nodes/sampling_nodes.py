@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, Int, Node, Output, PreviewImage, Socket
 from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
@@ -65,34 +65,76 @@ class Sampler(Node):
         denoise: float,
         max_batch: int | None = 0,
     ) -> tuple[Latent]:
-        from nodes.diffusion.sampling import guided_sample, leaf_models
+        from nodes.diffusion.sampling import leaf_models
         from nodes.diffusion.schedules import sigmas_for_denoise
-        from nodes.diffusion.types import Latent
 
         models = leaf_models(guidance)
         if not models:
             raise ValueError("the guidance has no model prediction to sample from")
         sigmas = sigmas_for_denoise(scheduler, models[0], steps, denoise)
-        seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
-        total = len(sigmas) - 1
+        return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
 
-        def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
-            ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
 
-        ctx.check_cancelled()
-        out, _ = guided_sample(
-            guidance,
-            latent.samples,
-            seeds,
-            sigmas,
-            sampler_name,
-            device=ctx.device,
-            dtype=ctx.dtype,
-            noise_mask=latent.noise_mask,
-            callback=on_step,
-            max_batch=max_batch or 0,
-        )
-        return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
+class _NoFirstDraw:
+    """A noise source whose first draw (the initial noise) is zero: sampling starts from the latent
+    as it is (ComfyUI's ``add_noise: disable``); later draws come from ``source``."""
+
+    def __init__(self, source: Any, like: torch.Tensor) -> None:
+        self.source, self.like, self.first = source, like, True
+
+    def __call__(self) -> torch.Tensor:
+        if self.first:
+            self.first = False
+            return self.like.new_zeros(self.like.shape)
+        out: torch.Tensor = self.source()
+        return out
+
+
+def run_sampler(
+    ctx: Context,
+    guidance: Guidance,
+    latent: Latent,
+    seed: int,
+    sigmas: torch.Tensor,
+    sampler_name: str,
+    add_noise: bool = True,
+    max_batch: int = 0,
+    last: list[Any] | None = None,
+) -> tuple[Latent]:
+    """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
+    progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
+    given, receives the last step's x̂0."""
+    from nodes.diffusion.samplers import PerSampleNoise
+    from nodes.diffusion.sampling import guided_sample
+    from nodes.diffusion.types import Latent
+
+    seeds = [(seed + i) % (SEED_MAX + 1) for i in latent.seed_offsets()]
+    total = len(sigmas) - 1
+
+    def on_step(i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
+        if last is not None:
+            last[0] = denoised
+        ctx.progress(i + 1, total, preview_of(denoised) if ctx.wants_preview else None)
+
+    source = None
+    if not add_noise:
+        per_sample = PerSampleNoise(seeds, latent.samples.shape[1:], ctx.device, ctx.dtype)
+        source = _NoFirstDraw(per_sample, latent.samples.to(ctx.device, ctx.dtype))
+    ctx.check_cancelled()
+    out, _ = guided_sample(
+        guidance,
+        latent.samples,
+        seeds,
+        sigmas,
+        sampler_name,
+        device=ctx.device,
+        dtype=ctx.dtype,
+        noise_mask=latent.noise_mask,
+        callback=on_step,
+        max_batch=max_batch,
+        noise_source=source,
+    )
+    return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
 
 
 class EmptyLatent(Node):

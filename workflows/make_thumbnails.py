@@ -4,9 +4,10 @@
 
 For each workflow: ``guidegraph run workflows/NAME.api.json`` (wall-clock seconds, CLI start-up
 included; the Stable Diffusion workflows, run here on tiny random-weight checkpoints named as they
-expect, at ``SD_SMOKE_SIZE`` pixels: see workflows/README.md), then ``workflows/NAME.jpg`` (the editor's template thumbnail, at most 320 px wide) from
-the PNG it wrote; the showcase's grid is also copied to ``workflows/showcase.png`` (the README's
-picture). Prints a Markdown table of the run times for workflows/README.md.
+expect, at ``SD_SMOKE_SIZE`` pixels: see workflows/README.md), then ``workflows/NAME.jpg`` (the
+editor's template thumbnail, at most 320 px wide) from the PNG it wrote; the showcase's grid is
+also copied to ``workflows/showcase.png`` (the README's picture). Prints a Markdown table of the
+run times for workflows/README.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 CLI = Path(sys.executable).with_name("guidegraph")
 THUMB_WIDTH = 320
-SD_SMOKE_SIZE = 128
+SD_SMOKE_SIZE = 64
 
 
 def smoke_settings(name: str) -> list[str]:

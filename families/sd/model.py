@@ -91,16 +91,27 @@ class SDUNet(nn.Module):
     def time_ids(self, cond: dict[str, torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
         """SDXL's micro-conditioning: the condition's own, else the image size with no crop (diffusers'
         default: original = target = the generated size; the refiner's aesthetic score 6)."""
-        if "time_ids" in cond:
-            return cond["time_ids"]
         h, w = x_in.shape[-2] * self.downscale, x_in.shape[-1] * self.downscale
         ids = [h, w, 0, 0, REFINER_AESTHETIC_SCORE] if self.variant == "sdxl_refiner" else [h, w, 0, 0, h, w]
-        return torch.tensor(ids, dtype=x_in.dtype, device=x_in.device).expand(x_in.shape[0], -1)
+        default = torch.tensor(ids, dtype=x_in.dtype, device=x_in.device).expand(x_in.shape[0], -1)
+        given = cond.get("time_ids")
+        if given is None:
+            return default
+        if given.shape[-1] != default.shape[-1]:
+            raise ValueError(
+                f"time ids of width {given.shape[-1]} for a {self.variant} UNet, which takes "
+                f"{default.shape[-1]} (SDXL base: 6, refiner: 5)"
+            )
+        return torch.where(given.isnan(), default, given.to(x_in.dtype))  # NaN rows: the default
 
 
 @dataclass(frozen=True, eq=False)
 class SDText:
-    """The CLIP text encoder(s) of an SD checkpoint (socket CLIP)."""
+    """The CLIP text encoder(s) of an SD checkpoint (socket CLIP).
+
+    ``layer_skip`` drops final layers for every prompt (ComfyUI's CLIPSetLastLayer), on top of each
+    prompt's own ``clip_skip``.
+    """
 
     encoders: tuple[Any, ...]
     pad_tokens: tuple[str, ...]
@@ -108,34 +119,69 @@ class SDText:
     name: str
     labels: tuple[str, ...] = ()
     null_label: int | None = None
+    layer_skip: int = 0
 
     def encode_text(self, text: str, clip_skip: int = 0) -> Conditioning:
-        from families.sd.tokenizer import token_chunks
+        """A prompt, literally (as diffusers' pipelines encode it), in 75-token windows."""
+        return self.encode_segments([(text, 1.0)], clip_skip, f"prompt {text!r}")
 
+    def encode_segments(
+        self, segments: list[tuple[str, float]], clip_skip: int, meaning: str
+    ) -> Conditioning:
+        """Weighted text segments (ComfyUI's emphasis): a token of weight w becomes
+        ``z_empty + w·(z − z_empty)``, with z_empty the empty prompt's embedding at that position."""
+        return self.encode_parts([segments] * len(self.encoders), clip_skip, meaning)
+
+    def encode_parts(
+        self,
+        parts: list[list[tuple[str, float]]],
+        clip_skip: int,
+        meaning: str,
+        time_ids: list[float] | None = None,
+    ) -> Conditioning:
+        """One list of weighted segments per encoder (SDXL: CLIP-L's text, then bigG's), windows padded
+        with empty ones to a common count (as ComfyUI), and optional SDXL time ids."""
+        from families.sd.tokenizer import weighted_chunks
+
+        skip = clip_skip + self.layer_skip
+        xl = self.variant in XL_VARIANTS
+        chunked = [weighted_chunks(part, pad) for part, pad in zip(parts, self.pad_tokens, strict=True)]
+        count = max(len(ids) for ids, _ in chunked)
         contexts: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
-        xl = self.variant in XL_VARIANTS
-        for encoder, pad in zip(self.encoders, self.pad_tokens, strict=True):
+        for encoder, pad, (ids, weights) in zip(self.encoders, self.pad_tokens, chunked, strict=True):
             layers = encoder.config.num_hidden_layers
-            if clip_skip >= layers - (1 if xl else 0):
-                raise ValueError(f"clip_skip {clip_skip}: this text encoder has only {layers} layers")
+            if skip >= layers - (1 if xl else 0):
+                raise ValueError(f"clip_skip {skip}: this text encoder has only {layers} layers")
+            empty_ids, empty_weights = weighted_chunks([("", 1.0)], pad)
+            ids = ids + empty_ids * (count - len(ids))
+            weights = weights + empty_weights * (count - len(weights))
+            weighted = any(w != 1.0 for row in weights for w in row)
             device = next(encoder.parameters()).device
-            ids = torch.tensor(token_chunks(text, pad), device=device)  # (chunks, 77)
+            batch = ids + empty_ids if weighted else ids  # the empty prompt last, for the weighting
             with torch.no_grad():
-                out = encoder(ids, output_hidden_states=True)
+                out = encoder(torch.tensor(batch, device=device), output_hidden_states=True)
                 if xl:
-                    hidden = out.hidden_states[-2 - clip_skip]  # (chunks, 77, D)
+                    hidden = out.hidden_states[-2 - skip]  # (chunks, 77, D)
                     if hasattr(out, "text_embeds"):
-                        pooled = out.text_embeds[0]  # (P,) first chunk, as ComfyUI
+                        pooled = out.text_embeds[0]  # (P,) first window, as ComfyUI
                 else:
-                    hidden = encoder.final_layer_norm(out.hidden_states[-1 - clip_skip])
-            contexts.append(hidden.float().reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
+                    hidden = encoder.final_layer_norm(out.hidden_states[-1 - skip])
+            hidden = hidden.float()
+            if weighted:
+                hidden, empty = hidden[:-1], hidden[-1:]  # (chunks, 77, D), (1, 77, D)
+                w = torch.tensor(weights, device=hidden.device)[..., None]  # (chunks, 77, 1)
+                hidden = empty + w * (hidden - empty)
+            contexts.append(hidden.reshape(-1, hidden.shape[-1]))  # (77·chunks, D)
         context = torch.cat(contexts, dim=-1)  # (T, ΣD)
-        extras = {"pooled": pooled.float()} if xl and pooled is not None else None
-        meaning = f"prompt {text!r}" + (f" clip_skip {clip_skip}" if clip_skip else "")
-        return Conditioning.of(
-            context.cpu(), meaning, {k: v.cpu() for k, v in (extras or {}).items()}, self.name
-        )
+        extras: dict[str, torch.Tensor] = {}
+        if xl and pooled is not None:
+            extras["pooled"] = pooled.float().cpu()
+        if time_ids is not None:
+            extras["time_ids"] = torch.tensor(time_ids, dtype=torch.float32)
+        if skip:
+            meaning += f" clip_skip {skip}"
+        return Conditioning.of(context.cpu(), meaning, extras or None, self.name)
 
     def encode_label(self, index: int) -> Conditioning:
         raise ValueError(f"{self.name}: Stable Diffusion models take prompts, not class labels")

@@ -99,14 +99,24 @@ def token_chunks(text: str, pad_token: str, chunk: int = CHUNK) -> list[list[int
     whole to the next one, unless it is longer than 8 tokens, which is split. A prompt of at most
     ``chunk`` tokens gives exactly one window, equal to :func:`encode`'s truncation.
     """
+    ids, _ = weighted_chunks([(text, 1.0)], pad_token, chunk)
+    return ids
+
+
+def weighted_chunks(
+    segments: list[tuple[str, float]], pad_token: str, chunk: int = CHUNK
+) -> tuple[list[list[int]], list[list[float]]]:
+    """:func:`token_chunks` of text segments with a weight each (ComfyUI's ``(word:1.2)`` emphasis):
+    the windows' ids and a weight per id (1 for BOS, EOS and padding)."""
     tok = clip_tokenizer(pad_token)
-    ids: list[int] = tok(clean(text), add_special_tokens=False, verbose=False)["input_ids"]
-    words: list[list[int]] = [[]]
-    for i, piece in zip(ids, tok.convert_ids_to_tokens(ids), strict=True):
-        words[-1].append(i)
-        if piece.endswith("</w>"):
-            words.append([])
-    windows: list[list[int]] = [[]]
+    words: list[list[tuple[int, float]]] = [[]]
+    for text, weight in segments:
+        ids: list[int] = tok(clean(text), add_special_tokens=False, verbose=False)["input_ids"]
+        for i, piece in zip(ids, tok.convert_ids_to_tokens(ids), strict=True):
+            words[-1].append((i, weight))
+            if piece.endswith("</w>"):
+                words.append([])
+    windows: list[list[tuple[int, float]]] = [[]]
     for word in (w for w in words if w):
         room = chunk - len(windows[-1])
         if len(word) > room and len(word) <= LONG_WORD:
@@ -120,4 +130,6 @@ def token_chunks(text: str, pad_token: str, chunk: int = CHUNK) -> list[list[int
             word = word[room:]
     pad = tok.convert_tokens_to_ids(pad_token)
     bos, eos = tok.convert_tokens_to_ids(BOS), tok.convert_tokens_to_ids(EOS)
-    return [[bos, *w, eos] + [pad] * (chunk - len(w)) for w in windows]
+    ids_out = [[bos, *(i for i, _ in w), eos] + [pad] * (chunk - len(w)) for w in windows]
+    weights_out = [[1.0, *(x for _, x in w), 1.0] + [1.0] * (chunk - len(w)) for w in windows]
+    return ids_out, weights_out

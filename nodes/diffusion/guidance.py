@@ -52,10 +52,16 @@ class Guidance:
 
 @dataclass(frozen=True)
 class Prediction(Guidance):
-    """A leaf: the x0 prediction of ``model`` under ``condition``."""
+    """A leaf: the x0 prediction of ``model`` under ``condition``.
+
+    ``area`` (height, width, top, left, in latent units) runs the model on that crop of x only, and
+    the prediction is crop-sized (ComfyUI's area conditioning; :mod:`nodes.diffusion.regions`
+    pastes it back). Leaves of one model and one area (or none) share one batched forward.
+    """
 
     model: Denoiser
     condition: Conditioning
+    area: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class Threshold(Guidance):
 class _Plan:
     """What one window state needs: leaves per model, live rules in order, whether x needs grad."""
 
-    leaves: dict[Denoiser, list[int]]
+    leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]]  # (model, area) → leaves
     rules: list[int]
     needs_grad: bool
     alias: dict[int, int]  # window id → the id of its live branch
@@ -264,12 +270,12 @@ class CompiledGuidance:
                 stack.append(alias[i])
             else:
                 stack.extend(self.children[i])
-        leaves: dict[Denoiser, list[int]] = {}
+        leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]] = {}
         rules: list[int] = []
         for i in sorted(live):  # post-order ids are a topological order
             node = self.nodes[i]
             if isinstance(node, Prediction):
-                leaves.setdefault(node.model, []).append(i)
+                leaves.setdefault((node.model, node.area), []).append(i)
             elif not isinstance(node, Window):
                 rules.append(i)
         needs_grad = any(self.nodes[i].grads_through_denoiser() for i in rules)
@@ -281,7 +287,8 @@ class CompiledGuidance:
     ) -> list[torch.Tensor]:
         """All leaves of one model in one batched call (split in chunks only when ``max_batch`` says so)."""
         b, k = x.shape[0], len(leaf_ids)
-        xs = x.repeat(k, *([1] * (x.ndim - 1)))  # (k·B, C, H, W)
+        crops = [self._crop(x, self.nodes[i]) for i in leaf_ids]  # k × (B, C, h, w)
+        xs = torch.cat(crops) if k > 1 else crops[0]  # (k·B, C, h, w)
         sigmas = sigma.repeat(k)  # (k·B,)
         conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
         rows = xs.shape[0]
@@ -308,12 +315,20 @@ class CompiledGuidance:
                 generators=self.generators,
                 x_grad=x_in if plan.needs_grad else None,
             )
-            for model, leaf_ids in plan.leaves.items():
+            for (model, _), leaf_ids in plan.leaves.items():
                 values.update(zip(leaf_ids, self._forward(model, leaf_ids, x_in, sigma), strict=True))
             for i in plan.rules:
                 inputs = [values[self._resolve(c, plan)] for c in self.children[i]]
                 values[i] = self.nodes[i].apply(inputs, step)
         return values[self._resolve(self.root, plan)].detach()
+
+    @staticmethod
+    def _crop(x: torch.Tensor, leaf: Guidance) -> torch.Tensor:
+        area = getattr(leaf, "area", None)
+        if area is None:
+            return x
+        h, w, top, left = area
+        return x[..., top : top + h, left : left + w]
 
     @staticmethod
     def _resolve(i: int, plan: _Plan) -> int:

@@ -5,7 +5,7 @@ Pure torch (no engine imports): the Sampler node is a thin adapter over :func:`g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,12 +41,15 @@ def guided_sample(
     noise_mask: torch.Tensor | None = None,
     callback: Callback = None,
     max_batch: int = 0,
+    noise_source: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ForwardStats]:
     """Sample from ``start`` (B, C, H, W; zeros for txt2img, an image for img2img) along ``sigmas``.
 
     The initial sample is ``start + σ_0·n`` with n drawn from generator ``seeds[b]`` for sample b (the
     same generator then feeds the sampler's later noise), so a sample's result does not depend on its
-    position in the batch. With ``noise_mask`` (1 = regenerate) the kept region is pinned to ``start``
+    position in the batch. ``noise_source`` replaces that noise (both the first draw and the sampler's
+    later ones) with another convention, e.g. ComfyUI's one draw for the whole batch. With
+    ``noise_mask`` (1 = regenerate) the kept region is pinned to ``start``
     inside the denoiser and again at the end. Runs under ``torch.no_grad``; gradient rules switch
     autograd on locally.
     """
@@ -55,7 +58,7 @@ def guided_sample(
     if len(seeds) != start.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for a batch of {start.shape[0]}")
     compiled = CompiledGuidance(program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch)
-    noise = PerSampleNoise(seeds, start.shape[1:], device, dtype)
+    noise = noise_source or PerSampleNoise(seeds, start.shape[1:], device, dtype)
     latent = start.to(device, dtype)
     sigmas = sigmas.to(torch.float64)
     x = latent + noise() * float(sigmas[0])

@@ -80,21 +80,26 @@ def batch_conditions(
 
     Vectors give (k·B, D). Token embeddings of different lengths (long prompts are 77·n tokens) are
     repeated to their least common multiple, as ComfyUI does, giving (k·B, T, D). With extras the
-    result is a dict: ``context`` plus each extra, (k·B, ...).
+    result is a dict: ``context`` plus each extra, (k·B, ...); a condition without an extra that
+    others carry gets NaN rows there, which the network reads as "use your default".
     """
     embs = [c.embedding.to(device, dtype) for c in conditions]
     if embs[0].ndim == 2:
         length = math.lcm(*(e.shape[0] for e in embs))
         embs = [e.repeat(length // e.shape[0], 1) for e in embs]  # (T, D) each
     context = torch.cat([e.expand(batch, *e.shape) for e in embs])  # (k·B, [T,] D)
-    if not conditions[0].extras:
+    names = sorted({name for c in conditions for name, _ in c.extras})
+    if not names:
         return context
     out = {"context": context}
-    for name, _ in conditions[0].extras:
+    for name in names:
         parts = [dict(c.extras).get(name) for c in conditions]
-        if any(p is None for p in parts):
-            raise ValueError(f"conditions disagree on their tensors: some lack {name!r}")
-        out[name] = torch.cat([p.to(device, dtype).expand(batch, -1) for p in parts if p is not None])
+        width = next(p.shape[-1] for p in parts if p is not None)
+        rows = [
+            (p if p is not None else torch.full((width,), float("nan"))).to(device, dtype).expand(batch, -1)
+            for p in parts
+        ]
+        out[name] = torch.cat(rows)  # (k·B, width); NaN rows: "the network's default"
     return out
 
 

@@ -25,8 +25,11 @@ def encode_pixels(vae: VAE, pixels: torch.Tensor, device: torch.device) -> torch
         return vae.encode(pixels.to(device))
 
 
-def decode_latents(vae: VAE, latents: torch.Tensor, device: torch.device, tile_size: int = 0) -> torch.Tensor:
-    """Latents → pixels (B, 3, H·f, W·f); ``tile_size`` > 0 decodes in tiles of that many pixels."""
+def decode_latents(
+    vae: VAE, latents: torch.Tensor, device: torch.device, tile_size: int = 0, overlap: int = -1
+) -> torch.Tensor:
+    """Latents → pixels (B, 3, H·f, W·f); ``tile_size`` > 0 decodes in tiles of that many pixels,
+    overlapping by ``overlap`` pixels (−1: a quarter of the tile)."""
     if latents.shape[1] != vae.latent_channels:
         raise ValueError(
             f"latents have {latents.shape[1]} channels but the VAE {vae.name!r} takes "
@@ -37,7 +40,8 @@ def decode_latents(vae: VAE, latents: torch.Tensor, device: torch.device, tile_s
     with torch.no_grad():
         if tile == 0 or (latents.shape[-2] <= tile and latents.shape[-1] <= tile):
             return vae.decode(latents)
-        return _decode_tiled(vae, latents, tile, overlap=max(tile // 4, 1))
+        lap = tile // 4 if overlap < 0 else overlap // vae.downscale
+        return _decode_tiled(vae, latents, tile, overlap=min(max(lap, 1), tile - 1))
 
 
 def _ramp(n: int, overlap: int, first: bool, last: bool) -> torch.Tensor:

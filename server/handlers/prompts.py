@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import uuid
@@ -17,6 +18,8 @@ from server.jsonio import error_body, fail, json_response, read_json, strip_secr
 from server.store import DuplicatePromptId
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+log = logging.getLogger(__name__)
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -43,6 +46,8 @@ async def post_prompt(request: web.Request) -> web.Response:
         return _invalid("the prompt is not a valid workflow", str(exc))
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         return _invalid("the prompt could not be read", f"{type(exc).__name__}: {exc}")
+    for warning in report.warnings:
+        log.warning("prompt: %s", warning)
     comfy = report.to_comfy()
     if not report.runnable:
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)

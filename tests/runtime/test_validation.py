@@ -40,11 +40,13 @@ def test_unknown_class_does_not_hide_the_problems_of_other_nodes(registry: Regis
     assert report.error is not None and report.error["type"] == "prompt_outputs_failed_validation"
 
 
-def test_reports_missing_and_unknown_inputs_with_their_names(registry: Registry) -> None:
+def test_reports_missing_inputs_and_warns_of_unknown_ones_as_comfyui_ignores_them(registry: Registry) -> None:
     report = validate(_chain_to_show({"factr": 2.0}), registry)
     errors = report.node_errors["2"]["errors"]
+    assert report.warnings == [
+        "node 2 (Scale), input 'factr': not an input of Scale, ignored (inputs: x, factor)"
+    ]
     assert {(e["type"], e["extra_info"]["input_name"]) for e in errors} == {
-        ("unknown_input", "factr"),
         ("required_input_missing", "x"),
         ("required_input_missing", "factor"),
     }

@@ -284,3 +284,20 @@ def test_json_schema_covers_both_formats() -> None:
     schema = workflow_json_schema()
     assert {"ApiNode", "UiWorkflow", "UiNode"} <= set(schema["$defs"])
     assert workflow_json_schema("api")["additionalProperties"]["$ref"].endswith("ApiNode")
+
+
+def test_widget_values_of_an_unknown_node_type_are_reported_not_dropped_silently(caplog: Any) -> None:
+    import logging
+
+    from graph_runtime.registry import Registry
+    from graph_runtime.workflow import to_api_prompt
+
+    ui = {
+        "nodes": [{"id": 3, "type": "NoSuchNode", "inputs": [], "outputs": [], "widgets_values": [1, "a"]}],
+        "links": [],
+        "version": 0.4,
+    }
+    with caplog.at_level(logging.WARNING):
+        prompt = to_api_prompt(ui, Registry([]))
+    assert prompt["3"]["class_type"] == "NoSuchNode"
+    assert any("node 3: unknown node type 'NoSuchNode'" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,213 @@
+"""ComfyUI's conditioning nodes: combine, average, concatenate, areas, timestep ranges, zero-out.
+
+A CONDITIONING value is one :class:`Conditioning` or a :class:`ConditioningSet` of entries (each
+with a strength, an optional area and a schedule range); every guidance node takes either
+(:func:`nodes.diffusion.regions.predict` turns a set into a per-pixel mix of predictions).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from graph_runtime.api import Context, Float, Int, Node, Output, Socket
+
+if TYPE_CHECKING:
+    from nodes.diffusion.regions import ConditioningSet
+    from nodes.diffusion.types import Conditioning
+
+MAX_RESOLUTION = 16384
+CONDITIONING_OUT = (Output("CONDITIONING", "CONDITIONING"),)
+
+
+def _map(value: Any, change: Any) -> Any:
+    """Apply ``change(entry) -> entry`` to every entry, keeping a single condition single."""
+    from nodes.diffusion.regions import ConditioningSet, entries_of
+
+    entries = tuple(change(e) for e in entries_of(value))
+    if len(entries) == 1 and not isinstance(value, ConditioningSet):
+        return entries[0].condition
+    return ConditioningSet(entries)
+
+
+def _first(value: Any) -> Conditioning:
+    from nodes.diffusion.regions import entries_of
+
+    return entries_of(value)[0].condition
+
+
+class ConditioningCombine(Node):
+    """Use both conditionings: their predictions are averaged (per pixel, by strength and area)."""
+
+    category = "conditioning"
+    inputs = (
+        Socket(name="conditioning_1", type="CONDITIONING"),
+        Socket(name="conditioning_2", type="CONDITIONING"),
+    )
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(ctx: Context, conditioning_1: Any, conditioning_2: Any) -> tuple[ConditioningSet]:
+        from nodes.diffusion.regions import ConditioningSet, entries_of
+
+        return (ConditioningSet(entries_of(conditioning_1) + entries_of(conditioning_2)),)
+
+
+class ConditioningAverage(Node):
+    """Interpolate token embeddings (and pooled outputs): ``s·to + (1 − s)·from``; ``from``'s tokens
+    are cut or zero-padded to ``to``'s length."""
+
+    category = "conditioning"
+    inputs = (
+        Socket(name="conditioning_to", type="CONDITIONING"),
+        Socket(name="conditioning_from", type="CONDITIONING"),
+        Float(name="conditioning_to_strength", default=1.0, min=0.0, max=1.0, step=0.01),
+    )
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, conditioning_to: Any, conditioning_from: Any, conditioning_to_strength: float
+    ) -> tuple[Any]:
+        import dataclasses
+
+        import torch
+
+        source = _first(conditioning_from)
+        s = conditioning_to_strength
+
+        def average(entry: Any) -> Any:
+            to = entry.condition.embedding
+            other = source.embedding[: to.shape[0]]
+            if other.shape[0] < to.shape[0]:
+                other = torch.cat([other, other.new_zeros(to.shape[0] - other.shape[0], *other.shape[1:])])
+            extras = {}
+            pooled_to, pooled_from = (
+                dict(entry.condition.extras).get("pooled"),
+                dict(source.extras).get("pooled"),
+            )
+            if pooled_to is not None and pooled_from is not None:
+                extras["pooled"] = s * pooled_to + (1 - s) * pooled_from
+            meaning = f"{s} × {entry.condition.meaning} + {1 - s} × {source.meaning}"
+            cond = entry.condition.with_tensors(meaning, embedding=s * to + (1 - s) * other, **extras)
+            return dataclasses.replace(entry, condition=cond)
+
+        return (_map(conditioning_to, average),)
+
+
+class ConditioningConcat(Node):
+    """Append ``from``'s tokens to each of ``to``'s (pooled output and extras stay ``to``'s)."""
+
+    category = "conditioning"
+    inputs = (
+        Socket(name="conditioning_to", type="CONDITIONING"),
+        Socket(name="conditioning_from", type="CONDITIONING"),
+    )
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(ctx: Context, conditioning_to: Any, conditioning_from: Any) -> tuple[Any]:
+        import dataclasses
+
+        import torch
+
+        source = _first(conditioning_from)
+
+        def concat(entry: Any) -> Any:
+            to = entry.condition.embedding
+            if to.ndim != 2 or source.embedding.ndim != 2 or to.shape[-1] != source.embedding.shape[-1]:
+                raise ValueError(
+                    "conditioning_from: token embeddings of another width cannot be concatenated"
+                )
+            meaning = f"{entry.condition.meaning} ++ {source.meaning}"
+            cond = entry.condition.with_tensors(meaning, embedding=torch.cat([to, source.embedding]))
+            return dataclasses.replace(entry, condition=cond)
+
+        return (_map(conditioning_to, concat),)
+
+
+class ConditioningSetArea(Node):
+    """Limit a conditioning to a rectangle (pixels) with a strength: combined with others, each area
+    is denoised by the model run on that crop and blended in (area composition)."""
+
+    category = "conditioning"
+    inputs = (
+        Socket(name="conditioning", type="CONDITIONING"),
+        Int(name="width", default=64, min=64, max=MAX_RESOLUTION, step=8),
+        Int(name="height", default=64, min=64, max=MAX_RESOLUTION, step=8),
+        Int(name="x", default=0, min=0, max=MAX_RESOLUTION, step=8),
+        Int(name="y", default=0, min=0, max=MAX_RESOLUTION, step=8),
+        Float(name="strength", default=1.0, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, conditioning: Any, width: int, height: int, x: int, y: int, strength: float
+    ) -> tuple[ConditioningSet]:
+        import dataclasses
+
+        from nodes.diffusion.regions import ConditioningSet, entries_of
+
+        entries = tuple(
+            dataclasses.replace(e, area=(height, width, y, x), strength=strength)
+            for e in entries_of(conditioning)
+        )
+        return (ConditioningSet(entries),)
+
+
+class ConditioningSetTimestepRange(Node):
+    """Use a conditioning only between two fractions of the schedule (0 = the first, noisiest step)."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Socket(name="conditioning", type="CONDITIONING"),
+        Float(name="start", default=0.0, min=0.0, max=1.0, step=0.001),
+        Float(name="end", default=1.0, min=0.0, max=1.0, step=0.001),
+    )
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(ctx: Context, conditioning: Any, start: float, end: float) -> tuple[ConditioningSet]:
+        import dataclasses
+
+        from nodes.diffusion.regions import ConditioningSet, entries_of
+
+        if end < start:
+            raise ValueError(f"end ({end}) must not be before start ({start})")
+        return (
+            ConditioningSet(
+                tuple(dataclasses.replace(e, start=start, end=end) for e in entries_of(conditioning))
+            ),
+        )
+
+
+class ConditioningZeroOut(Node):
+    """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
+
+    category = "advanced/conditioning"
+    inputs = (Socket(name="conditioning", type="CONDITIONING"),)
+    outputs = CONDITIONING_OUT
+
+    @staticmethod
+    def run(ctx: Context, conditioning: Any) -> tuple[Any]:
+        import dataclasses
+
+        import torch
+
+        def zero(entry: Any) -> Any:
+            c = entry.condition
+            zeros = {k: torch.zeros_like(v) for k, v in c.extras if k != "time_ids"}
+            cond = c.with_tensors(f"zeroed {c.meaning}", embedding=torch.zeros_like(c.embedding), **zeros)
+            return dataclasses.replace(entry, condition=cond)
+
+        return (_map(conditioning, zero),)
+
+
+NODES: list[type[Node]] = [
+    ConditioningCombine,
+    ConditioningAverage,
+    ConditioningConcat,
+    ConditioningSetArea,
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+]
