@@ -99,7 +99,7 @@ class WorkerOptions:
 
 
 class PromptActor:
-    """Runs prompts in a Ray actor process; wrap it with ``ray.remote`` (see :func:`spawn`)."""
+    """Runs prompts in a Ray actor process; wrap it with ``ray.remote`` (see :func:`start_workers`)."""
 
     def __init__(self, name: str, options: WorkerOptions) -> None:
         self.name = name
@@ -112,7 +112,6 @@ class PromptActor:
 
     def ready(self) -> dict[str, Any]:
         """Who this worker is (answers once the constructor has run)."""
-
         return {
             "name": self.name,
             "pid": os.getpid(),

@@ -111,7 +111,6 @@ class RayPool:
     # -- the Workers interface -------------------------------------------------------------------
 
     def start(self) -> None:
-
         settings = self._settings
         self._started_cluster = connect(settings.address, settings.workers)
         paths = absolute(Paths(output=self._config.output, temp=self._config.temp, input=self._config.input))
@@ -133,12 +132,9 @@ class RayPool:
             _worker(lane).start()
 
     def stop(self, timeout: float = 10.0) -> None:
-
+        """Interrupt what runs, stop every lane (together), then the actors (and a cluster we started)."""
         self._stopping.cancel()
-        workers = [_worker(lane) for lane in self._lanes]
-        for worker in workers:
-            worker.interrupt()
-        threads = [threading.Thread(target=worker.stop, args=(timeout,)) for worker in workers]
+        threads = [threading.Thread(target=_worker(lane).stop, args=(timeout,)) for lane in self._lanes]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -298,7 +294,6 @@ class RemoteExecutor:
         return RunResult(prompt_id, "error", failures={first.node_id: failure})
 
     def free(self) -> None:
-
         ray.get(self._lane.actor.free.remote())
         self._pool._freed(self._lane)
 
