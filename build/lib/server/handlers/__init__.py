@@ -1,1 +1,0 @@
-"""Thin request handlers: parse, call, serialise. One module per area of the API."""
