@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test lint typecheck pytest browser-deps bench clean
+.PHONY: setup run test test-slow lint typecheck pytest browser-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The everyday suite; the few tests marked slow (minutes each on a CPU) run with test-slow, and in CI.
 pytest: setup browser-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+test-slow: setup
+	$(BIN)/pytest -m slow
 
 test: lint typecheck pytest
 
@@ -44,6 +48,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.runtime
 	$(BIN)/python -m benchmarks.guidance
 	$(BIN)/python -m benchmarks.server
+	$(BIN)/python -m benchmarks.vs_comfyui  # side by side with ComfyUI when COMFYUI_DIR names a checkout
 	$(BIN)/python -m benchmarks.ray_scale
 
 clean:

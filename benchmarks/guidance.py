@@ -250,11 +250,15 @@ def bench_gradients(
     base = Prediction(denoiser, c)
     with torch.no_grad():
         text = Conditioning.of(clip.encode_text(["a red circle"])[0], "clip red")
+
+    def clip_rule(through: bool) -> ClipGradient:  # 4 flipped cutouts, no clamps
+        return ClipGradient(base, clip, text, 100.0, 4, True, through, 0.0, (), 100.0, 0.0, None, 1.0)
+
     programs: dict[str, Guidance] = {
         "forward": base,
         "classifier": ClassifierGradient(base, clf, 0, 1.0),
-        "clip_detached": ClipGradient(base, clip, text, 100.0, cutouts=4, augment=True),
-        "clip_through": ClipGradient(base, clip, text, 100.0, cutouts=4, augment=True, through_denoiser=True),
+        "clip_detached": clip_rule(False),
+        "clip_through": clip_rule(True),
     }
     x = torch.randn(batch, 3, 32, 32, device=device) * 5
     sigma = torch.full((batch,), 5.0, device=device)

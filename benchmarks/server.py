@@ -1,10 +1,10 @@
-"""Server load: concurrent API clients, many WebSocket clients, memory after many prompts.
+"""Server load over the tiny test nodes: steady throughput, bursts, long chains, fan-out, memory.
 
-Run: ``.venv/bin/python -m benchmarks.server [--prompts-per-client 25] [--memory-prompts 1000]
-[--status-intervals 0,0.02]``; the WebSocket fan-out runs once per ``status`` coalescing interval.
-The server runs as a subprocess over the tiny test nodes (a number and a 1x1 PNG writer), so the
-numbers measure the server (HTTP, validation, SQLite commits, the worker, WebSocket fan-out), not
-the diffusion nodes. Results are printed as Markdown for ``benchmarks/results/server.md``.
+Run: ``.venv/bin/python -m benchmarks.server [--runs 10] [--seconds 10] [--chains 100,1000,5000,10000]
+[--chain-repeats 10]``. The server runs as a subprocess over the test nodes (``Number``, ``Relay``, a
+1x1 PNG writer), so the numbers measure the server (HTTP, validation, SQLite commits, the worker, the
+WebSocket path), not the diffusion nodes. Results are printed as Markdown for
+``benchmarks/results/server.md``. The side-by-side comparison with ComfyUI is ``benchmarks/vs_comfyui.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -25,8 +26,9 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.load import burst, closed_loop, one_big_prompt, pct, rss_mib, wait_until_up
 from server.config import ServerConfig
-from tests.server.conftest import make_config
+from tests.server.conftest import chain_prompt, make_config
 from tests.server.test_restart import ROOT, free_port
 
 
@@ -35,57 +37,6 @@ def prompt(value: int) -> dict[str, Any]:
     return {
         "1": {"class_type": "Number", "inputs": {"value": value % 1000}},
         "2": {"class_type": "SaveSquare", "inputs": {"value": ["1", 0], "size": 1, "prefix": f"b{value}"}},
-    }
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_idle(session: aiohttp.ClientSession, url: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with session.get(f"{url}/prompt") as response:
-            if (await response.json())["exec_info"]["queue_remaining"] == 0:
-                return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("queue did not drain")
-
-
-async def concurrent_clients(url: str, clients: int, per_client: int) -> dict[str, float]:
-    """``clients`` tasks each POST ``per_client`` prompts back to back; then wait for the queue."""
-    latencies: list[float] = []
-    counter = iter(range(10**9))
-    async with aiohttp.ClientSession() as session:
-
-        async def client() -> None:
-            for _ in range(per_client):
-                start = time.perf_counter()
-                async with session.post(f"{url}/prompt", json={"prompt": prompt(next(counter))}) as response:
-                    assert response.status == 200, await response.text()
-                    await response.read()
-                latencies.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        accepted = time.perf_counter() - start
-        await wait_idle(session, url)
-        finished = time.perf_counter() - start
-    total = clients * per_client
-    return {
-        "prompts": total,
-        "accept_per_s": total / accepted,
-        "complete_per_s": total / finished,
-        "post_p50_ms": 1000 * statistics.median(latencies),
-        "post_p95_ms": 1000 * pct(latencies, 0.95),
     }
 
 
@@ -139,23 +90,6 @@ async def websocket_fanout(url: str, idle: int, active: int, per_client: int) ->
     }
 
 
-async def memory_after(url: str, pid: int, prompts: int) -> dict[str, float]:
-    before = rss_mib(pid)
-    async with aiohttp.ClientSession() as session:
-        sem = asyncio.Semaphore(20)
-
-        async def one(n: int) -> None:
-            async with sem, session.post(f"{url}/prompt", json={"prompt": prompt(200_000 + n)}) as response:
-                assert response.status == 200
-                await response.read()
-
-        await asyncio.gather(*(one(n) for n in range(prompts)))
-        await wait_idle(session, url)
-        async with session.get(f"{url}/history", params={"max_items": 10}) as response:
-            await response.read()
-    return {"prompts": prompts, "rss_before_mib": before, "rss_after_mib": rss_mib(pid)}
-
-
 @contextlib.asynccontextmanager
 async def serving(status_interval_s: float) -> AsyncIterator[tuple[str, int]]:
     """A fresh server subprocess over the test nodes in a temporary folder: ``(url, pid)``."""
@@ -180,13 +114,7 @@ async def serving(status_interval_s: float) -> AsyncIterator[tuple[str, int]]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            async with aiohttp.ClientSession() as session:
-                for _ in range(200):
-                    try:
-                        async with session.get(f"{url}/prompt"):
-                            break
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.1)
+            await wait_until_up(url, proc)
             yield url, proc.pid
         finally:
             proc.terminate()
@@ -201,47 +129,80 @@ def fan_row(label: str, fan: dict[str, float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    default = ServerConfig.ws_status_interval_s
-    async with serving(default) as (url, pid):
-        idle_rss = rss_mib(pid)
-        load = await concurrent_clients(url, 20, args.prompts_per_client)
-        fans = {default: await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)}
-        mem = await memory_after(url, pid, args.memory_prompts)
-    for interval in args.status_intervals:
-        if interval not in fans:
-            async with serving(interval) as (url, _):
-                fans[interval] = await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)
-    print(f"## Server benchmark ({platform.machine()}, {platform.python_version()}, CPU only)\n")
-    print(f"Server RSS at start: {idle_rss:.0f} MiB\n")
-    print("| scenario | prompts | throughput (prompts/s) | p50 | p95 |")
-    print("|---|---|---|---|---|")
-    row = f"| 20 concurrent clients, POST /prompt latency | {load['prompts']} | "
-    row += f"accepted {load['accept_per_s']:.0f}, completed {load['complete_per_s']:.0f} | "
-    row += f"{load['post_p50_ms']:.1f} ms | {load['post_p95_ms']:.1f} ms |"
-    print(row)
-    print("\n200 idle + 20 active WebSocket clients, POST→execution_success, by `status` interval:\n")
+    print(f"## Server benchmark ({platform.machine()}, Python {platform.python_version()}, CPU only)\n")
+    print(
+        f"Machine load at the start (1-minute load average, {os.cpu_count()} CPUs): "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
+    async with serving(ServerConfig.ws_status_interval_s) as (url, pid):
+        print(f"Server RSS at start: {rss_mib(pid):.0f} MiB\n")
+        print(f"### {args.runs} consecutive runs on one server: 20 clients, each posting and waiting for")
+        print(f"completion over its WebSocket, {args.seconds:g} s each\n")
+        print("| run | completed | prompts/s | p50 | p95 | history rows before |")
+        print("|---|---|---|---|---|---|")
+        history = 0
+        rates = []
+        for run in range(args.runs):
+            loop = await closed_loop(url, prompt, 20, args.seconds, first=1_000_000 * (run + 1))
+            rates.append(loop["completed_per_s"])
+            print(
+                f"| {run + 1} | {loop['completed']:.0f} | {loop['completed_per_s']:.0f} | "
+                f"{loop['p50_ms']:.0f} ms | {loop['p95_ms']:.0f} ms | {history} |",
+                flush=True,
+            )
+            history += int(loop["completed"])
+        print(f"\nLast run ÷ first run: {rates[-1] / rates[0]:.2f}\n")
+        load = await burst(url, prompt, 20, 500, first=50_000_000)
+        print("### 500 prompts posted back to back by 20 clients\n")
+        print(
+            f"accepted {load['accepted_per_s']:.0f}/s (POST p50 {load['post_p50_ms']:.1f} ms, "
+            f"p95 {load['post_p95_ms']:.1f} ms), completed {load['completed_per_s']:.0f}/s\n"
+        )
+        print("### A chain of N trivial nodes (Number → Relay × N → SaveSquare), one WebSocket client\n")
+        print("| N | POST → execution_success | WebSocket bytes to the submitter | slowest GET /queue |")
+        print("|---|---|---|---|")
+        for n in args.chains:
+            chain = await one_big_prompt(url, chain_prompt(n, value=n % 1000), f"chain{n}")
+            assert chain["connected"], "the submitter was disconnected"
+            print(
+                f"| {n:,} | {chain['seconds']:.2f} s | {chain['ws_bytes'] / 1e6:.2f} MB | "
+                f"{chain['queue_max_ms']:.0f} ms |",
+                flush=True,
+            )
+        biggest = max(args.chains)
+        print(f"\n### RSS over {args.chain_repeats} runs of the {biggest:,}-node chain\n")
+        baseline = rss_mib(pid)
+        seconds = []
+        for i in range(args.chain_repeats):
+            chain = await one_big_prompt(url, chain_prompt(biggest, value=(i + 1) % 1000), "rss")
+            seconds.append(chain["seconds"])
+        after = rss_mib(pid)
+        print(
+            f"after the warm-up runs above: {baseline:.0f} MiB; {args.chain_repeats} runs later: "
+            f"{after:.0f} MiB "
+            f"({after - baseline:+.0f} MiB); each run {statistics.median(seconds):.2f} s (median), "
+            f"{max(seconds):.2f} s (slowest)\n"
+        )
+        fan = await websocket_fanout(url, 200, 20, args.ws_prompts_per_client)
+    print("### 200 idle + 20 active WebSocket clients, POST → execution_success\n")
     print("| status interval | prompts | prompts/s | p50 | p95 | status frames per idle client | idle open |")
     print("|---|---|---|---|---|---|---|")
-    for interval, fan in sorted(fans.items()):
-        label = "one event-loop tick" if interval == 0 else f"{1000 * interval:g} ms"
-        print(fan_row(label + (" (default)" if interval == default else ""), fan))
-    print(
-        f"\nServer RSS before/after {mem['prompts']} more prompts: {mem['rss_before_mib']:.0f} MiB → "
-        f"{mem['rss_after_mib']:.0f} MiB."
-    )
+    print(fan_row(f"{1000 * ServerConfig.ws_status_interval_s:g} ms (default)", fan))
+    print(f"\nMachine load at the end: {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompts-per-client", type=int, default=25)
-    parser.add_argument("--ws-prompts-per-client", type=int, default=5)
-    parser.add_argument("--memory-prompts", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=10, help="consecutive closed-loop runs (default 10)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
     parser.add_argument(
-        "--status-intervals",
-        type=lambda text: [float(x) for x in text.split(",")],
-        default=[0.0, ServerConfig.ws_status_interval_s],
-        help="seconds between coalesced status broadcasts to compare (default 0,0.02)",
+        "--chains",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[100, 1000, 5000, 10_000],
+        help="chain lengths (default 100,1000,5000,10000)",
     )
+    parser.add_argument("--chain-repeats", type=int, default=10)
+    parser.add_argument("--ws-prompts-per-client", type=int, default=5)
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -258,6 +258,19 @@ def _check_declaration(cls: type[Node]) -> None:
     missing = [n for n in names if n not in accepted and not takes_any]
     if missing:
         raise TypeError(f"{cls.__name__}.run does not accept declared inputs {missing}")
+    specs = {spec.name: spec for spec in cls.inputs}
+    clashes = [
+        f"{p.name}: run() says {p.default!r}, the declaration {getattr(specs[p.name], 'default', None)!r}"
+        for p in params[1:]
+        if p.name in specs
+        and p.default is not inspect.Parameter.empty
+        and p.default != getattr(specs[p.name], "default", None)
+    ]
+    if clashes:
+        raise TypeError(
+            f"{cls.__name__}: a default lives in the declaration only (the runtime passes it); "
+            + "; ".join(clashes)
+        )
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from graph_runtime.api import Combo, Node
 from graph_runtime.folders import FolderFiles, resolve_file
@@ -84,9 +83,10 @@ def nbytes(value: Any, _seen: set[int] | None = None) -> int:
     if id(value) in seen or value is None or isinstance(value, (str, int, float, bool, bytes)):
         return len(value) if isinstance(value, bytes) else 0
     seen.add(id(value))
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         return value.element_size() * value.nelement()
-    if isinstance(value, torch.nn.Module):
+    if torch is not None and isinstance(value, torch.nn.Module):
         tensors = [*value.parameters(), *value.buffers()]
         return sum(nbytes(t, seen) for t in tensors)
     if isinstance(value, (tuple, list, set, frozenset)):

@@ -2,8 +2,12 @@
 
 Exit codes: 0 success, 1 execution failure (or interruption), 2 invalid workflow or usage.
 Other packages add subcommands through the ``guidegraph.commands`` entry-point group: each entry
-point is ``register(subparsers) -> None`` and sets ``func=callable(args) -> int``. One that cannot
-be imported (not installed, or still being written) is skipped quietly.
+point is ``register(subparsers) -> None`` and sets ``func=callable(args) -> int``. Only the command
+being run is loaded (``guidegraph --help`` lists the others by name), so a heavy or broken command
+costs nothing to the rest; a command that cannot be loaded says why when it is asked for.
+
+Nothing heavy is imported before a command runs (``--help`` answers in tens of milliseconds), and
+``validate`` never imports torch: the runtime loads it when something executes.
 """
 
 from __future__ import annotations
@@ -15,18 +19,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from graph_runtime.context import CancelToken, Paths
-from graph_runtime.executor import Executor, ValidationFailed
-from graph_runtime.progress import ProgressPrinter, summary
-from graph_runtime.registry import Registry, editor_order, input_spec
-from graph_runtime.schema import workflow_json_schema
-from graph_runtime.validation import validate
-from graph_runtime.workflow import WorkflowFormatError, load_workflow
+if TYPE_CHECKING:
+    from graph_runtime.registry import Registry
 
 log = logging.getLogger(__name__)
 COMMAND_GROUP = "guidegraph.commands"
@@ -38,6 +37,8 @@ class UsageError(Exception):
 
 
 def _registry() -> Registry:
+    from graph_runtime.registry import Registry
+
     registry = Registry.from_entry_points()
     for line in registry.load_errors:
         print(f"warning: {line}", file=sys.stderr)
@@ -73,6 +74,12 @@ def apply_assignments(prompt: dict[str, Any], assignments: Sequence[str]) -> Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from graph_runtime.context import CancelToken, Paths
+    from graph_runtime.executor import Executor, ValidationFailed
+    from graph_runtime.progress import ProgressPrinter, summary
+    from graph_runtime.validation import validate
+    from graph_runtime.workflow import load_workflow
+
     registry = _registry()
     prompt = load_workflow(args.workflow, registry)
     apply_assignments(prompt, args.set or [])
@@ -118,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace, registry: Registry, prompt: dict[str, Any]) -> int:
     """``run --sweep`` (and ``run --ray``): every point validated, then run here or on Ray workers."""
     from graph_runtime import sweep
+    from graph_runtime.context import CancelToken, Paths
+    from graph_runtime.executor import Executor
+    from graph_runtime.registry import Registry
+    from graph_runtime.validation import validate
 
     try:
         points = sweep.expand(prompt, args.sweep or [], apply_assignments)
@@ -167,6 +178,9 @@ def cmd_sweep(args: argparse.Namespace, registry: Registry, prompt: dict[str, An
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from graph_runtime.validation import validate
+    from graph_runtime.workflow import load_workflow
+
     registry = _registry()
     prompt = load_workflow(args.workflow, registry)
     report = validate(prompt, registry, args.outputs)
@@ -193,6 +207,8 @@ def _print_problems(lines: list[str], stream: Any = None) -> None:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    from graph_runtime.registry import editor_order, input_spec
+
     registry = _registry()
     info = registry.object_info()
     if args.names:
@@ -222,12 +238,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from graph_runtime.schema import workflow_json_schema
+
     print(json.dumps(workflow_json_schema(args.format), indent=2))
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guidegraph", description="Run and inspect guidegraph workflows.")
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; of the commands from other packages, only the one ``argv`` names is loaded."""
+    plugins = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+    parser = argparse.ArgumentParser(
+        prog="guidegraph",
+        description="Run and inspect guidegraph workflows.",
+        epilog="guidegraph COMMAND --help describes each command." if plugins else None,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run a workflow headless")
     run.add_argument("workflow", help="workflow JSON (API or editor format) or a PNG carrying one")
@@ -273,20 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the workflow formats")
     schema.add_argument("--format", choices=("any", "api", "ui"), default="any")
     schema.set_defaults(func=cmd_schema)
-    _add_plugin_commands(sub)
+    wanted = next(
+        (word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")), None
+    )
+    for name, ep in sorted(plugins.items()):
+        if name == wanted:
+            _add_plugin_command(sub, ep)
+        else:
+            sub.add_parser(name, help=f"see guidegraph {name} --help")
     return parser
 
 
-def _add_plugin_commands(sub: Any) -> None:
-    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
-        try:
-            ep.load()(sub)
-        except Exception as exc:  # a command whose package is missing or broken must not break the CLI
-            log.debug("skipping command %s (%s): %r", ep.name, ep.value, exc)
+def _add_plugin_command(sub: Any, ep: EntryPoint) -> None:
+    """Let the entry point register its parser; if it cannot, the command says why when run."""
+    try:
+        ep.load()(sub)
+    except Exception as exc:  # a command whose package is missing or broken must not break the CLI
+        reason = f"command {ep.name!r} ({ep.value}) could not be loaded: {type(exc).__name__}: {exc}"
+        log.debug(reason, exc_info=True)
+        broken = sub.add_parser(ep.name, help="(could not be loaded)")
+        broken.set_defaults(func=lambda args: _fail_to_load(reason))
+
+
+def _fail_to_load(reason: str) -> int:
+    print(f"guidegraph: {reason}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
@@ -300,7 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"guidegraph {args.command}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except WorkflowFormatError as exc:
+    except Exception as exc:
+        from graph_runtime.workflow import WorkflowFormatError  # loaded by any command that reads one
+
+        if not isinstance(exc, WorkflowFormatError):
+            raise
         print(f"invalid workflow: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:

@@ -6,9 +6,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is loaded when something runs, not when a workflow is read or validated
+    import torch
 
 
 class Interrupted(Exception):
@@ -65,8 +66,8 @@ class Context:
 
     node_id: str = ""
     class_type: str = ""
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: _torch().device("cpu"))
+    dtype: torch.dtype = field(default_factory=lambda: _torch().float32)
     paths: Paths = field(default_factory=Paths)
     prompt: dict[str, Any] = field(default_factory=dict)
     extra_pnginfo: dict[str, Any] = field(default_factory=dict)
@@ -81,3 +82,9 @@ class Context:
 
     def check_cancelled(self) -> None:
         self.cancel.raise_if_cancelled()
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch

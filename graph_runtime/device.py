@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -16,6 +21,8 @@ def choose_device(name: str | torch.device | None = None) -> torch.device:
     A named device that this machine lacks is an error (never a silent fallback), so
     ``--device cuda`` on a laptop says so instead of running for hours on the CPU.
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     if name is None or name.strip().lower() in ("", "auto"):
@@ -48,4 +55,6 @@ def choose_dtype(device: torch.device) -> torch.dtype:
     Guidance takes gradients through models (classifier and CLIP guidance), where half precision
     loses too much; the shipped models are small, so float32 costs little. One place to change.
     """
+    import torch
+
     return torch.float32

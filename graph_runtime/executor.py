@@ -11,14 +11,13 @@ finally ``executing`` with ``node=None``. A failing node fails its descendants o
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from graph_runtime.api import Result
 from graph_runtime.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, Entry, OutputCache, nbytes, node_key
@@ -37,6 +36,9 @@ from graph_runtime.events import (
 )
 from graph_runtime.registry import Registry
 from graph_runtime.validation import PlannedNode, ValidationReport, gc_paused, validate
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +371,14 @@ class _Run:
 
 
 def _short(value: Any) -> str:
-    """A one-line description of an input value for error reports (tensors by shape, not content)."""
-    if isinstance(value, torch.Tensor):
+    """A one-line description of an input value for error reports: literals as written, tensors by
+    shape, anything else by its type (the repr of a value holding a network formats every weight)."""
+    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)} {value.dtype} on {value.device}"
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    if value is None or isinstance(value, (str, int, float, bool)):
+        text = repr(value)
+        return text if len(text) <= 200 else text[:197] + "..."
+    if isinstance(value, (list, tuple, dict)):
+        return f"{type(value).__name__} of {len(value)}"
+    return f"<{type(value).__name__}>"

@@ -16,12 +16,24 @@ MODEL_KINDS = ("checkpoints", "vae", "loras", "classifiers", "clip", "evaluators
 
 def node_classes() -> list[type[Node]]:
     """Every built-in node class, module by module."""
-    from nodes import batch_nodes, guidance_nodes, image_nodes, model_nodes, sampling_nodes
+    from nodes import (
+        batch_nodes,
+        composition_nodes,
+        guidance_nodes,
+        image_nodes,
+        model_nodes,
+        rule_nodes,
+        sampling_nodes,
+        universal_nodes,
+    )
     from nodes.comfy import conditioning, core, custom_sampling, latent
 
     return [
         *model_nodes.NODES,
         *guidance_nodes.NODES,
+        *rule_nodes.NODES,
+        *composition_nodes.NODES,
+        *universal_nodes.NODES,
         *sampling_nodes.NODES,
         *image_nodes.NODES,
         *batch_nodes.NODES,

@@ -11,8 +11,9 @@ import torch
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
 from nodes.diffusion.conventions import SPACES, Denoiser
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
-from nodes.diffusion.guidance import Guidance, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.guidance import Guidance, cfg, combine, window
 from nodes.diffusion.regions import predict
+from nodes.diffusion.rules import Rescale, Threshold
 from nodes.diffusion.sampling import leaf_models
 from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
 
@@ -88,12 +89,12 @@ class Composable(Node):
         unconditional: Conditioning,
         condition_1: Conditioning,
         weight_1: float,
-        condition_2: Conditioning | None = None,
-        weight_2: float = 0.0,
-        condition_3: Conditioning | None = None,
-        weight_3: float = 0.0,
-        condition_4: Conditioning | None = None,
-        weight_4: float = 0.0,
+        condition_2: Conditioning | None,
+        weight_2: float,
+        condition_3: Conditioning | None,
+        weight_3: float,
+        condition_4: Conditioning | None,
+        weight_4: float,
     ) -> tuple[Guidance]:
         pairs = [
             (condition_1, weight_1),
@@ -212,8 +213,8 @@ class ClipLoss(Node):
         augment: bool,
         through_denoiser: bool,
         grad_clamp: float,
-        contrast: str = "",
-        shift_clamp: float = 0.0,
+        contrast: str,
+        shift_clamp: float,
         vae: VAE | None = None,
         decode_scale: float = 1.0,
     ) -> tuple[Guidance]:

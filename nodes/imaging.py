@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from graph_runtime.api import Context
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(H, W, C) in [0, 1] → an 8-bit RGB (or L) PIL image."""
-    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    # numpy, not torch: torch's CPU round() enters its thread pool even for a tiny image, which costs
+    # milliseconds whenever another thread (a server's event loop) holds the other core.
+    pixels = (np.clip(image.detach().float().cpu().numpy(), 0, 1) * 255).round().astype(np.uint8)
     return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3])
 
 
@@ -34,30 +37,49 @@ def _split_prefix(root: Path, prefix: str) -> tuple[Path, str, str]:
     return folder, folder.relative_to(root.resolve()).as_posix().strip("."), name
 
 
+_NEXT_COUNTER: dict[tuple[Path, str], int] = {}  # (folder, stem) -> the next number to try
+_COUNTER_LOCK = threading.Lock()
+
+
 def write_png_atomic(image: Image.Image, folder: Path, stem: str, info: PngInfo | None) -> str:
     """Write to a temporary file, then link it under the first free name ``{stem}_{n:05}_.png``.
 
     ``os.link`` never replaces an existing file, so concurrent writers cannot clobber each other and
-    a reader never sees a half-written PNG.
+    a reader never sees a half-written PNG. The folder is listed once per (folder, stem) and process;
+    later saves start from the number after the last one (a full listing per save would make a
+    server slower with every image it has written).
     """
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".save-", suffix=".png.part")
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info, compress_level=4)
-        taken = [p.name for p in folder.glob(f"{stem}_*_.png")]
-        counter = 1 + max(
-            (int(n[len(stem) + 1 : -5]) for n in taken if n[len(stem) + 1 : -5].isdigit()), default=0
-        )
-        while True:
-            name = f"{stem}_{counter:05}_.png"
-            try:
-                os.link(tmp, folder / name)
-                return name
-            except FileExistsError:
+        with _COUNTER_LOCK:
+            counter = _NEXT_COUNTER.get((folder, stem)) or 1 + _highest_counter(folder, stem)
+            while True:
+                name = f"{stem}_{counter:05}_.png"
                 counter += 1
+                try:
+                    os.link(tmp, folder / name)
+                except FileExistsError:
+                    continue
+                if len(_NEXT_COUNTER) >= 4096 and (folder, stem) not in _NEXT_COUNTER:
+                    _NEXT_COUNTER.clear()  # a memo, not a record: bounded, re-listed when needed
+                _NEXT_COUNTER[(folder, stem)] = counter
+                return name
     finally:
         os.unlink(tmp)
+
+
+def _highest_counter(folder: Path, stem: str) -> int:
+    prefix = f"{stem}_"
+    with os.scandir(folder) as entries:
+        numbers = [
+            e.name[len(prefix) : -5]
+            for e in entries
+            if e.name.startswith(prefix) and e.name.endswith("_.png")
+        ]
+    return max((int(n) for n in numbers if n.isdigit()), default=0)
 
 
 def save_images(

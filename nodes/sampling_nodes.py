@@ -37,7 +37,8 @@ class Sampler(Node):
     starts an encoded image at a lower σ (img2img); a latent
     noise mask regenerates only where it is 1. Reports progress with a preview every step and stops
     there when cancelled. ``max_batch`` > 0 splits a model's batched forward into chunks of that
-    many rows (memory); 0 never splits.
+    many rows (memory); 0 never splits. The noise schedule comes from ``schedule_model`` or, when the
+    program has a single model, from that model; it is never guessed among several.
     """
 
     category = "guidegraph/sampling"
@@ -50,6 +51,7 @@ class Sampler(Node):
         Combo(name="scheduler", options=SCHEDULER_NAMES, default="karras"),
         Float(name="denoise", default=1.0, min=0.01, max=1.0, step=0.01),
         Int(name="max_batch", default=0, min=0, max=1 << 20, optional=True),
+        Socket(name="schedule_model", type="MODEL", optional=True),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -64,14 +66,11 @@ class Sampler(Node):
         scheduler: str,
         denoise: float,
         max_batch: int | None = 0,
+        schedule_model: Denoiser | None = None,
     ) -> tuple[Latent]:
-        from nodes.diffusion.sampling import leaf_models
         from nodes.diffusion.schedules import sigmas_for_denoise
 
-        models = leaf_models(guidance)
-        if not models:
-            raise ValueError("the guidance has no model prediction to sample from")
-        sigmas = sigmas_for_denoise(scheduler, models[0], steps, denoise)
+        sigmas = sigmas_for_denoise(scheduler, schedule_source(guidance, schedule_model), steps, denoise)
         return run_sampler(ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0)
 
 
@@ -135,6 +134,25 @@ def run_sampler(
         noise_source=source,
     )
     return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
+
+
+def schedule_source(guidance: Guidance, schedule_model: Denoiser | None) -> Denoiser:
+    """The model whose noise schedule the Sampler follows: ``schedule_model`` when connected, else the
+    program's one model; a program with several models (autoguidance) must name it."""
+    from nodes.diffusion.sampling import leaf_models
+
+    if schedule_model is not None:
+        return schedule_model
+    models = leaf_models(guidance)
+    if not models:
+        raise ValueError("the guidance has no model prediction to sample from")
+    if len(models) > 1:
+        names = ", ".join(repr(m.name) for m in models)
+        raise ValueError(
+            f"schedule_model: the guidance uses {len(models)} models ({names}); connect the one whose "
+            "noise schedule the Sampler should follow"
+        )
+    return models[0]
 
 
 class EmptyLatent(Node):

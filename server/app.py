@@ -22,6 +22,7 @@ from server import state
 from server.config import MiB, ServerConfig
 from server.handlers import editor, files, history, info, prompts, userdata, ws
 from server.hub import Hub
+from server.intake import Intake
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
 from server.templates import Templates
@@ -123,7 +124,9 @@ def create_app(
     )
     app[state.CONFIG] = config
     app[state.REGISTRY] = registry
-    app[state.HUB] = Hub(config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s)
+    app[state.HUB] = Hub(
+        config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s, config.ws_queue_max_bytes
+    )
     app[state.TEMPLATES] = Templates(config.workflows_dir, config.default_workflow)
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
@@ -135,8 +138,13 @@ def create_app(
 
 
 def default_executor(registry: Any, config: ServerConfig) -> Any:
+    """The worker's executor; torch's CPU thread pool leaves a core to the event loop (see
+    ``ServerConfig.cpu_threads``)."""
+    import torch
+
     from graph_runtime.executor import Executor
 
+    torch.set_num_threads(config.torch_threads)
     paths = Paths(output=config.output, temp=config.temp, input=config.input)
     return Executor(registry, device=config.device, cache=config.cache, paths=paths)
 
@@ -167,6 +175,8 @@ async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> As
             preview_max_side=config.preview_max_side,
         )
     app[state.STORE] = store
+    app[state.INTAKE] = Intake(store)
+    app[state.HUB].status_source = store.queue_remaining
     app[state.WORKER] = worker
     await asyncio.to_thread(worker.start)
     try:

@@ -42,6 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default="lru", help="node cache policy (default lru)")
     parser.add_argument("--max-upload-mb", type=int, default=32)
     parser.add_argument(
+        "--max-prompt-nodes",
+        type=int,
+        default=ServerConfig.max_prompt_nodes,
+        help=f"refuse prompts with more nodes (default {ServerConfig.max_prompt_nodes:,})",
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads (default: one fewer than the CPUs, leaving one to the server)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    parser.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -89,6 +102,8 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device,
         cache=args.cache,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_prompt_nodes=args.max_prompt_nodes,
+        cpu_threads=args.cpu_threads,
     )
     try:
         config.check()
@@ -119,8 +134,9 @@ def serve(args: argparse.Namespace) -> int:
     if token and not is_loopback(host):
         where += "?token=<your token>"
     print(f"guidegraph: the editor is at {where}", flush=True)
+    access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     try:
-        web.run_app(app, host=host, port=config.port, print=None, handle_signals=True)
+        web.run_app(app, host=host, port=config.port, print=None, handle_signals=True, access_log=access_log)
     finally:
         if started_ray:
             import ray as ray_module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,15 @@ class ServerConfig:
     max_json_depth: int = 64
     history_limit: int = 10_000
     history_page_default: int = 1_000
-    ws_queue_size: int = 256
+    max_prompt_nodes: int = 100_000  # larger prompts are refused with a 400
+    ws_queue_size: int = 256  # unsent frames per client before its chatter is merged and previews dropped
+    ws_queue_max_bytes: int = 64 * MiB  # unsent bytes per client before it is disconnected
     ws_send_timeout_s: float = 10.0
     ws_status_interval_s: float = 0.02  # queue-length broadcasts are coalesced to at most one per interval
     preview_max_side: int = 512
+    # torch's CPU threads; None: one fewer than the CPUs, so the event loop keeps a core. A thread pool
+    # as wide as the machine makes every small op wait for a core the loop holds (milliseconds each).
+    cpu_threads: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -64,6 +70,10 @@ class ServerConfig:
         return self.temp_dir or self.data_dir.parent / "temp"
 
     @property
+    def torch_threads(self) -> int:
+        return self.cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+
+    @property
     def requires_token(self) -> bool:
         return bool(self.token) or not is_loopback(self.listen)
 
@@ -73,5 +83,7 @@ class ServerConfig:
             raise ValueError(
                 f"--listen {self.listen} is not a loopback address: pass --token or set GUIDEGRAPH_TOKEN"
             )
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"--cpu-threads must be at least 1, not {self.cpu_threads}")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the access token must be at least 16 characters")

@@ -1,26 +1,35 @@
-"""WebSocket fan-out: one bounded send queue and one sender task per client.
+"""WebSocket fan-out: one send queue and one sender task per client.
 
 The worker thread never touches a socket: it hands messages to the event loop, which appends them to
-each addressed client's queue without waiting. A client whose queue is full loses preview frames
-first; when a JSON message does not fit either, the client is disconnected (it can reconnect and catch
-up from ``/jobs`` and ``/history``). A slow or dead client therefore never blocks execution or the
-other clients.
+each addressed client's queue without waiting. A slow or dead client therefore never blocks execution
+or the other clients, and a client is never cut off because its own prompt was large:
 
-``status`` (the queue length) is coalesced: ``send_status`` only records the latest value and schedules
-one broadcast for the next event-loop tick, at most once per ``status_interval_s``. The broadcast reads
-the value when it runs, so a client sees the latest queue length after every message that was handed
-to the hub before that value was set (``status`` 0 arrives after the last prompt's
-``execution_success``), and a burst of queue changes costs every client one frame instead of one each.
+- Up to ``queue_size`` unsent frames a client gets every message. Beyond that, chatter is merged:
+  a ``progress_state``, ``progress`` or per-node ``executing`` (and a ``status``) replaces the unsent
+  one it supersedes (the editor only ever shows the latest), and preview frames are dropped. Lifecycle
+  messages (``execution_*``, ``executed``, ``executing`` with ``node: null``) are always kept.
+- Only a client whose unsent frames exceed ``max_bytes`` is disconnected (it can reconnect and catch
+  up from ``/jobs`` and ``/history``), as is one whose socket does not take a frame within
+  ``send_timeout_s``.
+
+``status`` (the queue length) is coalesced: ``send_status`` only says "the queue changed" and makes
+sure one broadcast follows, at most once per ``status_interval_s``. The broadcast reads the length
+from ``status_source`` (the store) when it runs, never a value captured earlier, so a client sees the
+current queue length after every message that was handed to the hub before the change (``status`` 0
+arrives after the last prompt's ``execution_success``), no stale length can come last, and a burst of
+queue changes costs every client one frame instead of one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,31 +41,52 @@ PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG = 1
 
+MergeKey = tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Frame:
+    """One unsent message; ``dead`` once a later frame with the same ``key`` superseded it."""
+
+    data: str | bytes
+    key: MergeKey | None
+    dead: bool = False
+
 
 @dataclass(eq=False)
 class Client:
-    """One connected socket."""
+    """One connected socket and its unsent frames."""
 
     sid: str
     ws: web.WebSocketResponse
-    queue: asyncio.Queue[str | bytes]
+    frames: collections.deque[Frame] = field(default_factory=collections.deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    live: int = 0  # frames queued and not superseded
+    unsent_bytes: int = 0
+    latest: dict[MergeKey, Frame] = field(default_factory=dict)
     supports_preview_metadata: bool = False
     sender: asyncio.Task[None] | None = None
-    dropped: int = field(default=0)
+    dropped: int = 0  # previews dropped and chatter merged away
 
 
 class Hub:
     """Who is connected, and how messages reach them."""
 
     def __init__(
-        self, queue_size: int = 256, send_timeout_s: float = 10.0, status_interval_s: float = 0.02
+        self,
+        queue_size: int = 256,
+        send_timeout_s: float = 10.0,
+        status_interval_s: float = 0.02,
+        max_bytes: int = 64 << 20,
     ) -> None:
         self._queue_size = queue_size
+        self._max_bytes = max_bytes
         self._send_timeout_s = send_timeout_s
         self._status_interval_s = status_interval_s
         self._clients: dict[str, list[Client]] = {}
-        self._status = 0
-        self._status_flush: asyncio.Handle | None = None
+        self.status_source: Callable[[], int] = lambda: 0  # the queue length (blocking: run in a thread)
+        self._status_changed = False
+        self._status_task: asyncio.Task[None] | None = None
         self._status_sent_at = -math.inf
         self.status_broadcasts = 0
 
@@ -65,10 +95,17 @@ class Hub:
         return sum(len(c) for c in self._clients.values())
 
     def connect(self, sid: str, ws: web.WebSocketResponse) -> Client:
-        client = Client(sid=sid, ws=ws, queue=asyncio.Queue(self._queue_size))
+        client = Client(sid=sid, ws=ws)
         client.sender = asyncio.get_running_loop().create_task(self._send_loop(client))
         self._clients.setdefault(sid, []).append(client)
         return client
+
+    def shows_previews(self, sid: str | None) -> bool:
+        """Whether a client ``sid`` that declared ``supports_preview_metadata`` (the editor) is connected.
+
+        Read from the worker thread: a snapshot of the list, so a concurrent connect cannot break it.
+        """
+        return sid is not None and any(c.supports_preview_metadata for c in tuple(self._clients.get(sid, ())))
 
     async def disconnect(self, client: Client) -> None:
         peers = self._clients.get(client.sid, [])
@@ -84,9 +121,11 @@ class Hub:
             await client.ws.close()
 
     async def close_all(self) -> None:
-        if self._status_flush is not None:
-            self._status_flush.cancel()
-            self._status_flush = None
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._status_task
+            self._status_task = None
         for peers in list(self._clients.values()):
             for client in list(peers):
                 await self.disconnect(client)
@@ -96,73 +135,118 @@ class Hub:
     def send(self, type: str, data: dict[str, Any], sid: str | None = None) -> None:
         """A JSON message to the clients with ``sid``, or to everyone when ``sid`` is None."""
         frame = json.dumps({"type": type, "data": data}, separators=(",", ":"), default=str)
+        key = merge_key(type, data)
         for client in self._targets(sid):
-            self._offer(client, frame, droppable=False)
+            self._offer(client, frame, key)
 
-    def send_status(self, queue_remaining: int) -> None:
-        """Tell everyone the queue length, coalesced with other changes in this tick (or interval)."""
-        self._status = queue_remaining
-        if self._status_flush is not None:
-            return  # the pending broadcast has not run yet; it will send this value
+    def send_status(self) -> None:
+        """The queue changed: everyone gets its length, read after this call, coalesced."""
+        self._status_changed = True
+        if self._status_task is None:
+            self._status_task = asyncio.get_running_loop().create_task(self._broadcast_status())
+
+    async def _broadcast_status(self) -> None:
         loop = asyncio.get_running_loop()
-        wait = self._status_sent_at + self._status_interval_s - loop.time()
-        if wait > 0:
-            self._status_flush = loop.call_later(wait, self._flush_status)
-        else:
-            self._status_flush = loop.call_soon(self._flush_status)
-
-    def _flush_status(self) -> None:
-        self._status_flush = None
-        self._status_sent_at = asyncio.get_running_loop().time()
-        self.status_broadcasts += 1
-        self.send("status", status_payload(self._status))
+        try:
+            while self._status_changed:
+                # the rest of this tick's changes join this broadcast; then keep the interval
+                await asyncio.sleep(max(0.0, self._status_sent_at + self._status_interval_s - loop.time()))
+                self._status_changed = False
+                try:
+                    remaining = await asyncio.to_thread(self.status_source)
+                except Exception:
+                    log.warning("could not read the queue length", exc_info=True)
+                    continue
+                self._status_sent_at = loop.time()
+                self.status_broadcasts += 1
+                self.send("status", status_payload(remaining))
+        finally:
+            self._status_task = None
 
     def send_to(self, client: Client, type: str, data: dict[str, Any]) -> None:
-        self._offer(client, json.dumps({"type": type, "data": data}, default=str), droppable=False)
+        self._offer(client, json.dumps({"type": type, "data": data}, default=str), None)
 
-    def send_preview(self, image: bytes, meta: dict[str, Any], sid: str | None) -> None:
-        """A binary preview: type 4 with metadata for clients that asked for it, else type 1."""
+    def send_preview(self, image: bytes, meta: dict[str, Any], sid: str | None, to_all: bool = False) -> None:
+        """A binary preview: type 4 with metadata to clients that declared ``supports_preview_metadata``;
+        type 1 to the others only with ``to_all`` (their prompt named a ``preview_method``)."""
         plain = struct.pack(">II", PREVIEW_IMAGE, JPEG) + image
         meta_json = json.dumps(meta, separators=(",", ":")).encode()
         rich = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta_json)) + meta_json + image
         for client in self._targets(sid):
-            self._offer(client, rich if client.supports_preview_metadata else plain, droppable=True)
+            if not (client.supports_preview_metadata or to_all):
+                continue
+            if client.live >= self._queue_size:
+                client.dropped += 1  # behind: a newer preview will follow
+                continue
+            self._offer(client, rich if client.supports_preview_metadata else plain, None)
 
     def _targets(self, sid: str | None) -> list[Client]:
         if sid is None:
             return [c for peers in self._clients.values() for c in peers]
         return list(self._clients.get(sid, ()))
 
-    def _offer(self, client: Client, frame: str | bytes, droppable: bool) -> None:
-        if client.queue.full() and not droppable:
-            # Make room by discarding queued previews; a client that is still full is too slow.
-            kept = [f for f in _drain(client.queue) if isinstance(f, str)]
-            for f in kept:
-                client.queue.put_nowait(f)
-        try:
-            client.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            client.dropped += 1
-            if not droppable:
-                log.warning("disconnecting slow websocket client %s", client.sid)
-                asyncio.get_running_loop().create_task(self.disconnect(client))
+    def _offer(self, client: Client, data: str | bytes, key: MergeKey | None) -> None:
+        if key is not None:
+            previous = client.latest.get(key)
+            if previous is not None and client.live >= self._queue_size:
+                previous.dead = True  # superseded while still unsent
+                client.live -= 1
+                client.unsent_bytes -= len(previous.data)
+                client.dropped += 1
+        frame = Frame(data, key)
+        client.frames.append(frame)
+        client.live += 1
+        client.unsent_bytes += len(data)
+        if key is not None:
+            client.latest[key] = frame
+        client.ready.set()
+        if client.unsent_bytes > self._max_bytes:
+            log.warning("disconnecting websocket client %s: %d bytes unsent", client.sid, client.unsent_bytes)
+            client.frames.clear()
+            client.latest.clear()
+            client.live = client.unsent_bytes = 0
+            asyncio.get_running_loop().create_task(self.disconnect(client))
 
     async def _send_loop(self, client: Client) -> None:
         try:
             while True:
-                frame = await client.queue.get()
+                if not client.frames:
+                    client.ready.clear()
+                    await client.ready.wait()
+                    continue
+                frame = client.frames.popleft()
+                if frame.dead:
+                    continue
+                client.live -= 1
+                client.unsent_bytes -= len(frame.data)
+                if frame.key is not None and client.latest.get(frame.key) is frame:
+                    del client.latest[frame.key]
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as the send
                 # completes, and this task then waits on the queue forever (and shutdown with it).
                 async with asyncio.timeout(self._send_timeout_s):
-                    if isinstance(frame, str):
-                        await client.ws.send_str(frame)
+                    if isinstance(frame.data, str):
+                        await client.ws.send_str(frame.data)
                     else:
-                        await client.ws.send_bytes(frame)
+                        await client.ws.send_bytes(frame.data)
         except asyncio.CancelledError:
             raise
         except Exception:  # a dead or stuck socket: drop this client only
             log.info("websocket client %s went away", client.sid)
             asyncio.get_running_loop().create_task(self.disconnect(client))
+
+
+def merge_key(type: str, data: dict[str, Any]) -> MergeKey | None:
+    """Messages that only say "where things stand now": a later one with the same key makes it moot."""
+    if type == "status":
+        return ("status",)
+    prompt_id = str(data.get("prompt_id"))
+    if type == "progress_state":
+        return (type, prompt_id)
+    if type == "progress":
+        return (type, prompt_id, str(data.get("node")))
+    if type == "executing" and data.get("node") is not None:
+        return (type, prompt_id)
+    return None
 
 
 def status_payload(queue_remaining: int, sid: str | None = None) -> dict[str, Any]:
@@ -171,10 +255,3 @@ def status_payload(queue_remaining: int, sid: str | None = None) -> dict[str, An
     if sid is not None:
         data["sid"] = sid
     return data
-
-
-def _drain(queue: asyncio.Queue[str | bytes]) -> list[str | bytes]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items

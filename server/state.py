@@ -9,6 +9,7 @@ from aiohttp import web
 from graph_runtime.registry import Registry
 from server.config import ServerConfig
 from server.hub import Hub
+from server.intake import Intake
 from server.store import PromptStore
 from server.templates import Templates
 from server.worker import Workers
@@ -16,6 +17,7 @@ from server.worker import Workers
 CONFIG = web.AppKey("config", ServerConfig)
 REGISTRY = web.AppKey("registry", Registry)
 STORE = web.AppKey("store", PromptStore)
+INTAKE = web.AppKey("intake", Intake)
 HUB = web.AppKey("hub", Hub)
 WORKER: web.AppKey[Workers] = web.AppKey("worker")
 TEMPLATES = web.AppKey("templates", Templates)

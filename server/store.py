@@ -5,8 +5,17 @@ A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrup
 ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
 left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
 
-The database runs in WAL mode with ``synchronous=FULL``: once ``add`` returns, the prompt survives a
-crash. One connection is shared by the event loop's helper threads and the worker, behind a lock.
+The database runs in WAL mode. ``add_many`` commits with ``synchronous=FULL``: once it returns, its
+prompts survive a crash of the process or of the machine; it takes a whole batch in one transaction,
+so the server (``server.intake``) can give twenty concurrent posts one fsync, not twenty. The worker's
+own records (claiming a prompt,
+recording its outcome) commit with ``synchronous=NORMAL``: they survive a crash of the process, and
+the next FULL commit makes them durable in order; a power cut may only take back the newest of them,
+which ``recover`` then reports as interrupted. One connection is shared by the event loop's helper
+threads and the worker, behind a lock.
+
+The history is capped without scanning it: the store counts its finished rows and, past the cap,
+deletes exactly the oldest ones through the ``(end_time, seq)`` index.
 """
 
 from __future__ import annotations
@@ -70,6 +79,20 @@ class DuplicatePromptId(ValueError):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NewPrompt:
+    """A prompt to queue, as ``POST /prompt`` accepted it."""
+
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: Sequence[str]
+    number: float | None = None
+    front: bool = False
+    client_id: str | None = None
+    workflow_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,10 +194,17 @@ class PromptStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._durable = True
         self._db.executescript(_SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(prompts)")}
         if "worker" not in columns:  # a database written before serve --ray existed
             self._db.execute("ALTER TABLE prompts ADD COLUMN worker TEXT")
+        marks = ",".join("?" * len(FINISHED))
+        self._finished = int(
+            self._db.execute(f"SELECT COUNT(*) FROM prompts WHERE status IN ({marks})", FINISHED).fetchone()[
+                0
+            ]
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -194,40 +224,60 @@ class PromptStore:
         client_id: str | None = None,
         workflow_id: str | None = None,
     ) -> float:
-        """Commit a pending prompt and return its queue number (lower runs first)."""
+        """Commit one pending prompt and return its queue number (lower runs first)."""
+        new = NewPrompt(
+            prompt_id, prompt, extra_data, list(outputs_to_execute), number, front, client_id, workflow_id
+        )
+        result = self.add_many([new])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def add_many(self, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId]:
+        """Commit ``batch`` in one FULL transaction: per prompt its queue number, or the error that
+        refused it alone (a duplicate id). Nothing is stored if it raises."""
+        values = [
+            (
+                _dump(n.prompt),
+                _dump(n.extra_data),
+                _dump(list(n.outputs_to_execute)),
+                n.client_id,
+                n.workflow_id,
+            )
+            for n in batch
+        ]
+        results: list[float | DuplicatePromptId] = []
         with self._lock, self._tx():
-            if number is None:
-                row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
-                number = -float(row["n"]) if front else float(row["n"])
-                if front:  # ahead of everything pending, including earlier front prompts
-                    low = self._db.execute(
-                        "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
-                    ).fetchone()["m"]
-                    if low is not None and low <= number:
-                        number = low - 1
-            try:
-                self._db.execute(
-                    "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
-                    " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        prompt_id,
-                        number,
-                        PENDING,
-                        _dump(prompt),
-                        _dump(extra_data),
-                        _dump(list(outputs_to_execute)),
-                        client_id,
-                        workflow_id,
-                        now_ms(),
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicatePromptId(prompt_id) from exc
+            for new, columns in zip(batch, values, strict=True):
+                try:
+                    results.append(self._insert(new, columns))
+                except sqlite3.IntegrityError as exc:
+                    error = DuplicatePromptId(new.prompt_id)
+                    error.__cause__ = exc
+                    results.append(error)
+        return results
+
+    def _insert(self, new: NewPrompt, columns: tuple[str, str, str, str | None, str | None]) -> float:
+        number = new.number
+        if number is None:
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
+            number = -float(row["n"]) if new.front else float(row["n"])
+            if new.front:  # ahead of everything pending, including earlier front prompts
+                low = self._db.execute(
+                    "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
+                ).fetchone()["m"]
+                if low is not None and low <= number:
+                    number = low - 1
+        self._db.execute(
+            "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
+            " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new.prompt_id, number, PENDING, *columns, now_ms()),
+        )
         return number
 
     def claim_next(self) -> PromptRow | None:
         """Mark the first pending prompt running and return it (None when the queue is empty)."""
-        with self._lock, self._tx():
+        with self._lock, self._tx(durable=False):
             row = self._db.execute(
                 "SELECT * FROM prompts WHERE status = ? ORDER BY number, seq LIMIT 1", (PENDING,)
             ).fetchone()
@@ -243,7 +293,7 @@ class PromptStore:
         self, window: int, pick: Callable[[list[PromptRow]], PromptRow | None], worker: str
     ) -> PromptRow | None:
         """Mark running, for ``worker``, the prompt ``pick`` chooses among the first ``window`` pending."""
-        with self._lock, self._tx():
+        with self._lock, self._tx(durable=False):
             rows = self._db.execute(
                 "SELECT * FROM prompts WHERE status = ? ORDER BY number, seq LIMIT ?", (PENDING, window)
             ).fetchall()
@@ -259,7 +309,7 @@ class PromptStore:
 
     def requeue(self, prompt_id: str) -> None:
         """A running prompt whose worker was lost goes back to pending, keeping its place in line."""
-        with self._lock, self._tx():
+        with self._lock, self._tx(durable=False):
             self._db.execute(
                 "UPDATE prompts SET status = ?, start_time = NULL, worker = NULL WHERE id = ? AND status = ?",
                 (PENDING, prompt_id, RUNNING),
@@ -274,12 +324,13 @@ class PromptStore:
         error: dict[str, Any] | None = None,
     ) -> None:
         """Record the outcome of a prompt (its output files are already on disk) and trim history."""
-        with self._lock, self._tx():
-            self._db.execute(
+        with self._lock, self._tx(durable=False):
+            cur = self._db.execute(
                 "UPDATE prompts SET status = ?, end_time = ?, outputs = ?, messages = ?, error = ?"
-                " WHERE id = ?",
-                (status, now_ms(), _dump(outputs), _dump(messages), _dump(error), prompt_id),
+                " WHERE id = ? AND status NOT IN (?, ?, ?, ?)",
+                (status, now_ms(), _dump(outputs), _dump(messages), _dump(error), prompt_id, *FINISHED),
             )
+            self._finished += cur.rowcount
             self._trim()
 
     def recover(self) -> list[str]:
@@ -299,6 +350,8 @@ class PromptStore:
                     "UPDATE prompts SET status = ?, end_time = ?, outputs = '{}', messages = ? WHERE id = ?",
                     (INTERRUPTED, now_ms(), _dump([["execution_interrupted", note]]), prompt_id),
                 )
+            self._finished += len(ids)
+            self._trim()
         return ids
 
     def queue(self) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -340,6 +393,7 @@ class PromptStore:
                 )
                 if cur.rowcount:
                     done.append(prompt_id)
+            self._finished += len(done)
             self._trim()
         return done
 
@@ -376,6 +430,7 @@ class PromptStore:
                 cur = self._db.executemany(
                     f"DELETE FROM prompts WHERE id = ? AND status IN ({marks})", [(i, *FINISHED) for i in ids]
                 )
+            self._finished -= cur.rowcount
         return cur.rowcount
 
     def jobs(
@@ -412,14 +467,22 @@ class PromptStore:
     # -- internals -------------------------------------------------------------------------------
 
     def _trim(self) -> None:
+        """Delete the oldest finished rows beyond the cap (``+status``: walk the end_time index)."""
+        excess = self._finished - self._history_limit
+        if excess <= 0:
+            return
         marks = ",".join("?" * len(FINISHED))
-        self._db.execute(
-            f"DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE status IN ({marks})"
-            " ORDER BY end_time DESC, seq DESC LIMIT -1 OFFSET ?)",
-            (*FINISHED, self._history_limit),
+        cur = self._db.execute(
+            "DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE end_time IS NOT NULL"
+            f" AND +status IN ({marks}) ORDER BY end_time, seq LIMIT ?)",
+            (*FINISHED, excess),
         )
+        self._finished -= cur.rowcount
 
-    def _tx(self) -> _Transaction:
+    def _tx(self, durable: bool = True) -> _Transaction:
+        if durable != self._durable:  # outside any transaction, as SQLite requires
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         return _Transaction(self._db)
 
 

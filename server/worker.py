@@ -1,44 +1,34 @@
 """The one worker thread: takes prompts from the store, runs them, streams their events to the loop.
 
 The executor (and its warm node cache) lives for the whole server, so a prompt that repeats earlier
-work runs only what changed. Events cross to the event loop with ``call_soon_threadsafe``; previews are
-encoded to JPEG here, off the loop. ``interrupt`` sets the running prompt's CancelToken, which the
-runtime checks between nodes and at every sampler step.
+work runs only what changed. ``interrupt`` sets the running prompt's CancelToken, which the runtime
+checks between nodes and at every sampler step.
+
+Each run's events become ComfyUI messages in :mod:`server.messages`; they cross to the event loop in
+batches (one ``call_soon_threadsafe`` per batch, not per message), in order, together with the
+queue-length broadcasts, so a prompt of many small nodes does not flood the loop with wake-ups.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import collections
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graph_runtime.context import CancelToken, PreviewImage
-from graph_runtime.events import (
-    Event,
-    Executed,
-    Executing,
-    ExecutionCached,
-    ExecutionError,
-    ExecutionInterrupted,
-    Progress,
-)
+from graph_runtime.context import CancelToken
+from graph_runtime.events import Event, Executing
 from server.hub import Hub
+from server.messages import PromptMessages, wants_previews
 from server.redact import redact
 from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, now_ms
 
 log = logging.getLogger(__name__)
 
-STORED_MESSAGES = (
-    "execution_start",
-    "execution_cached",
-    "execution_success",
-    "execution_error",
-    "execution_interrupted",
-)
+DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
 
 
 @dataclass
@@ -71,16 +61,6 @@ class Workers(Protocol):
     def request_free(self) -> None: ...
 
 
-@dataclass
-class _RunState:
-    """Per-prompt bookkeeping: stored messages, and node states for ``progress_state``."""
-
-    row: PromptRow
-    messages: list[list[Any]] = field(default_factory=list)
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
-
-
 class PromptWorker:
     """Runs queued prompts one at a time on its own thread."""
 
@@ -106,6 +86,8 @@ class PromptWorker:
         self._free_requested = threading.Event()
         self._lock = threading.Lock()
         self._running: Running | None = None
+        self._outbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._outbox_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.prompts_run = 0
 
@@ -169,10 +151,18 @@ class PromptWorker:
 
     def _run(self, row: PromptRow) -> None:
         token = CancelToken()
+        running = Running(row.id, row.client_id, token)
         with self._lock:
-            self._running = Running(row.id, row.client_id, token)
-        state = _RunState(row)
+            self._running = running
         self._broadcast_status()
+        previews, to_all = wants_previews(row.extra_data, self._hub.shows_previews(row.client_id))
+        messages = PromptMessages(row, self._post, self._hub, self._preview_max_side, to_all)
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, Executing):
+                running.node = event.node
+            messages.on_event(event)
+
         extra_pnginfo = row.extra_data.get("extra_pnginfo")
         status, outputs = ERROR, {}
         try:
@@ -180,40 +170,26 @@ class PromptWorker:
                 row.prompt,
                 prompt_id=row.id,
                 outputs=row.outputs_to_execute or None,
-                on_event=lambda event: self._on_event(state, event),
+                on_event=on_event,
                 cancel=token,
                 extra_pnginfo=extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
-                previews=True,
+                previews=previews,
             )
             status = {"success": SUCCESS, "interrupted": INTERRUPTED}.get(result.status, ERROR)
             outputs = dict(result.ui or {})
-            if status == ERROR and state.error is None:
-                self._report_failures(state, result)
+            if status == ERROR and messages.error is None:
+                self._report_failures(messages, result)
         except Requeue as lost:
             if not token.cancelled:  # an interrupted prompt stays interrupted, whatever befell its worker
                 self._requeue(row, str(lost))
                 return
         except Exception as exc:  # the executor itself failed: fail this prompt, keep serving
             log.exception("prompt %s failed outside any node", row.id)
-            self._emit(
-                state,
-                "execution_error",
-                {
-                    "prompt_id": row.id,
-                    "node_id": None,
-                    "node_type": None,
-                    "executed": [],
-                    "exception_message": redact(str(exc)),
-                    "exception_type": type(exc).__name__,
-                    "traceback": [],
-                    "current_inputs": {},
-                    "current_outputs": [],
-                },
-            )
+            messages.fail_outside_nodes(None, None, str(exc), type(exc).__name__)
         if token.cancelled and status != SUCCESS:
             status = INTERRUPTED
         try:
-            self._store.finish(row.id, status, outputs, state.messages, state.error)
+            self._store.finish(row.id, status, outputs, messages.messages, messages.error)
         except Exception:
             log.exception("could not record the outcome of prompt %s", row.id)
         with self._lock:
@@ -230,139 +206,52 @@ class PromptWorker:
         with self._lock:
             self._running = None
         data = {"prompt_id": row.id, "reason": redact(reason), "timestamp": now_ms()}
-        self._loop.call_soon_threadsafe(self._hub.send, "prompt_requeued", data, row.client_id)
+        self._post(self._hub.send, "prompt_requeued", data, row.client_id)
         self._broadcast_status()
 
-    def _report_failures(self, state: _RunState, result: Any) -> None:
+    @staticmethod
+    def _report_failures(messages: PromptMessages, result: Any) -> None:
         """An error result without an execution_error event: describe its first failure."""
         failures = getattr(result, "failures", None) or {}
         node_id, failure = next(iter(failures.items()), (None, None))
-        self._emit(
-            state,
-            "execution_error",
-            {
-                "prompt_id": state.row.id,
-                "node_id": node_id,
-                "node_type": getattr(failure, "class_type", None) or getattr(failure, "node_type", None),
-                "executed": list(getattr(result, "executed", ()) or ()),
-                "exception_message": redact(str(getattr(failure, "message", "") or failure or "failed")),
-                "exception_type": str(getattr(failure, "exception_type", "") or "Error"),
-                "traceback": [],
-                "current_inputs": {},
-                "current_outputs": [],
-            },
+        messages.fail_outside_nodes(
+            node_id,
+            getattr(failure, "class_type", None) or getattr(failure, "node_type", None),
+            str(getattr(failure, "message", "") or failure or "failed"),
+            str(getattr(failure, "exception_type", "") or "Error"),
         )
 
-    # -- events (worker thread) ------------------------------------------------------------------
+    # -- to the event loop -----------------------------------------------------------------------
 
-    def _on_event(self, state: _RunState, event: Event) -> None:
-        try:
-            self._translate(state, event)
-        except Exception:  # a broken event must not break the run
-            log.exception("could not forward event %s", type(event).__name__)
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Hand a call to the event loop, in order; one wake-up per batch, not per message."""
+        with self._outbox_lock:
+            self._outbox.append((fn, args))
+            first = len(self._outbox) == 1
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop is closed (shutdown): nobody is left to tell
+                with self._outbox_lock:
+                    self._outbox.clear()
 
-    def _translate(self, state: _RunState, event: Event) -> None:
-        data = event.data()
-        if isinstance(event, Executing):
-            running = self._running
-            if running is not None:
-                running.node = event.node
-            for info in state.nodes.values():
-                if info["state"] == "running":
-                    info["state"] = "finished"
-            if event.node is not None:
-                self._node(state, event.node).update(state="running", value=0, max=1)
-            self._emit(state, event.type, data)
-            if event.node is not None:
-                self._emit_progress_state(state)
-            return
-        if isinstance(event, ExecutionCached):
-            for node in event.nodes:
-                self._node(state, node).update(state="finished", value=1, max=1)
-        if isinstance(event, Progress):
-            self._node(state, event.node).update(state="running", value=event.value, max=event.max)
-            self._emit(state, event.type, data)
-            self._emit_progress_state(state)
-            if event.preview is not None:
-                self._emit_preview(state, event.node, event.preview)
-            return
-        if isinstance(event, Executed):
-            self._node(state, event.node)["state"] = "finished"
-        if isinstance(event, ExecutionError):
-            data = {
-                **data,
-                "exception_message": redact(data.get("exception_message", "")),
-                "traceback": [redact(line) for line in data.get("traceback", [])],
-                "current_inputs": _short_inputs(data.get("current_inputs", {})),
-            }
-            if event.node_id:
-                self._node(state, event.node_id)["state"] = "error"
-            state.error = {
-                k: data[k] for k in ("node_id", "node_type", "exception_message", "exception_type")
-            }
-        if isinstance(event, ExecutionInterrupted):
-            self._emit(state, event.type, data, sid=None)  # ComfyUI broadcasts interruptions
-            return
-        self._emit(state, event.type, data)
-        if isinstance(event, (Executed, ExecutionError)):
-            self._emit_progress_state(state)
-
-    def _node(self, state: _RunState, node: str) -> dict[str, Any]:
-        return state.nodes.setdefault(
-            node,
-            {
-                "value": 0,
-                "max": 1,
-                "state": "pending",
-                "node_id": node,
-                "prompt_id": state.row.id,
-                "display_node_id": node,
-                "parent_node_id": None,
-                "real_node_id": node,
-            },
-        )
-
-    def _emit_progress_state(self, state: _RunState) -> None:
-        nodes = {node: dict(info) for node, info in state.nodes.items()}
-        self._emit(state, "progress_state", {"prompt_id": state.row.id, "nodes": nodes})
-
-    _UNSET: Any = object()
-
-    def _emit(self, state: _RunState, type: str, data: dict[str, Any], sid: Any = _UNSET) -> None:
-        if type in (
-            "execution_start",
-            "execution_cached",
-            "execution_success",
-            "execution_error",
-            "execution_interrupted",
-        ):
-            data = {**data, "timestamp": now_ms()}
-        if type in STORED_MESSAGES:
-            state.messages.append([type, data])
-        target = state.row.client_id if sid is self._UNSET else sid
-        self._loop.call_soon_threadsafe(self._hub.send, type, data, target)
-
-    def _emit_preview(self, state: _RunState, node: str, preview: PreviewImage) -> None:
-        image = encode_jpeg(preview, self._preview_max_side)
-        if image is None:
-            return
-        meta = {
-            "node_id": node,
-            "display_node_id": node,
-            "parent_node_id": None,
-            "real_node_id": node,
-            "prompt_id": state.row.id,
-            "image_type": "image/jpeg",
-        }
-        self._loop.call_soon_threadsafe(self._hub.send_preview, image, meta, state.row.client_id)
+    def _deliver(self) -> None:
+        """(event loop) Run up to DELIVER_BATCH handed-over calls; come back for the rest."""
+        with self._outbox_lock:
+            batch = [self._outbox.popleft() for _ in range(min(DELIVER_BATCH, len(self._outbox)))]
+        for fn, args in batch:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("could not deliver %s", getattr(fn, "__name__", fn))
+        with self._outbox_lock:
+            more = bool(self._outbox)
+        if more:
+            self._loop.call_soon(self._deliver)
 
     def _broadcast_status(self) -> None:
-        try:
-            remaining = self._store.queue_remaining()
-        except Exception:
-            return
         # Through the loop, after the events already handed over: status 0 follows execution_success.
-        self._loop.call_soon_threadsafe(self._hub.send_status, remaining)
+        self._post(self._hub.send_status)
 
     @staticmethod
     def _safely(fn: Callable[[], Any]) -> None:
@@ -370,31 +259,3 @@ class PromptWorker:
             fn()
         except Exception:
             log.exception("%s failed", getattr(fn, "__name__", fn))
-
-
-def encode_jpeg(preview: PreviewImage, max_side: int) -> bytes | None:
-    """(H, W, 3) uint8 pixels → JPEG bytes, longest side at most ``max_side``."""
-    from PIL import Image
-
-    try:
-        pixels = preview.pixels.detach().to("cpu").contiguous().numpy()  # (H, W, 3) uint8
-        image = Image.fromarray(pixels, "RGB")
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-        return buffer.getvalue()
-    except Exception:
-        log.warning("could not encode a preview", exc_info=True)
-        return None
-
-
-def _short_inputs(inputs: Any) -> dict[str, Any]:
-    """ComfyUI sends each input as a list of short formatted strings."""
-    if not isinstance(inputs, dict):
-        return {}
-    out = {}
-    for name, value in inputs.items():
-        items = value if isinstance(value, list) else [value]
-        texts = [redact(item if isinstance(item, str) else repr(item)) for item in items[:8]]
-        out[str(name)] = [text[:200] + ("…" if len(text) > 200 else "") for text in texts]
-    return out

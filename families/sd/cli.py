@@ -16,8 +16,8 @@ from families.sd.components import VARIANTS
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def register(subparsers: Any) -> None:
-    """Add both commands to the ``guidegraph`` parser."""
+def register_make(subparsers: Any) -> None:
+    """``guidegraph make-checkpoint``."""
     make = subparsers.add_parser(
         "make-checkpoint",
         help="write a random-weight SD checkpoint of a named architecture (tests, benchmarks, setup checks)",
@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     make.add_argument("--overwrite", action="store_true", help="replace an existing output")
     make.set_defaults(func=cmd_make_checkpoint)
 
+
+def register_convert(subparsers: Any) -> None:
+    """``guidegraph convert-checkpoint``."""
     convert = subparsers.add_parser(
         "convert-checkpoint",
         help="convert a pickled .ckpt/.pt/.bin state dict to .safetensors (reads tensors only)",

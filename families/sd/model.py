@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from families.base import Checkpoint, LoadOptions
+from families.sd.attention import install as install_perturbable_attention
 from families.sd.components import SDComponents
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.types import Conditioning
@@ -69,6 +70,7 @@ class SDUNet(nn.Module):
     def __init__(self, unet: Any, variant: str, downscale: int) -> None:
         super().__init__()
         self.unet, self.variant, self.downscale = unet, variant, downscale
+        install_perturbable_attention(unet)  # PAG / SEG / SLG on their own batch rows
 
     def forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         dtype = self.unet.dtype

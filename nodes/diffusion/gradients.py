@@ -7,6 +7,7 @@ inside a sampler that otherwise runs without grad; nothing here needs a global m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nodes.diffusion.conventions import add_score, append_dims
 from nodes.diffusion.guidance import Guidance, Step
-from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
+from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning, ImageClassifier
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ClassifierGradient(Guidance):
     gradient goes through the classifier only, never through the denoiser.
     """
 
+    space: ClassVar[str] = "gradient"
     inner: Guidance
     classifier: Classifier
     label: int
@@ -103,19 +105,20 @@ class ClipGradient(Guidance):
     sample from the run's seed.
     """
 
+    space: ClassVar[str] = "gradient"
     inner: Guidance
     clip: Clip
     text: Conditioning
     scale: float
-    cutouts: int = 0
-    augment: bool = False
-    through_denoiser: bool = False
-    grad_clamp: float = 0.0
-    contrast: tuple[Conditioning, ...] = ()
-    logit_scale: float = 100.0
-    shift_clamp: float = 0.0
-    vae: VAE | None = None
-    decode_scale: float = 1.0
+    cutouts: int
+    augment: bool
+    through_denoiser: bool
+    grad_clamp: float
+    contrast: tuple[Conditioning, ...]
+    logit_scale: float
+    shift_clamp: float
+    vae: VAE | None
+    decode_scale: float
 
     def grads_through_denoiser(self) -> bool:
         return self.through_denoiser
@@ -172,3 +175,54 @@ def clip_logit_scale(clip: Clip) -> float:
     """τ of a CLIP: ``exp(module.logit_scale)`` when the module has one, else 100 (OpenAI CLIP's cap)."""
     raw = getattr(clip.module, "logit_scale", None)
     return float(torch.as_tensor(raw).detach().float().exp()) if raw is not None else 100.0
+
+
+@dataclass(frozen=True)
+class UniversalGradient(Guidance):
+    """Universal guidance (Bansal et al. 2023, "Universal Guidance for Diffusion Models", Alg. 1) with
+    the loss ``ℓ = −log softmax(f(x̂0))[label]`` of a clean-image network f.
+
+    Forward guidance ``ε' = ε + s·√(1−ᾱ)·∇_z ℓ`` is, in σ-space, ``D' = D − s·σ²·∇ₓ ℓ(f(D(x)))``,
+    back-propagated through the denoiser (skipped at s = 0). Backward guidance then takes
+    ``backward_steps`` gradient steps of size ``backward_lr`` on ``Δ`` minimising ``ℓ(f(D' + Δ))`` from
+    Δ = 0, without the denoiser, and returns ``D' + Δ`` (the paper's ``ε' = ε − (α/√(1−ᾱ))·Δ``).
+    Per sample (the loss is summed over the batch). The paper's self-recurrence (re-noise and repeat
+    a step k times) is a sampler loop and is not part of this rule. Neutral: s = 0, no backward steps.
+    """
+
+    space: ClassVar[str] = "gradient"
+    inner: Guidance
+    network: ImageClassifier
+    label: int
+    scale: float
+    backward_steps: int
+    backward_lr: float
+
+    def grads_through_denoiser(self) -> bool:
+        return self.scale != 0
+
+    def children(self) -> tuple[Guidance, ...]:
+        return (self.inner,)
+
+    def passthrough(self) -> Guidance:
+        return self.inner
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """Summed over the batch, so each sample's gradient is its own."""
+        return -torch.log_softmax(self.network.module(x0).float(), dim=-1)[:, self.label].sum()
+
+    def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
+        denoised = out = inputs[0]  # kept in the graph for rules above that back-propagate
+        if self.scale != 0 and step.x_grad is not None and denoised.requires_grad:
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(self.loss(denoised), step.x_grad, retain_graph=True)
+            out = add_score(out, step.sigma, -grad.detach().to(out.dtype), self.scale)
+        if self.backward_steps > 0:
+            start, delta = out.detach(), torch.zeros_like(out)
+            with torch.enable_grad():
+                for _ in range(self.backward_steps):
+                    delta = delta.detach().requires_grad_()
+                    (g,) = torch.autograd.grad(self.loss(start + delta), delta)
+                    delta = delta - self.backward_lr * g
+            out = out + delta.detach()
+        return out

@@ -4,36 +4,68 @@ Every value is an x0 prediction ``D(x; σ)`` in σ-space (see ``conventions.py``
 nodes once per workflow run and compiled by the Sampler once per sampling run; then, every step:
 
 1. the σ-windows pick which branches are live (a rule outside its window costs nothing);
-2. the live leaves are deduplicated and all leaves of one model go through ONE batched forward;
+2. the live leaves are deduplicated and all leaves of one model go through ONE batched forward, a
+   perturbed leaf (PAG, SEG, skip-layer) changing the network's forward only on its own batch slice;
 3. the rules run in topological order; gradient rules enable autograd locally.
 
-Affine rules (:class:`Combine`) are the same in every prediction space because their weights sum to 1
-(``base + Σ wᵢ(termᵢ − base)``); nonlinear rules (:class:`Rescale`, :class:`Threshold`) declare theirs.
+Affine rules (:class:`Combine`, :class:`Difference`) are the same in every prediction space because
+their weights sum to 1; nonlinear rules (``rules.py``) declare the space they work in.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
-from nodes.diffusion.conventions import SPACES, Denoiser, append_dims, from_space, to_space
+from nodes.diffusion.conventions import Denoiser
+from nodes.diffusion.perturbation import Perturbation, perturbed, row_plan
 from nodes.diffusion.types import Conditioning, batch_conditions
 
 
 @dataclass
 class Step:
-    """What a rule sees at one model evaluation: x (B, C, H, W), σ (B,), per-sample generators."""
+    """What a rule sees at one model evaluation: x (B, C, H, W), σ (B,), per-sample generators.
+
+    ``index`` and ``progress`` place σ on the run's schedule (step i of N has index i and progress
+    i/N; an intermediate σ, such as Heun's second stage, interpolates); both are −1 when the program
+    was compiled without a schedule. ``state`` is the rule's own per-run memory (:meth:`Guidance.new_state`).
+    """
 
     x: torch.Tensor
     sigma: torch.Tensor
     generators: list[torch.Generator]
     x_grad: torch.Tensor | None = None  # x as an autograd leaf when a rule back-propagates through D
+    index: int = -1
+    progress: float = -1.0
+    state: Any = None
+
+    def require_schedule(self, who: str) -> None:
+        if self.index < 0:
+            raise ValueError(f"{who} counts sampler steps, so it needs the run's schedule (sigmas)")
 
 
 class Guidance:
-    """Base of every program node. Subclasses are frozen dataclasses: hashable, compared by content."""
+    """Base of every program node. The rule contract, checked over every rule by
+    ``tests/nodes/test_rule_contract.py``:
+
+    - Subclasses are frozen dataclasses: hashable and compared by content, so a program is cacheable
+      and identical sub-programs merge. Anything that changes during a run lives in per-run state.
+    - ``children()`` lists the inputs in exactly the order ``apply()`` receives their values.
+    - ``space`` names where the rule's arithmetic happens: ``"affine"`` for combinations whose weights
+      sum to 1 (the same in every prediction space), else ``"x0"``, ``"eps"`` or ``"v"``
+      (``"gradient"`` for terms ``D + s·σ²·g``); a rule whose space is a node input has it as a field.
+    - ``passthrough()`` is the rule with its effect removed; the rule at its neutral parameters (scale 1,
+      a zero term) gives the same value.
+    - ``new_state()`` returns fresh per-run memory (None: stateless); the compiled program calls it once
+      per sampling run and hands it to ``apply`` as ``step.state``.
+    """
+
+    space: ClassVar[str] = "affine"
+    renoise_input: ClassVar[int | None] = None  # CFG++: the input the sampler re-noises with
 
     def grads_through_denoiser(self) -> bool:
         """True when the rule back-propagates through the denoiser (leaves then run with grad)."""
@@ -46,13 +78,23 @@ class Guidance:
         """What stands in for this rule outside a guidance window (the rule with its effect removed)."""
         return self
 
+    def needs_single_step_sampler(self) -> bool:
+        """True when a multistep sampler's history would carry the rule's output wrongly (zero-init)."""
+        return False
+
+    def new_state(self) -> Any:
+        """Per-run memory of a rule that needs it across steps (APG momentum); None when stateless."""
+        return None
+
     def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class Prediction(Guidance):
-    """A leaf: the x0 prediction of ``model`` under ``condition``.
+    """A leaf: the x0 prediction of ``model`` under ``condition``, optionally with its forward perturbed
+    (PAG, SEG, skip-layer: the perturbation applies to this leaf's slice of the batched forward only).
+    A condition from another text encoder than the model's is refused (:func:`check_encoder`).
 
     ``area`` (height, width, top, left, in latent units) runs the model on that crop of x only, and
     the prediction is crop-sized (ComfyUI's area conditioning; :mod:`nodes.diffusion.regions`
@@ -61,13 +103,27 @@ class Prediction(Guidance):
 
     model: Denoiser
     condition: Conditioning
+    perturbation: Perturbation | None = None
     area: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        check_encoder(self.model, self.condition)
+
+
+def check_encoder(model: Denoiser, condition: Conditioning) -> None:
+    """Refuse a condition made by another text encoder than the model's (when both say which)."""
+    if model.encoder and condition.encoder and model.encoder != condition.encoder:
+        raise ValueError(
+            f"condition {condition.meaning} was encoded by {condition.encoder!r}, but model "
+            f"{model.name!r} reads conditions of {model.encoder!r}; encode it with that model's text encoder"
+        )
 
 
 @dataclass(frozen=True)
 class Combine(Guidance):
     """``out = base + Σᵢ wᵢ·(termᵢ − base)``: CFG (one term, Ho & Salimans 2022), negative prompts
-    (base = the negative) and composable diffusion AND/NOT (Liu et al. 2022, signed wᵢ)."""
+    (base = the negative), composable diffusion AND/NOT (Liu et al. 2022, signed wᵢ) and any N-term
+    extrapolation between programs (autoguidance + CFG)."""
 
     base: Guidance
     terms: tuple[tuple[Guidance, float], ...]
@@ -108,16 +164,50 @@ def cfg(positive: Guidance, negative: Guidance, scale: float) -> Guidance:
 
 
 @dataclass(frozen=True)
-class Window(Guidance):
-    """``inner`` while σ_lo < σ ≤ σ_hi, ``outside`` elsewhere (Kynkäänniemi et al. 2024, guidance interval).
+class Difference(Guidance):
+    """``out = inner + s·(plus − minus)``: a guidance term added on top of any program.
 
-    Decided from the σ actually passed to the model, so it holds for multi-stage samplers too.
+    The perturbed-prediction methods are this rule with ``plus`` the conditional prediction and
+    ``minus`` the same prediction with a perturbed forward: PAG (Ahn et al. 2024), SEG (Hong 2024),
+    skip-layer guidance (SD3.5; STG, Hyung et al. 2024). Weights 1 + s − s sum to 1: affine.
+    """
+
+    inner: Guidance
+    plus: Guidance
+    minus: Guidance
+    scale: float
+
+    def children(self) -> tuple[Guidance, ...]:
+        return (self.inner, self.plus, self.minus)
+
+    def passthrough(self) -> Guidance:
+        return self.inner
+
+    def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
+        inner, plus, minus = inputs
+        return inner + self.scale * (plus - minus)
+
+
+@dataclass(frozen=True)
+class Window(Guidance):
+    """``inner`` inside a window, ``outside`` elsewhere (Kynkäänniemi et al. 2024, guidance interval).
+
+    ``unit = "sigma"``: inside while σ_lo < σ ≤ σ_hi, decided from the σ actually passed to the model,
+    so it holds for multi-stage samplers too. ``unit = "fraction"``: ``lo``/``hi`` are the start and
+    stop fractions of the run's steps, step i of N being inside when ⌊start·N⌋ ≤ i < ⌊stop·N⌋
+    (diffusers' guider ``start``/``stop``); the compiled program turns them into σ bounds on the run's
+    schedule, so the test is again on σ (a second stage at a boundary σ belongs to the later step).
     """
 
     inner: Guidance
     outside: Guidance
-    sigma_lo: float
-    sigma_hi: float
+    lo: float
+    hi: float
+    unit: str = "sigma"
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("sigma", "fraction"):
+            raise ValueError(f"unknown window unit {self.unit!r}; expected 'sigma' or 'fraction'")
 
     def children(self) -> tuple[Guidance, ...]:
         return (self.inner, self.outside)
@@ -125,8 +215,18 @@ class Window(Guidance):
     def passthrough(self) -> Guidance:
         return self.outside
 
-    def contains(self, sigma: float) -> bool:
-        return self.sigma_lo < sigma <= self.sigma_hi
+    def sigma_bounds(self, sigmas: torch.Tensor | None) -> tuple[float, float]:
+        """(σ_lo, σ_hi) of the window on a run's schedule (n σ values then 0)."""
+        if self.unit == "sigma":
+            return self.lo, self.hi
+        if sigmas is None:
+            raise ValueError("a window in fractions of the steps needs the run's schedule (sigmas)")
+        n = len(sigmas) - 1
+        first, stop = math.floor(self.lo * n + 1e-9), math.floor(self.hi * n + 1e-9)
+        if first >= stop:
+            return math.inf, math.inf  # no step inside
+        hi = math.inf if first == 0 else float(sigmas[first])
+        return float(sigmas[min(stop, n)]), hi
 
 
 def window(inner: Guidance, sigma_hi: float, sigma_lo: float, outside: Guidance | None = None) -> Window:
@@ -136,62 +236,13 @@ def window(inner: Guidance, sigma_hi: float, sigma_lo: float, outside: Guidance 
     )
 
 
-def _std(t: torch.Tensor) -> torch.Tensor:
-    return append_dims(t.flatten(1).std(dim=1), t.ndim)  # (B, 1, 1, 1)
-
-
-@dataclass(frozen=True)
-class Rescale(Guidance):
-    """CFG rescale (Lin et al. 2023, §3.4), in a declared space (the paper's: v).
-
-    ``g_r = g·std(P_ref)/std(g)``, ``out = φ·g_r + (1 − φ)·g`` with per-sample std; ``reference`` is
-    the conditional prediction (the guided rule's pass-through).
-    """
-
-    guided: Guidance
-    reference: Guidance
-    phi: float
-    space: str = "v"
-
-    def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise ValueError(f"unknown space {self.space!r}; expected one of {SPACES}")
-
-    def children(self) -> tuple[Guidance, ...]:
-        return (self.guided, self.reference)
-
-    def passthrough(self) -> Guidance:
-        return self.guided
-
-    def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
-        g = to_space(inputs[0], step.x, step.sigma, self.space)
-        ref = to_space(inputs[1], step.x, step.sigma, self.space)
-        rescaled = g * _std(ref) / _std(g).clamp(min=1e-12)
-        return from_space(self.phi * rescaled + (1 - self.phi) * g, step.x, step.sigma, self.space)
-
-
-@dataclass(frozen=True)
-class Threshold(Guidance):
-    """Dynamic thresholding of x̂0 (Saharia et al. 2022, Imagen §2.3), space x0.
-
-    ``s = clamp(quantile_p(|x̂0|), 1, max_value)`` per sample; ``x̂0 ← clip(x̂0, −s, s)/s``.
-    """
-
-    inner: Guidance
-    percentile: float = 0.995
-    max_value: float = 1.0e9
-
-    def children(self) -> tuple[Guidance, ...]:
-        return (self.inner,)
-
-    def passthrough(self) -> Guidance:
-        return self.inner
-
-    def apply(self, inputs: list[torch.Tensor], step: Step) -> torch.Tensor:
-        x0 = inputs[0]
-        s = torch.quantile(x0.flatten(1).abs().float(), self.percentile, dim=1).to(x0.dtype)
-        s = append_dims(s.clamp(min=1.0, max=max(self.max_value, 1.0)), x0.ndim)
-        return torch.maximum(torch.minimum(x0, s), -s) / s
+def step_window(inner: Guidance, start: float, stop: float, outside: Guidance | None = None) -> Window:
+    """Wrap any rule in a window over fractions of the run's steps (``start`` ≤ i/N < ``stop``)."""
+    if not 0.0 <= start <= stop <= 1.0:
+        raise ValueError(f"expected 0 ≤ start ≤ stop ≤ 1, got start {start} and stop {stop}")
+    return Window(
+        inner, outside if outside is not None else inner.passthrough(), float(start), float(stop), "fraction"
+    )
 
 
 @dataclass
@@ -202,6 +253,7 @@ class _Plan:
     rules: list[int]
     needs_grad: bool
     alias: dict[int, int]  # window id → the id of its live branch
+    renoise: int | None  # the live CFG++ rule, whose second input re-noises
 
 
 @dataclass
@@ -214,7 +266,13 @@ class ForwardStats:
 
 
 class CompiledGuidance:
-    """A GUIDANCE program ready to run as a denoiser ``(x, σ) → x̂0`` for one sampling run."""
+    """A GUIDANCE program ready to run as a denoiser ``(x, σ) → x̂0`` for one sampling run.
+
+    It owns the run's state: per-rule memory (fresh from :meth:`Guidance.new_state` at compile time, so
+    a new run starts clean while the program itself stays immutable and cacheable), the schedule that
+    step-counted rules and step-fraction windows are placed on, and after each call the re-noising
+    prediction of a live CFG++ rule (``renoise``; None when there is none).
+    """
 
     def __init__(
         self,
@@ -224,17 +282,22 @@ class CompiledGuidance:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         max_batch: int = 0,
+        sigmas: torch.Tensor | None = None,
     ):
         self.nodes: list[Guidance] = []
         self.children: list[tuple[int, ...]] = []
         ids: dict[Guidance, int] = {}
         self.root = self._collect(root, ids)
         self.device, self.dtype, self.max_batch = device, dtype, max_batch
+        self.sigmas = None if sigmas is None else sigmas.detach().to("cpu", torch.float64)
         self.windows = [n for n in self.nodes if isinstance(n, Window)]
+        self.bounds = [w.sigma_bounds(self.sigmas) for w in self.windows]
         self.conditions = {i: n.condition for i, n in enumerate(self.nodes) if isinstance(n, Prediction)}
+        self.states = {i: n.new_state() for i, n in enumerate(self.nodes)}
         self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
         self.plans: dict[tuple[bool, ...], _Plan] = {}
         self.stats = ForwardStats()
+        self.renoise: torch.Tensor | None = None
 
     def _collect(self, root: Guidance, ids: dict[Guidance, int]) -> int:
         """Post-order numbering with identical sub-programs merged (iterative: deep programs are fine)."""
@@ -252,10 +315,15 @@ class CompiledGuidance:
             self.children.append(tuple(ids[c] for c in node.children()))
         return ids[root]
 
+    def _inside(self, w: int, sigma: float) -> bool:
+        lo, hi = self.bounds[w]
+        return lo < sigma <= hi
+
     def _plan(self, sigma: float) -> _Plan:
-        key = tuple(w.contains(sigma) for w in self.windows)
+        key = tuple(self._inside(w, sigma) for w in range(len(self.windows)))
         if key in self.plans:
             return self.plans[key]
+        inside = dict(zip((id(w) for w in self.windows), key, strict=True))
         live: set[int] = set()
         alias: dict[int, int] = {}
         stack = [self.root]
@@ -266,7 +334,7 @@ class CompiledGuidance:
             live.add(i)
             node = self.nodes[i]
             if isinstance(node, Window):
-                alias[i] = self.children[i][0 if node.contains(sigma) else 1]
+                alias[i] = self.children[i][0 if inside[id(node)] else 1]
                 stack.append(alias[i])
             else:
                 stack.extend(self.children[i])
@@ -279,25 +347,44 @@ class CompiledGuidance:
             elif not isinstance(node, Window):
                 rules.append(i)
         needs_grad = any(self.nodes[i].grads_through_denoiser() for i in rules)
-        self.plans[key] = plan = _Plan(leaves, rules, needs_grad, alias)
+        renoise = [i for i in rules if self.nodes[i].renoise_input is not None]
+        if len(renoise) > 1:
+            raise ValueError("a program may hold one live CFG++ rule: the sampler re-noises once per step")
+        self.plans[key] = plan = _Plan(leaves, rules, needs_grad, alias, renoise[0] if renoise else None)
         return plan
+
+    def _place(self, sigma: float) -> tuple[int, float]:
+        """(step index, progress) of σ on the run's schedule; (−1, −1.0) without one."""
+        if self.sigmas is None:
+            return -1, -1.0
+        s, n = self.sigmas, len(self.sigmas) - 1
+        if sigma >= float(s[0]):
+            return 0, 0.0
+        i = int(torch.searchsorted(-s, torch.tensor(-sigma, dtype=s.dtype), right=True)) - 1  # s[i] ≥ σ
+        i = min(max(i, 0), n - 1)
+        frac = (float(s[i]) - sigma) / max(float(s[i]) - float(s[i + 1]), 1e-30)
+        return i, (i + min(frac, 1.0)) / n
 
     def _forward(
         self, model: Denoiser, leaf_ids: list[int], x: torch.Tensor, sigma: torch.Tensor
     ) -> list[torch.Tensor]:
-        """All leaves of one model in one batched call (split in chunks only when ``max_batch`` says so)."""
+        """All leaves of one model in one batched call (split in chunks only when ``max_batch`` says so).
+
+        A perturbed leaf's rows get its perturbation, the other rows the plain forward."""
         b, k = x.shape[0], len(leaf_ids)
         crops = [self._crop(x, self.nodes[i]) for i in leaf_ids]  # k × (B, C, h, w)
         xs = torch.cat(crops) if k > 1 else crops[0]  # (k·B, C, h, w)
         sigmas = sigma.repeat(k)  # (k·B,)
         conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
+        perturbations = [_leaf(self.nodes[i]).perturbation for i in leaf_ids]
         rows = xs.shape[0]
         chunk = self.max_batch if 0 < self.max_batch < rows else rows
         outs = []
         for start in range(0, rows, chunk):
-            part = slice(start, start + chunk)
+            part = slice(start, min(start + chunk, rows))
             cond = {k: v[part] for k, v in conds.items()} if isinstance(conds, dict) else conds[part]
-            outs.append(model(xs[part], sigmas[part], cond))
+            with perturbed(model.network, row_plan(perturbations, b, part.start, part.stop)):
+                outs.append(model(xs[part], sigmas[part], cond))
             self.stats.model_calls += 1
             self.stats.per_model[model.name] = self.stats.per_model.get(model.name, 0) + 1
         self.stats.rows += rows
@@ -305,21 +392,25 @@ class CompiledGuidance:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """One guided evaluation: x (B, C, H, W), σ (B,) → x̂0 (B, C, H, W)."""
-        plan = self._plan(float(sigma.reshape(-1)[0]))
+        level = float(sigma.reshape(-1)[0])
+        plan = self._plan(level)
+        index, progress = self._place(level)
         values: dict[int, torch.Tensor] = {}
         with torch.set_grad_enabled(plan.needs_grad):
             x_in = x.detach().requires_grad_() if plan.needs_grad else x
-            step = Step(
-                x=x.detach(),
-                sigma=sigma,
-                generators=self.generators,
-                x_grad=x_in if plan.needs_grad else None,
-            )
+            grad_leaf = x_in if plan.needs_grad else None
+            step = Step(x.detach(), sigma, self.generators, grad_leaf, index, progress)
             for (model, _), leaf_ids in plan.leaves.items():
                 values.update(zip(leaf_ids, self._forward(model, leaf_ids, x_in, sigma), strict=True))
             for i in plan.rules:
                 inputs = [values[self._resolve(c, plan)] for c in self.children[i]]
+                step.state = self.states[i]
                 values[i] = self.nodes[i].apply(inputs, step)
+        if plan.renoise is not None:
+            child = self.children[plan.renoise][self.nodes[plan.renoise].renoise_input or 0]
+            self.renoise = values[self._resolve(child, plan)].detach()
+        else:
+            self.renoise = None
         return values[self._resolve(self.root, plan)].detach()
 
     @staticmethod
@@ -335,3 +426,8 @@ class CompiledGuidance:
         while i in plan.alias:  # a window forwards the value of its live branch
             i = plan.alias[i]
         return i
+
+
+def _leaf(node: Guidance) -> Prediction:
+    assert isinstance(node, Prediction)
+    return node

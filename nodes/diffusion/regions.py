@@ -118,6 +118,6 @@ def predict(model: Denoiser, value: Conditioning | ConditioningSet) -> Guidance:
         if e.area is not None:
             h, w, top, left = (max(v // f, 0) for v in e.area)
             area = (max(h, 1), max(w, 1), top, left)
-        leaves.append(Prediction(model, e.condition, area))
+        leaves.append(Prediction(model, e.condition, area=area))
     ranges = tuple((percent_to_sigma(model, e.end), percent_to_sigma(model, e.start)) for e in entries)
     return RegionMix(tuple(leaves), tuple(e.strength for e in entries), ranges)

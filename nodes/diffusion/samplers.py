@@ -36,6 +36,15 @@ class PerSampleNoise:
         return torch.stack(draws).to(self.device, self.dtype)  # (B, C, H, W)
 
 
+Renoiser = Callable[[], torch.Tensor | None] | None
+
+
+def _renoised(renoise: Renoiser, denoised: torch.Tensor) -> torch.Tensor:
+    """The prediction a step re-noises with: CFG++'s D_u for the last model call, else ``denoised``."""
+    value = renoise() if renoise is not None else None
+    return denoised if value is None else value
+
+
 def _no_noise() -> torch.Tensor:
     raise ValueError("this sampler is stochastic and needs a noise source")
 
@@ -67,8 +76,11 @@ def sample_euler(
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
+    renoise: Renoiser = None,
 ) -> torch.Tensor:
-    """Euler on the probability-flow ODE, with optional churn (Karras et al. 2022, Algorithm 2)."""
+    """Euler on the probability-flow ODE, with optional churn (Karras et al. 2022, Algorithm 2).
+
+    With ``renoise`` (CFG++), the step leaves x̂0 along the re-noising prediction's direction."""
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -79,7 +91,11 @@ def sample_euler(
         denoised = _call(model, x, sigma_hat)
         if callback:
             callback(i, x, sigma_hat, denoised)
-        x = x + (x - denoised) / sigma_hat * (sigma_next - sigma_hat)
+        direction = _renoised(renoise, denoised)
+        if direction is denoised:
+            x = x + (x - denoised) / sigma_hat * (sigma_next - sigma_hat)
+        else:  # CFG++: x' = x̂0 + σ'·(x − D_u)/σ
+            x = denoised + (x - direction) / sigma_hat * sigma_next
     return x
 
 
@@ -92,15 +108,22 @@ def sample_euler_ancestral(
     callback: Callback = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
+    renoise: Renoiser = None,
 ) -> torch.Tensor:
-    """Euler to σ_down, then fresh noise of std σ_up (ancestral sampling, Song et al. 2021 / k-diffusion)."""
+    """Euler to σ_down, then fresh noise of std σ_up (ancestral sampling, Song et al. 2021 / k-diffusion).
+
+    With ``renoise`` (CFG++), the step to σ_down follows the re-noising prediction's direction."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = _call(model, x, sigma)
         if callback:
             callback(i, x, sigma, denoised)
         down, up = ancestral_step(sigma, sigma_next, eta)
-        x = x + (x - denoised) / sigma * (down - sigma)
+        direction = _renoised(renoise, denoised)
+        if direction is denoised:
+            x = x + (x - denoised) / sigma * (down - sigma)
+        else:  # CFG++: x' = x̂0 + σ_down·(x − D_u)/σ
+            x = denoised + (x - direction) / sigma * down
         if up > 0:
             x = x + noise() * s_noise * up
     return x
@@ -297,17 +320,19 @@ def sample_ddim(
     *,
     noise: Noise = _no_noise,
     callback: Callback = None,
+    renoise: Renoiser = None,
 ) -> torch.Tensor:
     """DDIM with η = 0 (Song et al. 2021, eq. 12) in VE coordinates: x' = D + σ'·(x − D)/σ.
 
-    The same update as Euler on the probability-flow ODE, as ComfyUI's alias says.
+    The same update as Euler on the probability-flow ODE, as ComfyUI's alias says. With ``renoise``
+    (CFG++), x' = D + σ'·(x − D_u)/σ.
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = _call(model, x, sigma)
         if callback:
             callback(i, x, sigma, denoised)
-        x = denoised + (sigma_next / sigma) * (x - denoised)
+        x = denoised + (sigma_next / sigma) * (x - _renoised(renoise, denoised))
     return x
 
 
@@ -351,3 +376,5 @@ SAMPLERS: dict[str, Sampler] = {
     "ddim": sample_ddim,
 }
 STOCHASTIC: frozenset[str] = frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
+RENOISING: frozenset[str] = frozenset({"euler", "euler_ancestral", "ddim"})  # samplers that run CFG++
+MULTISTEP: frozenset[str] = frozenset({"lms", "dpmpp_2m", "dpmpp_2m_sde"})  # reuse past x̂0 or d

@@ -11,7 +11,7 @@ import torch
 
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
-from nodes.diffusion.samplers import SAMPLERS, Callback, PerSampleNoise
+from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise
 
 
 def leaf_models(root: Guidance) -> list[Denoiser]:
@@ -51,13 +51,27 @@ def guided_sample(
     later ones) with another convention, e.g. ComfyUI's one draw for the whole batch. With
     ``noise_mask`` (1 = regenerate) the kept region is pinned to ``start``
     inside the denoiser and again at the end. Runs under ``torch.no_grad``; gradient rules switch
-    autograd on locally.
+    autograd on locally. The program is compiled on ``sigmas``, which places step-counted rules and
+    step-fraction windows; a CFG++ rule hands its re-noising prediction to the sampler.
     """
     if sampler_name not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
     if len(seeds) != start.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for a batch of {start.shape[0]}")
-    compiled = CompiledGuidance(program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch)
+    compiled = CompiledGuidance(
+        program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch, sigmas=sigmas
+    )
+    if sampler_name in MULTISTEP and any(n.needs_single_step_sampler() for n in compiled.nodes):
+        raise ValueError(
+            f"the guidance holds CFG-Zero*'s zero-init, which multistep sampler {sampler_name!r} would "
+            f"extrapolate from; choose a single-step sampler ({sorted(set(SAMPLERS) - MULTISTEP)})"
+        )
+    renoising = any(n.renoise_input is not None for n in compiled.nodes)
+    if renoising and sampler_name not in RENOISING:
+        raise ValueError(
+            f"the guidance holds a CFG++ rule, which sampler {sampler_name!r} cannot run; "
+            f"choose one of {sorted(RENOISING)}"
+        )
     noise = noise_source or PerSampleNoise(seeds, start.shape[1:], device, dtype)
     latent = start.to(device, dtype)
     sigmas = sigmas.to(torch.float64)
@@ -68,8 +82,13 @@ def guided_sample(
         out = compiled(x, sigma)
         return out if mask is None else mask * out + (1 - mask) * latent
 
+    def renoise() -> torch.Tensor | None:
+        out = compiled.renoise
+        return out if mask is None or out is None else mask * out + (1 - mask) * latent
+
+    extra = {"renoise": renoise} if renoising else {}
     with torch.no_grad():
-        out = SAMPLERS[sampler_name](denoise, x, sigmas, noise=noise, callback=callback)
+        out = SAMPLERS[sampler_name](denoise, x, sigmas, noise=noise, callback=callback, **extra)
     if mask is not None:
         out = mask * out + (1 - mask) * latent
     return out, compiled.stats

@@ -8,6 +8,7 @@
 | CONDITIONING  | :class:`Conditioning` (compares by meaning and embedding content)   |
 | CLASSIFIER    | :class:`Classifier` (identity)                                      |
 | CLIP_MODEL    | :class:`Clip`: an image-text model for CLIP-loss guidance (identity) |
+| IMAGE_CLASSIFIER | :class:`ImageClassifier`: clean-image logits, for universal guidance |
 | LATENT        | :class:`Latent`: samples (B, C, H, W) in the model's latent space   |
 | IMAGE         | a float tensor (B, H, W, C) in [0, 1], ComfyUI's convention        |
 | SIGMAS        | a float tensor (n + 1,) ending in 0                                 |
@@ -177,6 +178,21 @@ class Clip:
         """Prompts → (B, E) unit vectors."""
         encode: Callable[[list[str]], torch.Tensor] = getattr(self.module, "encode_text")  # noqa: B009
         return encode(prompts)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageClassifier:
+    """A differentiable classifier of clean images: ``module(x0 in [-1, 1]) → logits (B, K)`` (the
+    stand-in for any image network universal guidance steers with: a detector, a segmenter, a face
+    model)."""
+
+    module: torch.nn.Module
+    labels: tuple[str, ...]
+    name: str = ""
+
+    def label_index(self, label: str) -> int:
+        """A class name (case-insensitive) or a decimal index → index; fails listing the choices."""
+        return _label_index(label, self.labels, self.name)
 
 
 @dataclass(frozen=True, eq=False)

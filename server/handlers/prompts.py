@@ -11,13 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
-from graph_runtime.validation import validate
+from graph_runtime.registry import Registry
+from graph_runtime.validation import ValidationReport, validate
 from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
+from server.config import ServerConfig
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
-from server.store import DuplicatePromptId
+from server.messages import PREVIEW_METHODS
+from server.store import DuplicatePromptId, NewPrompt
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,17 @@ async def post_prompt(request: web.Request) -> web.Response:
     registry = app[state.REGISTRY]
     targets = _targets(body.get("partial_execution_targets"))
     try:
-        prompt = await asyncio.to_thread(to_api_prompt, raw_prompt, registry)
-        report = await asyncio.to_thread(validate, prompt, registry, targets)
+        if (request.content_length or INLINE_BYTES + 1) <= INLINE_BYTES:  # cheaper than a thread hop
+            checked = _convert_and_validate(raw_prompt, registry, targets, config)
+        else:
+            checked = await asyncio.to_thread(_convert_and_validate, raw_prompt, registry, targets, config)
     except WorkflowFormatError as exc:
         return _invalid("the prompt is not a valid workflow", str(exc))
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         return _invalid("the prompt could not be read", f"{type(exc).__name__}: {exc}")
+    if isinstance(checked, web.Response):
+        return checked
+    prompt, report = checked
     for warning in report.warnings:
         log.warning("prompt: %s", warning)
     comfy = report.to_comfy()
@@ -63,27 +72,43 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not isinstance(extra_data, dict):
         fail("extra_data must be an object", type="invalid_prompt")
     extra_data = strip_secrets(extra_data)
+    method = extra_data.get("preview_method", "default")
+    if method not in PREVIEW_METHODS:
+        fail(f"extra_data.preview_method must be one of {', '.join(PREVIEW_METHODS)}", type="invalid_prompt")
     if client_id is not None:
         extra_data["client_id"] = client_id
-    store = app[state.STORE]
+    new = NewPrompt(
+        prompt_id,
+        prompt,
+        extra_data,
+        list(report.good_outputs),
+        number=number,
+        front=bool(body.get("front")),
+        client_id=client_id,
+        workflow_id=_workflow_id(extra_data),
+    )
     try:
-        number = await asyncio.to_thread(
-            store.add,
-            prompt_id,
-            prompt,
-            extra_data,
-            list(report.good_outputs),
-            number=number,
-            front=bool(body.get("front")),
-            client_id=client_id,
-            workflow_id=_workflow_id(extra_data),
-        )
+        number = await app[state.INTAKE].add(new)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
     app[state.WORKER].wake()
-    await broadcast_status(app)
+    app[state.HUB].send_status()
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
+
+
+def _convert_and_validate(
+    raw_prompt: dict[str, Any], registry: Registry, targets: list[str] | None, config: ServerConfig
+) -> tuple[dict[str, Any], ValidationReport] | web.Response:
+    """(worker thread) The API prompt and its report, or the answer refusing a prompt over the limit."""
+    prompt = to_api_prompt(raw_prompt, registry)
+    if len(prompt) > config.max_prompt_nodes:
+        return _invalid(
+            f"the prompt has {len(prompt)} nodes; this server runs at most {config.max_prompt_nodes}",
+            "raise the server's node limit (ServerConfig.max_prompt_nodes, guidegraph serve"
+            " --max-prompt-nodes) to run it",
+        )
+    return prompt, validate(prompt, registry, targets)
 
 
 def _invalid(message: str, details: str = "") -> web.Response:
@@ -121,8 +146,7 @@ def _workflow_id(extra_data: dict[str, Any]) -> str | None:
 
 
 async def broadcast_status(app: web.Application) -> None:
-    remaining = await asyncio.to_thread(app[state.STORE].queue_remaining)
-    app[state.HUB].send_status(remaining)
+    app[state.HUB].send_status()
 
 
 async def get_queue(request: web.Request) -> web.Response:

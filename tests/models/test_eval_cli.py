@@ -55,42 +55,39 @@ def test_eval_writes_table_json_plot_and_samples(tmp_path: Path) -> None:
     files = tiny_models(tmp_path)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = [
-        "--per-class",
-        "1",
-        "--steps",
-        "1",
-        "--scales",
-        "cfg=2;classifier=1;clip=1;clip_contrast=1",
-        "--device",
-        "cpu",
-    ]
-    argv += ["--out-dir", str(tmp_path / "out")]
+    argv = ["--per-class", "1", "--steps", "1", "--device", "cpu"]
+    argv += ["--scales", "cfg=2;apg=3;cfg_pp=0.5;classifier=1;clip=1", "--out-dir", str(tmp_path / "out")]
     for key, path in files.items():
         argv += [f"--{key}", str(path)]
     assert run(parser.parse_args(argv)) == 0
-    rows = json.loads((tmp_path / "out" / "eval.json").read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["cfg", "classifier", "clip", "clip_contrast"]
+    data = json.loads((tmp_path / "out" / "eval.json").read_text())
+    rows = data["rows"]
+    assert [r["strategy"] for r in rows] == ["cfg", "apg", "cfg_pp", "classifier", "clip"]
     assert all(r["n"] == len(CLASS_NAMES) and 0 <= r["acc_class"] <= 1 for r in rows)
-    assert "| cfg | 2 |" in (tmp_path / "out" / "eval.md").read_text()
+    assert all(0 <= r["clipped"] <= 1 and 0 <= r["saturation_data"] <= 1 for r in rows)
+    assert data["header"]["held_out"] and data["header"]["seed"] == 777
+    table = (tmp_path / "out" / "eval.md").read_text()
+    assert "| cfg | 2 |" in table and "held out" in table and "workflow `apg`" in table
     assert (tmp_path / "out" / "eval.png").stat().st_size > 0
     assert (tmp_path / "out" / "eval_samples.png").stat().st_size > 0
 
 
-def test_clip_contrast_strategy_contrasts_the_target_caption_with_the_other_fifteen(tmp_path: Path) -> None:
+def test_strategies_are_the_shipped_workflows_with_scale_class_and_variant_set(tmp_path: Path) -> None:
     import torch
 
-    from nodes.diffusion.gradients import ClipGradient
-    from families.shapes.evaluation.run import Models, Setting, program_for
+    from families.shapes.evaluation.strategies import STRATEGIES, build_program
+    from graph_runtime import Executor, Registry
+    from nodes.diffusion.gradients import ClassifierGradient, ClipGradient
+    from nodes.diffusion.rules import AdaptiveProjected
 
-    models = Models.load(tiny_models(tmp_path), torch.device("cpu"))
-    rule = program_for(models, Setting("clip_contrast", 30.0), label=5)
-    assert isinstance(rule, ClipGradient) and rule.through_denoiser
-    assert rule.text.meaning == 'clip text "a green square"' and len(rule.contrast) == len(CLASS_NAMES) - 1
-    assert rule.text.meaning not in {c.meaning for c in rule.contrast}
-    assert abs(rule.logit_scale - float(models.clip.module.logit_scale.exp())) < 1e-5
-    capped = program_for(models, Setting("clip_contrast_capped", 30.0), label=5)
-    assert isinstance(capped, ClipGradient) and capped.shift_clamp > 0 and capped.contrast == rule.contrast
-    assert program_for(models, Setting("clip_capped", 0.0), label=5) == program_for(
-        models, Setting("none", 0.0), 5
-    )
+    executor = Executor(Registry.from_entry_points(), device="cpu", dtype=torch.float32)
+    clip = build_program(executor, STRATEGIES["clip_uncapped"], 30.0, 5, {})
+    assert isinstance(clip, ClipGradient) and clip.shift_clamp == 0.0 and clip.scale == 30.0
+    assert clip.text.meaning == "clip text 'a green square'"
+    capped = build_program(executor, STRATEGIES["clip"], 30.0, 5, {})
+    assert isinstance(capped, ClipGradient) and capped.shift_clamp == 1.0  # the workflow's own value
+    apg = build_program(executor, STRATEGIES["apg"], 12.0, 0, {})
+    assert isinstance(apg, AdaptiveProjected) and apg.scale == 12.0
+    assert apg.cond.condition.meaning == "prompt 'a red circle'"  # type: ignore[attr-defined]
+    classifier = build_program(executor, STRATEGIES["classifier"], 3.0, 6, {})
+    assert isinstance(classifier, ClassifierGradient) and classifier.label == 6

@@ -26,7 +26,7 @@ def guided_run(root: Path, device: str, latent: Latent) -> torch.Tensor:
         ctx, g, ClassifierLoader.run(ctx, classifier="tiny_cls.safetensors")[0], "red circle", 2.0
     )
     (g,) = ClipLoss.run(
-        ctx, g, ClipLoader.run(ctx, clip="tiny_clip.safetensors")[0], "red", 20.0, 2, True, True, 0.0
+        ctx, g, ClipLoader.run(ctx, clip="tiny_clip.safetensors")[0], "red", 20.0, 2, True, True, 0.0, "", 0.0
     )
     return Sampler.run(ctx, g, latent, 7, 4, "dpmpp_2m_sde", "karras", 1.0)[0].samples
 

@@ -11,15 +11,18 @@ from nodes.diffusion.conventions import Denoiser, from_space, to_space
 from nodes.diffusion.gradients import (
     ClassifierGradient,
     ClipGradient,
+    UniversalGradient,
     clip_logit_scale,
     contrastive_clip_loss,
     make_cutouts,
     spherical_distance,
 )
-from nodes.diffusion.guidance import CompiledGuidance, Prediction, Rescale, Threshold, cfg, combine, window
+from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction, cfg, combine, window
+from nodes.diffusion.rules import Rescale, Threshold
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import sigmas_karras
-from nodes.diffusion.types import Classifier, Clip, Conditioning
+from nodes.diffusion.types import Classifier, Clip, Conditioning, ImageClassifier
+from tests.nodes.conftest import mixture_logits
 
 CondFn = Callable[[Denoiser, str], Conditioning]
 CPU = torch.device("cpu")
@@ -28,6 +31,13 @@ CPU = torch.device("cpu")
 def run(program, x: torch.Tensor, sigma: float, seeds=None) -> tuple[torch.Tensor, CompiledGuidance]:
     compiled = CompiledGuidance(program, seeds=seeds or range(x.shape[0]), device=CPU)
     return compiled(x, torch.full((x.shape[0],), sigma)), compiled
+
+
+def clip_term(inner: Guidance, clip: Clip, text: Conditioning, scale: float, **options) -> ClipGradient:
+    """A CLIP term with every option off unless given: whole image, detached x̂0, no clamps."""
+    plain = {"cutouts": 0, "augment": False, "through_denoiser": False, "grad_clamp": 0.0, "vae": None}
+    plain |= {"contrast": (), "logit_scale": 100.0, "shift_clamp": 0.0, "decode_scale": 1.0}
+    return ClipGradient(inner, clip, text, scale, **(plain | options))
 
 
 def rows(model: Denoiser) -> list[int]:
@@ -146,7 +156,7 @@ def test_rescale_phi_zero_is_identity_and_phi_one_matches_the_reference_std(
 
 def test_dynamic_threshold_bounds_x0_to_unit_range(gaussian, cond: CondFn, x) -> None:
     m = gaussian(offset=3.0)
-    out, _ = run(Threshold(Prediction(m, cond(m, "red")), 0.9), x, 0.5)
+    out, _ = run(Threshold(Prediction(m, cond(m, "red")), 0.9, 1e9), x, 0.5)
     assert float(out.abs().max()) <= 1.0 + 1e-6
 
 
@@ -170,7 +180,7 @@ def test_gradient_rules_work_inside_a_sampler_that_runs_without_grad(mixture, cl
     model, clf = mixture
     null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
-    program = ClipGradient(
+    program = clip_term(
         ClassifierGradient(null, clf, 1, 1.0), clip, text, 200.0, cutouts=4, through_denoiser=True
     )
     start = torch.zeros(2, 3, 8, 8)
@@ -189,8 +199,8 @@ def test_clip_gradient_with_clamp_caps_its_rms(gaussian, cond: CondFn, clip: Cli
     base = Prediction(m, cond(m, ""))
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
     sigma = 2.0
-    free = run(ClipGradient(base, clip, text, 1.0, through_denoiser=through), x, sigma)[0]
-    capped = run(ClipGradient(base, clip, text, 1.0, through_denoiser=through, grad_clamp=1e-4), x, sigma)[0]
+    free = run(clip_term(base, clip, text, 1.0, through_denoiser=through), x, sigma)[0]
+    capped = run(clip_term(base, clip, text, 1.0, through_denoiser=through, grad_clamp=1e-4), x, sigma)[0]
     plain = run(base, x, sigma)[0]
     rms = ((capped - plain) / sigma**2).flatten(1).pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, 1e-4), rtol=1e-3)
@@ -211,7 +221,7 @@ def test_a_sample_does_not_depend_on_its_position_in_the_batch(
 ) -> None:
     m = gaussian()
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
-    program = ClipGradient(
+    program = clip_term(
         cfg(Prediction(m, cond(m, "red")), Prediction(m, cond(m, "")), 3.0), clip, text, 5.0, cutouts=3
     )
     sigmas = sigmas_karras(6, m.sigma_min, 10.0)
@@ -260,8 +270,8 @@ def test_clip_gradient_with_contrast_fades_when_the_sample_is_already_the_target
     x = torch.zeros(2, 3, 8, 8)
     x[:, 0] = 3.0  # very red: D(x) keeps it red at σ = 0.5
     plain = run(base, x, 0.5)[0]
-    contrast = run(ClipGradient(base, clip, red, 1.0, contrast=others, logit_scale=100.0), x, 0.5)[0]
-    distance = run(ClipGradient(base, clip, red, 1.0), x, 0.5)[0]
+    contrast = run(clip_term(base, clip, red, 1.0, contrast=others, logit_scale=100.0), x, 0.5)[0]
+    distance = run(clip_term(base, clip, red, 1.0), x, 0.5)[0]
     assert (contrast - plain).abs().max() < 1e-4 < (distance - plain).abs().max()
 
 
@@ -272,7 +282,7 @@ def test_clip_gradient_shift_clamp_caps_the_rms_of_the_x0_shift(
     base = Prediction(m, cond(m, ""))
     text = Conditioning.of(clip.module.encode_text(["red"])[0], "clip 'red'")
     plain = run(base, x, 3.0)[0]
-    capped = run(ClipGradient(base, clip, text, 1e4, shift_clamp=0.1), x, 3.0)[0]
+    capped = run(clip_term(base, clip, text, 1e4, shift_clamp=0.1), x, 3.0)[0]
     rms = (capped - plain).flatten(1).pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, 0.1), rtol=1e-4)
 
@@ -285,7 +295,7 @@ def test_contrastive_clip_guidance_steers_a_sample_toward_its_prompt(mixture, cl
     sigmas, start, seeds = sigmas_karras(8, 0.05, 10.0), torch.zeros(4, 3, 8, 8), [1, 2, 3, 4]
     plain, _ = guided_sample(null, start, seeds, sigmas, "euler", device=CPU)
     for k, channel_name in enumerate(("red", "green", "blue")):
-        rule = ClipGradient(
+        rule = clip_term(
             null,
             clip,
             conds[k],
@@ -305,3 +315,39 @@ def test_clip_logit_scale_reads_the_module_or_falls_back_to_openai_cap(clip: Cli
 
     assert clip_logit_scale(clip) == 100.0
     assert abs(clip_logit_scale(Clip(ShapesCLIP(channels=[8, 8, 8, 8], embed_dim=8))) - 10.0) < 1e-4
+
+
+class CleanMixtureClassifier(torch.nn.Module):
+    """The exact posterior of the mixture's components given a clean x0: logits −‖x0 − μ_k‖²/(2s²)."""
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return mixture_logits(x0, torch.zeros(x0.shape[0]), (-1.0, 1.0), 0.3)
+
+
+@pytest.mark.parametrize(("scale", "backward_steps", "lr"), [(0.02, 0, 0.0), (0.0, 5, 0.05)])
+def test_universal_guidance_moves_mixture_samples_to_the_requested_component(
+    mixture, scale: float, backward_steps: int, lr: float
+) -> None:
+    model, _ = mixture
+    judge = ImageClassifier(CleanMixtureClassifier(), ("low", "high"), "clean")
+    null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
+    sigmas, start = sigmas_karras(20, model.sigma_min, 20.0), torch.zeros(16, 1, 4, 4)
+    for label, mean in ((0, -1.0), (1, 1.0)):
+        rule = UniversalGradient(null, judge, label, scale, backward_steps, lr)
+        out, _ = guided_sample(rule, start, range(16), sigmas, "euler", device=CPU)
+        assert bool((out.flatten(1).mean(1) * mean > 0.25).all())  # every seed on the requested side
+
+
+class ChannelMeans(torch.nn.Module):
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return 4 * x0.mean(dim=(2, 3))  # (B, 3): one class per colour channel
+
+
+def test_universal_backward_guidance_lowers_the_loss_without_the_denoiser(gaussian, cond: CondFn, x) -> None:
+    m = gaussian()
+    base = Prediction(m, cond(m, "red"))
+    judge = ImageClassifier(ChannelMeans(), ("red", "green", "blue"), "channel means")
+    rule = UniversalGradient(base, judge, 1, 0.0, 4, 0.5)  # steer towards green
+    plain, guided = run(base, x, 2.0)[0], run(rule, x, 2.0)
+    assert rule.loss(guided[0]) < rule.loss(plain) - 0.1 and not rule.grads_through_denoiser()
+    assert rows(m) == [2, 2]  # one forward each; the backward steps never call the model

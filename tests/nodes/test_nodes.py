@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -14,11 +15,21 @@ from families.shapes.networks import UnsafeModelFileError
 from graph_runtime.api import Interrupted
 from graph_runtime.context import CancelToken, Context, Paths
 from nodes import node_classes
+from nodes.composition_nodes import (
+    PAG,
+    SEG,
+    Autoguidance,
+    GuidanceCombine,
+    GuidanceInterval,
+    GuidanceSchedule,
+    SkipLayerGuidance,
+)
 from nodes.diffusion.guidance import Combine, Prediction, Window
 from nodes.diffusion.types import Latent
 from nodes.guidance_nodes import CFGCombine, ClassifierGrad, ClipLoss, Composable, GuidanceWindow, Predict
 from nodes.image_nodes import Decode, Encode, ImageGrid, LoadImage, SaveImage
 from nodes.model_nodes import ClassifierLoader, ClipLoader, Condition, Model, NullCondition
+from nodes.rule_nodes import APG, CFGPlusPlus, CFGZeroStar, PerpNegGuidance, TangentialCFG
 from nodes.sampling_nodes import EmptyLatent, Sampler
 
 
@@ -81,7 +92,9 @@ def test_cfg_node_scale_one_and_zero_are_single_predictions(gaussian, cond) -> N
 
 def test_composable_drops_unconnected_conditions_and_keeps_signs(gaussian, cond) -> None:
     m = gaussian()
-    (g,) = Composable.run(Context(), m, cond(m, ""), cond(m, "red"), 2.0, None, 5.0, cond(m, "blue"), -1.0)
+    (g,) = Composable.run(
+        Context(), m, cond(m, ""), cond(m, "red"), 2.0, None, 5.0, cond(m, "blue"), -1.0, None, 0.0
+    )
     assert isinstance(g, Combine) and [w for _, w in g.terms] == [2.0, -1.0]
 
 
@@ -141,9 +154,32 @@ def test_real_tiny_networks_run_under_every_guidance_node(model_dirs: Path) -> N
     (neg,) = NullCondition.run(ctx, clip=text, meaning="empty prompt")
     (g,) = CFGCombine.run(ctx, model, pos, neg, 4.0)
     (g,) = ClassifierGrad.run(ctx, g, clf, "red circle", 2.0)
-    (g,) = ClipLoss.run(ctx, g, clip, "a red circle", 50.0, 2, True, True, 0.05)
+    (g,) = ClipLoss.run(ctx, g, clip, "a red circle", 50.0, 2, True, True, 0.05, "", 1.0)
+    (g,) = PAG.run(ctx, g, model, pos, 2.0, "mid")
+    (g,) = SEG.run(ctx, g, model, pos, 1.0, 2.0, "mid")
+    (g,) = SkipLayerGuidance.run(ctx, g, model, pos, 1.0, "mid")
+    (apg,) = APG.run(ctx, model, pos, neg, 7.0, 0.0, -0.5, 15.0, "x0")
+    (zero,) = CFGZeroStar.run(ctx, model, pos, neg, 5.0, 1, "eps")
+    (perp,) = PerpNegGuidance.run(ctx, model, pos, neg, neg, 5.0, 1.0)
+    (tcfg,) = TangentialCFG.run(ctx, model, pos, neg, 5.0)
+    (g,) = GuidanceCombine.run(
+        ctx,
+        g,
+        guidance_1=apg,
+        weight_1=0.2,
+        guidance_2=zero,
+        weight_2=0.2,
+        guidance_3=perp,
+        weight_3=0.2,
+        guidance_4=tcfg,
+        weight_4=0.2,
+    )
+    (g,) = GuidanceSchedule.run(ctx, GuidanceInterval.run(ctx, g, 0.1, 0.9)[0], "cosine_increasing")
     out = Sampler.run(ctx, g, EmptyLatent.run(ctx, model, 32, 32, 2)[0], 3, 3, "heun", "normal", 1.0)[0]
     assert out.samples.shape == (2, 3, 32, 32) and bool(out.samples.isfinite().all())
+    (pp,) = CFGPlusPlus.run(ctx, model, pos, neg, 0.6)
+    out = Sampler.run(ctx, pp, EmptyLatent.run(ctx, model, 32, 32, 2)[0], 3, 3, "euler", "normal", 1.0)[0]
+    assert bool(out.samples.isfinite().all())
 
 
 def test_decode_and_encode_are_inverse_and_use_comfy_layout() -> None:
@@ -162,6 +198,9 @@ def test_save_image_writes_unique_pngs_with_prompt_and_workflow_chunks(tmp_path:
     second = SaveImage.run(ctx, images[:1], "runs/cfg").ui["images"]
     names = [i["filename"] for i in first + second]
     assert names == ["cfg_00001_.png", "cfg_00002_.png", "cfg_00003_.png"]
+    (tmp_path / "output" / "runs" / "cfg_00004_.png").write_bytes(b"another writer's file")
+    third = SaveImage.run(ctx, images[:1], "runs/cfg").ui["images"]
+    assert third[0]["filename"] == "cfg_00005_.png"  # never overwrites, even past its own count
     assert first[0]["subfolder"] == "runs" and first[0]["type"] == "output"
     with Image.open(tmp_path / "output" / "runs" / names[0]) as png:
         assert json.loads(png.text["prompt"])["1"]["class_type"] == "X"
@@ -201,7 +240,7 @@ def test_clip_loss_with_contrast_prompts_builds_the_zero_shot_loss(model_dirs: P
     )
     assert [c.meaning for c in rule.contrast] == ["clip text 'a blue circle'", "clip text 'a red square'"]
     assert rule.shift_clamp == 0.5 and abs(rule.logit_scale - float(clip.module.logit_scale.exp())) < 1e-5
-    (plain,) = ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0)
+    (plain,) = ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, "", 1.0)
     assert plain.contrast == ()
 
 
@@ -212,7 +251,50 @@ def test_clip_loss_rejects_contrast_lines_that_repeat_the_prompt_or_each_other(m
     base = Predict.run(ctx, model, NullCondition.run(ctx, clip=text, meaning="empty prompt")[0])[0]
     contrast = "a blue circle\nred circle\nthe blue circle"
     with pytest.raises(ValueError) as info:
-        ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, contrast)
+        ClipLoss.run(ctx, base, clip, "a red circle", 5.0, 0, False, True, 0.0, contrast, 1.0)
     message = str(info.value)
     assert "line 2 'red circle' encodes the same as the prompt" in message
     assert "line 3 'the blue circle' encodes the same as an earlier line" in message
+
+
+def test_every_node_takes_its_defaults_from_its_declaration_only() -> None:
+    for cls in node_classes():
+        params = inspect.signature(cls.run).parameters
+        for spec in cls.inputs:
+            declared = getattr(spec, "default", None)
+            param = params.get(spec.name)
+            given = inspect.Parameter.empty if param is None else param.default  # or in **inputs
+            assert given is inspect.Parameter.empty or given == declared, (cls.__name__, spec.name)
+
+
+def test_sampler_names_the_schedule_when_the_program_has_two_models(gaussian, cond) -> None:
+    good, weak = gaussian(), gaussian(std=0.3)
+    (program,) = Autoguidance.run(Context(), good, weak, cond(good, "red"), 2.0)
+    latent = EmptyLatent.run(Context(), good, 8, 8, 1)[0]
+    with pytest.raises(ValueError, match="schedule_model"):
+        Sampler.run(Context(), program, latent, 0, 2, "euler", "karras", 1.0)
+    out = Sampler.run(Context(), program, latent, 0, 2, "euler", "karras", 1.0, 0, good)[0]
+    assert bool(out.samples.isfinite().all())
+    with pytest.raises(ValueError, match="weaker"):
+        Autoguidance.run(Context(), good, good, cond(good, "red"), 2.0)
+
+
+def test_interval_node_refuses_start_after_stop(gaussian, cond) -> None:
+    m = gaussian()
+    with pytest.raises(ValueError, match="start"):
+        GuidanceInterval.run(Context(), Prediction(m, cond(m, "red")), 0.8, 0.2)
+
+
+def test_universal_guidance_node_loads_a_clean_image_classifier_and_names_its_class(gaussian, cond) -> None:
+    from graph_runtime.folders import register_folders
+    from nodes import MODELS_DIR
+    from nodes.diffusion.gradients import UniversalGradient
+    from nodes.universal_nodes import ImageClassifierLoader, UniversalGuidance
+
+    register_folders({"evaluators": [MODELS_DIR / "evaluators"]})
+    (judge,) = ImageClassifierLoader.run(Context(), "shapes_evaluator.safetensors")
+    m = gaussian()
+    (rule,) = UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "blue square", 5.0, 2, 0.1)
+    assert isinstance(rule, UniversalGradient) and judge.labels[rule.label] == "blue square"
+    with pytest.raises(ValueError, match="unknown class"):
+        UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "purple blob", 5.0, 0, 0.1)

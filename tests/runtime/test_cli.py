@@ -127,8 +127,13 @@ class _EntryPoint:
         return self.obj
 
 
-def test_plugin_commands_register_and_broken_ones_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plugin_commands_load_only_when_named_and_broken_ones_say_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded: list[str] = []
+
     def register(sub: Any) -> None:
+        loaded.append("hello")
         hello = sub.add_parser("hello")
         hello.set_defaults(func=lambda args: 7)
 
@@ -137,7 +142,11 @@ def test_plugin_commands_register_and_broken_ones_are_skipped(monkeypatch: pytes
         _EntryPoint("hello", register),
     ]
     monkeypatch.setattr(cli, "entry_points", lambda group: eps)
-    assert cli.main(["hello"]) == 7
+    assert cli.main(["--help"]) == 0
+    assert loaded == [] and "hello" in capsys.readouterr().out  # listed, not loaded
+    assert cli.main(["hello"]) == 7 and loaded == ["hello"]
+    assert cli.main(["broken"]) == 2
+    assert "No module named 'server.cli'" in capsys.readouterr().err
 
 
 def test_progress_bar_redraws_one_line(registry: Registry) -> None:

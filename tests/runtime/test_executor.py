@@ -299,3 +299,15 @@ def test_a_broken_event_consumer_does_not_break_the_run(executor: Executor, regi
         raise ValueError("consumer bug")
 
     assert executor.run(_diamond(WorkflowBuilder(registry)), on_event=explode).ok
+
+
+def test_error_reports_describe_inputs_without_formatting_whole_objects() -> None:
+    from graph_runtime.executor import _short
+
+    class Network:
+        def __repr__(self) -> str:
+            raise AssertionError("an error report must not format a whole network")
+
+    assert _short(2.5) == "2.5" and _short("x" * 300).endswith("...") and len(_short("x" * 300)) == 200
+    assert _short(list(range(10**6))) == "list of 1000000"
+    assert _short(Network()) == "<Network>"

@@ -39,3 +39,14 @@ def test_importing_the_runtime_loads_neither_nodes_nor_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reading_and_validating_a_workflow_never_imports_torch() -> None:
+    code = (
+        "import sys, graph_runtime.cli, graph_runtime.validation, graph_runtime.workflow,"
+        " graph_runtime.registry, graph_runtime.executor, graph_runtime.cache, graph_runtime.device;"
+        "graph_runtime.cli.build_parser(['--help']);"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'server', 'nodes')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import pytest
 from runtime_testnodes import TEST_NODES, Add, Number, Options
 
 from graph_runtime import Registry
-from graph_runtime.api import Combo, Context, FolderFiles, Node, NodePack, Output
+from graph_runtime.api import Combo, Context, Float, FolderFiles, Node, NodePack, Output
 from graph_runtime.folders import register_folders
 
 EDITOR_KEYS = {
@@ -88,6 +88,28 @@ def test_two_classes_with_one_name_are_refused() -> None:
 
     with pytest.raises(ValueError, match="two node classes named 'Number'"):
         Registry([Number, globals()["Number"]])
+
+
+def test_a_run_default_that_differs_from_the_declaration_is_refused_at_class_creation() -> None:
+    with pytest.raises(TypeError, match=r"shift_clamp: run\(\) says 0.0, the declaration 1.0"):
+
+        class Clamp(Node):  # the ClipLoss mistake: 1.0 declared, 0.0 in run()
+            inputs = (Float("shift_clamp", default=1.0),)
+            outputs = (Output("v", "FLOAT"),)
+
+            @staticmethod
+            def run(ctx: Context, shift_clamp: float = 0.0) -> tuple[float]:
+                return (shift_clamp,)
+
+    class Agreeing(Node):  # the same default, or none, is fine
+        inputs = (Float("a", default=1.0), Float("b", default=2.0))
+        outputs = (Output("v", "FLOAT"),)
+
+        @staticmethod
+        def run(ctx: Context, a: float, b: float = 2.0) -> tuple[float]:
+            return (a + b,)
+
+    assert Agreeing.input("b") is not None
 
 
 class _FakeEntryPoint:

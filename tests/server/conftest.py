@@ -64,6 +64,16 @@ def square_prompt(value: int = 7, size: int = 8, prefix: str = "sq") -> dict[str
     }
 
 
+def chain_prompt(length: int, value: int = 5) -> dict[str, Any]:
+    """Number -> Relay x ``length`` -> SaveSquare: ``length`` + 2 trivial nodes in one line."""
+    prompt: dict[str, Any] = {"0": {"class_type": "Number", "inputs": {"value": value}}}
+    for i in range(1, length + 1):
+        prompt[str(i)] = {"class_type": "Relay", "inputs": {"value": [str(i - 1), 0]}}
+    save = {"value": [str(length), 0], "size": 1, "prefix": "chain"}
+    prompt["out"] = {"class_type": "SaveSquare", "inputs": save}
+    return prompt
+
+
 def slow_prompt(steps: int = 5, delay: float = 0.05) -> dict[str, Any]:
     return {"1": {"class_type": "SlowSteps", "inputs": {"steps": steps, "delay": delay}}}
 

@@ -8,7 +8,15 @@ import json
 from PIL import Image
 
 from server.config import ServerConfig
-from tests.server.conftest import UI_WORKFLOW, failing_prompt, queue, slow_prompt, square_prompt, wait_done
+from tests.server.conftest import (
+    UI_WORKFLOW,
+    chain_prompt,
+    failing_prompt,
+    queue,
+    slow_prompt,
+    square_prompt,
+    wait_done,
+)
 
 
 async def test_runs_a_prompt_and_records_its_image_in_history(client, config: ServerConfig) -> None:
@@ -131,6 +139,23 @@ async def test_refuses_bodies_over_the_size_cap(make_client) -> None:
     client = await make_client(max_json_bytes=1000)
     response = await client.post("/prompt", data=b"{" + b" " * 5000 + b"}")
     assert response.status == 413 and (await response.json())["error"]["type"] == "too_large"
+
+
+async def test_refuses_prompts_over_the_node_limit_and_runs_a_long_chain_within_it(make_client) -> None:
+    client = await make_client(max_prompt_nodes=502)
+    response = await client.post("/prompt", json={"prompt": chain_prompt(501)})
+    error = (await response.json())["error"]
+    assert response.status == 400 and error["type"] == "invalid_prompt"
+    assert "503 nodes" in error["message"] and "at most 502" in error["message"]
+    answer = await queue(client, chain_prompt(500))
+    assert (await wait_done(client, answer["prompt_id"]))["status"]["completed"] is True
+
+
+async def test_refuses_an_unknown_preview_method(client) -> None:
+    body = {"prompt": square_prompt(), "extra_data": {"preview_method": "fancy"}}
+    response = await client.post("/prompt", json=body)
+    error = (await response.json())["error"]
+    assert response.status == 400 and "preview_method" in error["message"]
 
 
 async def test_refuses_nesting_beyond_the_depth_cap(client) -> None:

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from server import state
-from tests.server.conftest import failing_prompt, queue, slow_prompt, square_prompt, wait_done
+from tests.server.conftest import chain_prompt, failing_prompt, queue, slow_prompt, square_prompt, wait_done
 
 END = {"execution_success", "execution_error", "execution_interrupted"}
 
@@ -146,11 +146,54 @@ async def test_progress_and_binary_previews_of_both_kinds(client) -> None:
     assert frames[0][8 + length :].startswith(b"\xff\xd8")  # JPEG
     await rich.close()
 
-    answer = await queue(client, slow_prompt(steps=2, delay=0.01), client_id="plain")
+    body = {"client_id": "plain", "extra_data": {"preview_method": "auto"}}  # an API client that asks
+    answer = await queue(client, slow_prompt(steps=2, delay=0.01), **body)
     _, frames = await collect(plain, answer["prompt_id"])
     assert [struct.unpack(">II", f[:8]) for f in frames] == [(1, 1), (1, 1)]
     assert frames[0][8:].startswith(b"\xff\xd8")
     await plain.close()
+
+
+async def test_no_previews_for_a_client_that_never_asked_nor_with_preview_method_none(client) -> None:
+    plain = await connect(client, "plain")
+    answer = await queue(client, slow_prompt(steps=3, delay=0.01), client_id="plain")
+    messages, frames = await collect(plain, answer["prompt_id"])
+    assert frames == [] and len([m for m in messages if m["type"] == "progress"]) == 3
+    await plain.close()
+
+    rich = await connect(client, "rich", flags={"supports_preview_metadata": True})
+    body = {"client_id": "rich", "extra_data": {"preview_method": "none"}}
+    answer = await queue(client, slow_prompt(steps=3, delay=0.01), **body)
+    _, frames = await collect(rich, answer["prompt_id"])
+    assert frames == []
+    await rich.close()
+
+
+async def test_a_large_prompt_streams_linear_bytes_and_keeps_its_client(make_client) -> None:
+    """A chain of 2,000 nodes: the submitter stays connected, sees every lifecycle message, and gets
+    far fewer progress_state bytes than one full state per node would cost (quadratic)."""
+    client = await make_client(ws_queue_size=16)
+    ws = await connect(client, "big")
+    nodes = 2000
+    answer = await queue(client, chain_prompt(nodes), client_id="big")
+    received = 0
+    states = []
+    async with asyncio.timeout(30):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == WSMsgType.TEXT, msg
+            received += len(msg.data)
+            data = json.loads(msg.data)
+            if data["type"] == "progress_state":
+                states.append(data["data"]["nodes"])
+            if data["type"] == "executing" and data["data"]["node"] is None:
+                break
+    assert not ws.closed
+    full_state_bytes = len(json.dumps(states[-1], separators=(",", ":")))
+    assert len(states[-1]) == nodes + 2 and all(n["state"] == "finished" for n in states[-1].values())
+    assert received < 10 * full_state_bytes  # one full state per node would be ~1,000 times that
+    assert (await wait_done(client, answer["prompt_id"]))["status"]["completed"] is True
+    await ws.close()
 
 
 async def test_status_is_broadcast_and_late_clients_get_the_queue_length(client) -> None:
@@ -223,7 +266,8 @@ async def test_status_changes_in_one_tick_reach_each_client_once_with_the_latest
     hub = client.app[state.HUB]
     before = hub.status_broadcasts
     for remaining in (3, 2, 1):
-        hub.send_status(remaining)
+        hub.status_source = lambda remaining=remaining: remaining
+        hub.send_status()
     assert await statuses_until_quiet(first) == [1]
     assert await statuses_until_quiet(second) == [1]
     assert hub.status_broadcasts == before + 1
@@ -235,12 +279,14 @@ async def test_status_broadcasts_are_spaced_by_the_interval(make_client) -> None
     client = await make_client(ws_status_interval_s=0.25)
     ws = await connect(client, "watcher")
     hub = client.app[state.HUB]
-    hub.send_status(5)
+    hub.status_source = lambda: 5
+    hub.send_status()
     assert (await ws.receive_json(timeout=5))["data"]["status"]["exec_info"]["queue_remaining"] == 5
     loop = asyncio.get_running_loop()
     sent = loop.time()
-    hub.send_status(4)
-    hub.send_status(3)
+    for remaining in (4, 3):
+        hub.status_source = lambda remaining=remaining: remaining
+        hub.send_status()
     later = await ws.receive_json(timeout=5)
     assert later["data"]["status"]["exec_info"]["queue_remaining"] == 3
     assert loop.time() - sent >= 0.2

@@ -27,6 +27,18 @@ class Number(Node):
         return (value,)
 
 
+class Relay(Node):
+    """Pass a shade on unchanged (chains of these measure the per-node cost of the server)."""
+
+    category = "testing"
+    inputs = (Socket("value", type="SHADE"),)
+    outputs = (Output("value", "SHADE"),)
+
+    @staticmethod
+    def run(ctx: Context, value: int) -> tuple[int]:
+        return (value,)
+
+
 def write_png(ctx: Context, pixels: torch.Tensor, prefix: str) -> dict[str, str]:
     """Atomically write (H, W, 3) uint8 pixels as a PNG carrying the prompt and the workflow."""
     out_dir = Path(ctx.paths.output)
@@ -62,7 +74,7 @@ class SaveSquare(Node):
 
 
 class SlowSteps(Node):
-    """Sleep ``steps`` times, reporting progress with a preview at each step."""
+    """Sleep ``steps`` times, reporting progress (with a preview when one is wanted) at each step."""
 
     category = "testing"
     output_node = True
@@ -75,7 +87,8 @@ class SlowSteps(Node):
         for step in range(steps):
             time.sleep(delay)
             shade = int(255 * (step + 1) / steps)
-            ctx.progress(step + 1, steps, PreviewImage(torch.full((16, 16, 3), shade, dtype=torch.uint8)))
+            pixels = torch.full((16, 16, 3), shade, dtype=torch.uint8)  # (H, W, 3)
+            ctx.progress(step + 1, steps, PreviewImage(pixels) if ctx.wants_preview else None)
         return Result((), {"text": [f"{steps} steps"]})
 
 
@@ -92,4 +105,4 @@ class Explode(Node):
         raise ValueError(f"exploded on {value} in /very/secret/place/file.txt")
 
 
-NODES = [Number, SaveSquare, SlowSteps, Explode]
+NODES = [Number, Relay, SaveSquare, SlowSteps, Explode]

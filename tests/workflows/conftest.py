@@ -35,6 +35,16 @@ NAMES = (
     "sd15_negative_prompt",
     "sd15_clip_guided",
     "sdxl_txt2img",
+    "apg",
+    "cfg_zero_star",
+    "cfg_pp",
+    "cfg_rescale",
+    "cfg_interval",
+    "cfg_schedule",
+    "pag",
+    "seg",
+    "perp_neg",
+    "tcfg",
 )
 # What the SD workflows name, as (folder kind, file name, what to write there).
 SD_FILES = (

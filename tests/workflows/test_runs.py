@@ -23,6 +23,7 @@ def test_each_workflow_runs_and_saves_one_png_with_its_prompt_embedded(name: str
         assert json.loads(png.info["prompt"]) == prompt
 
 
+@pytest.mark.slow  # 16 guided runs of 4 seeds: minutes on a CPU
 def test_the_showcase_grid_has_a_row_per_strategy_and_a_column_per_strength(executor: Executor) -> None:
     prompt = reduced(load_api("showcase"), steps=2, batch=4)
     result = executor.run(prompt)

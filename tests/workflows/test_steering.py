@@ -6,6 +6,9 @@ only over its shipped 20 steps; the colour it gets in 10). It counts how many sa
 (a classifier trained on clean images, which never guides) puts in the target class. The unguided
 baseline hits the target about 1 time in 16 (one class of 16), so the margins below cannot be met by
 chance.
+
+These are the suite's slowest tests (minutes on a CPU), so they carry the ``slow`` marker: ``make test``
+leaves them out, ``make test-slow`` and CI run them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 from families.shapes.networks.io import load_network
 from graph_runtime import Executor
 from tests.workflows.conftest import load_api, nodes_of, reduced
+
+pytestmark = pytest.mark.slow
 
 EVALUATOR = Path(__file__).resolve().parents[2] / "models" / "evaluators" / "shapes_evaluator.safetensors"
 SEEDS, STEPS = 16, 10

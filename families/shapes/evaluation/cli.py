@@ -16,6 +16,8 @@ DEFAULT_FILES = {
     "clip": "clip/shapes_clip.safetensors",
     "evaluator": "evaluators/shapes_evaluator.safetensors",
 }
+FOLDERS = {"denoiser": "checkpoints", "classifier": "classifiers", "clip": "clip"}  # read by the workflows
+HELD_OUT_SEED = 777  # per-class seeds 777… never chose a configuration (those were 0–15)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -23,8 +25,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "eval",
         help="measure every guidance strategy on the shipped models (table + plot)",
-        description="Sample a fixed set of seeds per class for each strategy and scale, score the samples "
-        "with the independent evaluator and write eval.md, eval.json, eval.png and eval_samples.png.",
+        description="Build each strategy's program from its shipped workflow, sample a fixed set of "
+        "held-out seeds per class for each scale, score the samples with the independent evaluator "
+        "and against the training data's colours, and write eval.md, eval.json, eval.png and "
+        "eval_samples.png.",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -48,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scales", default=None, help="e.g. 'none=0;cfg=0,1,3,5,7;classifier=0,1,3;clip=0,10,30'"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=HELD_OUT_SEED, help="first seed per class (default 777: held out)"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=Path("output/eval"))
@@ -64,12 +70,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from families.shapes.evaluation.report import markdown_table, plot, sample_sheet
-    from families.shapes.evaluation.run import DEFAULT_SCALES, Models, Setting, evaluate
+    from families.shapes.evaluation.run import DEFAULT_SCALES, Judges, Setting, evaluate, held_out
     from families.shapes.training.loop import device_description, pick_device
+    from graph_runtime import Executor, Registry
+    from graph_runtime.folders import register_folders
 
     device = pick_device(args.device)
     scales = parse_scales(args.scales) if args.scales else DEFAULT_SCALES
-    models = Models.load({k: getattr(args, k) for k in DEFAULT_FILES}, device)
+    paths = {k: getattr(args, k) for k in DEFAULT_FILES}
+    judges = Judges.load(paths, device)
+    # the workflows name their model files; --denoiser, --classifier and --clip swap them in by name
+    register_folders({FOLDERS[k]: [paths[k].resolve().parent] for k in FOLDERS})
+    files = {k: paths[k].name for k in FOLDERS}
+    executor = Executor(Registry.from_entry_points(), device=str(device), dtype=torch.float32)
     header = {
         "command": "guidegraph eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:]),
         "device": device_description(device),
@@ -79,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "per_class": args.per_class,
         "seed": args.seed,
-        "models": models.files,
+        "held_out": held_out(args.seed, args.per_class),
+        "models": judges.files,
     }
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -92,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
         sample_sheet(firsts, out / "eval_samples.png")
 
     evaluate(
-        models,
+        executor,
+        judges,
         scales,
         args.per_class,
         args.steps,
         args.sampler,
         args.scheduler,
-        device,
+        files,
         args.seed,
         after_row=write,
     )

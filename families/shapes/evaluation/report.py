@@ -8,18 +8,26 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from families.shapes.evaluation.run import DESCRIPTIONS, Setting
+from families.shapes.evaluation.run import Setting
+from families.shapes.evaluation.strategies import STRATEGIES
 
+HELD_OUT = "held out: never used to choose a configuration"
+NOT_HELD_OUT = "NOT held out: these seeds chose the shipped configurations"
 COLOURS_BY_STRATEGY = {
     "none": (120, 120, 120),
     "cfg": (31, 119, 180),
     "classifier": (214, 39, 40),
     "clip": (44, 160, 44),
-    "clip_window": (23, 190, 207),
-    "clip_contrast": (255, 127, 14),
-    "clip_capped": (188, 189, 34),
-    "clip_contrast_capped": (140, 86, 75),
-    "cfg+classifier": (148, 103, 189),
+    "clip_uncapped": (188, 189, 34),
+    "cfg_classifier": (148, 103, 189),
+    "apg": (255, 127, 14),
+    "cfg_zero_star": (23, 190, 207),
+    "cfg_pp": (140, 86, 75),
+    "cfg_rescale": (227, 119, 194),
+    "cfg_interval": (127, 127, 127),
+    "cfg_schedule": (0, 0, 128),
+    "tcfg": (0, 128, 0),
+    "pag": (128, 0, 0),
 }
 
 
@@ -32,30 +40,36 @@ def markdown_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         f"Device: {header['device']}. Sampler `{header['sampler']}`, scheduler `{header['scheduler']}`, "
         f"{header['steps']} steps, {header['per_class']} seeds per class × 16 classes = "
-        f"{header['per_class'] * 16} samples per row (the same seeds in every row).",
+        f"{header['per_class'] * 16} samples per row (the same seeds in every row; first seed "
+        f"{header['seed']}, {HELD_OUT if header.get('held_out') else NOT_HELD_OUT}).",
         "",
-        "Accuracy: the independent evaluator's prediction equals the requested class (shape, colour). "
-        "Diversity: mean pairwise RMS pixel distance between samples of one class ([-1, 1] units; "
-        "higher = more varied; backgrounds dominate it); feature diversity: the same distance between the "
-        "evaluator's pooled features (position, size, rotation and shade of the shape). "
-        "CLIP score: cosine between the sample and its caption in the shipped CLIP "
-        "(biased upward for CLIP guidance, which optimises it). Seconds per image include the guidance cost.",
+        "Every strategy's program is built by the graph runtime from its shipped workflow (scale, class "
+        "and variant set by node class and input name). Accuracy: the independent evaluator's prediction "
+        "equals the requested class (shape, colour). Feature diversity: mean pairwise distance between "
+        "the evaluator's pooled features of samples of one class (position, size, rotation, shade; "
+        "higher = more varied). Clipped: share of sample values outside [−1, 1] before clamping "
+        "(overshoot). Saturation: mean HSV saturation, next to the training data's for the same "
+        "classes; colour error: L1 distance of each class's mean RGB from the training data's. "
+        "CLIP score: cosine between sample and caption in the shipped CLIP (biased upward for CLIP "
+        "guidance). Seconds per image: sampling only, guidance included.",
         "",
-        "| strategy | scale | accuracy | shape | colour | pixel diversity | feature diversity | CLIP score "
-        "| ms / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | scale | accuracy | shape | colour | feature diversity | clipped | saturation (data) "
+        "| colour error | CLIP score | ms / image | forwards / step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        forwards = r["model_calls_per_image_batch"] / header["steps"]
         lines.append(
             f"| {r['strategy']} | {r['scale']:g} | {r['acc_class']:.1%} | {r['acc_shape']:.1%} | "
-            f"{r['acc_colour']:.1%} | {r['diversity']:.3f} | {r.get('feature_diversity', 0.0):.3f} | "
-            f"{r['clip_score']:.3f} | "
-            f"{r['s_per_image'] * 1000:.1f} |"
+            f"{r['acc_colour']:.1%} | {r['feature_diversity']:.3f} | {r['clipped']:.1%} | "
+            f"{r['saturation']:.3f} ({r['saturation_data']:.3f}) | {r['colour_error']:.3f} | "
+            f"{r['clip_score']:.3f} | {r['s_per_image'] * 1000:.1f} | {forwards:g} |"
         )
     lines += ["", "Strategies:", ""]
     lines += [
-        f"- `{name}`: {text}"
-        for name, text in DESCRIPTIONS.items()
+        f"- `{name}`: workflow `{strategy.workflow}`, scale = {strategy.scale[0]}.{strategy.scale[1]}; "
+        f"{strategy.description}"
+        for name, strategy in STRATEGIES.items()
         if any(r["strategy"] == name for r in rows)
     ]
     return "\n".join(lines) + "\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from families.shapes.data.shapes import prompt_words
+from nodes.diffusion.perturbation import splice
 
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -48,7 +50,13 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map, residual."""
+    """Multi-head self-attention over the pixels of a feature map, residual.
+
+    Perturbable (``nodes.diffusion.perturbation``): each ``(p, rows)`` in ``perturbations`` replaces
+    the attention output of those rows by ``p.attend(q, k, v, (H, W))``, or skips the layer there.
+    """
+
+    perturbable = True
 
     def __init__(self, channels: int, heads: int = 4) -> None:
         super().__init__()
@@ -57,13 +65,24 @@ class Attention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         zero_init(self.out)
+        self.perturbations: list[tuple[Any, slice]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C/heads) each
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+        skipped: list[slice] = []
+        for p, rows in self.perturbations:
+            changed = p.attend(q[rows], k[rows], v[rows], (h, w))
+            if changed is None:
+                skipped.append(rows)
+            else:
+                y = splice(y, rows, changed)
+        out = x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+        for rows in skipped:
+            out = splice(out, rows, x[rows])
+        return out
 
 
 class BagOfWords(nn.Module):

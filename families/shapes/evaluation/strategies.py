@@ -1,0 +1,129 @@
+"""The eval's strategies are the shipped workflows, so the table measures what a user runs.
+
+A strategy names a workflow in ``workflows/``, the input that carries its scale, and fixed changes
+(a variant such as uncapped CLIP guidance). For each requested class the prompt inputs get the
+class's caption and the classifier label its name. Values are set by node class and input name, never
+by id or wiring, so the workflows may be rewritten freely. The GUIDANCE program is then built by the
+graph runtime, exactly as ``guidegraph run`` builds it: the output of the node feeding the
+workflow's Sampler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from families.shapes.data.shapes import caption_for, class_name
+from graph_runtime import Executor
+from nodes.diffusion.guidance import Guidance
+
+WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
+PROMPT_INPUTS = (("Condition", "text"), ("ClipLoss", "prompt"))
+LABEL_INPUTS = (("ClassifierGrad", "label"),)
+FILE_INPUTS = {"denoiser": ("Model", "checkpoint"), "classifier": ("ClassifierLoader", "classifier")}
+FILE_INPUTS |= {"clip": ("ClipLoader", "clip")}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A shipped workflow with its scale input; ``fixed``: (class, input, value) set besides."""
+
+    workflow: str
+    scale: tuple[str, str]
+    description: str
+    fixed: tuple[tuple[str, str, Any], ...] = ()
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "none": Strategy("cfg", ("CFGCombine", "scale"), "the cfg workflow at w = 0: the unconditional model"),
+    "cfg": Strategy("cfg", ("CFGCombine", "scale"), "classifier-free guidance u + w·(c − u)"),
+    "apg": Strategy("apg", ("APG", "scale"), "APG, x0 space, η = 0, β = −0.5, r = 15"),
+    "cfg_zero_star": Strategy(
+        "cfg_zero_star", ("CFGZeroStar", "scale"), "CFG-Zero*, ε space, zero-init for 1 step"
+    ),
+    "cfg_pp": Strategy("cfg_pp", ("CFGPlusPlus", "scale"), "CFG++: x̂0 at λ, re-noised with u (scale = λ)"),
+    "cfg_rescale": Strategy(
+        "cfg_rescale", ("CFGCombine", "scale"), "CFG rescaled to the conditional std, φ = 0.7, v space"
+    ),
+    "cfg_interval": Strategy(
+        "cfg_interval", ("CFGCombine", "scale"), "CFG on steps 25–75% only, c elsewhere"
+    ),
+    "cfg_schedule": Strategy(
+        "cfg_schedule", ("CFGCombine", "scale"), "CFG with w rising linearly over the run (mean w)"
+    ),
+    "tcfg": Strategy("tcfg", ("TangentialCFG", "scale"), "tangential-damping CFG, ε space"),
+    "pag": Strategy("pag", ("PAG", "scale"), "CFG at w = 3 plus PAG on the mid-block attention (scale = s)"),
+    "classifier": Strategy(
+        "classifier", ("ClassifierGrad", "scale"), "unconditional model + noise-aware classifier gradient"
+    ),
+    "clip": Strategy(
+        "clip",
+        ("ClipLoss", "scale"),
+        "unconditional model + CLIP loss through the denoiser, x̂0 shift capped at 1",
+    ),
+    "clip_uncapped": Strategy(
+        "clip",
+        ("ClipLoss", "scale"),
+        "as clip without the cap (shift_clamp 0): the classic recipe",
+        (("ClipLoss", "shift_clamp", 0.0),),
+    ),
+    "cfg_classifier": Strategy(
+        "cfg_classifier", ("ClassifierGrad", "scale"), "CFG at w = 2 plus the classifier gradient"
+    ),
+}
+
+
+def load_workflow(name: str) -> dict[str, Any]:
+    prompt: dict[str, Any] = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    return prompt
+
+
+def set_inputs(prompt: dict[str, Any], class_type: str, name: str, value: Any) -> int:
+    """Set input ``name`` of every node of ``class_type``; returns how many were set."""
+    nodes = [n for n in prompt.values() if n["class_type"] == class_type and name in n["inputs"]]
+    for node in nodes:
+        node["inputs"][name] = value
+    return len(nodes)
+
+
+def strategy_prompt(strategy: Strategy, scale: float, label: int, files: dict[str, str]) -> dict[str, Any]:
+    """The workflow of ``strategy`` with its scale, fixed values, class and model files set."""
+    prompt = load_workflow(strategy.workflow)
+    if not set_inputs(prompt, *strategy.scale, scale):
+        raise ValueError(
+            f"workflow {strategy.workflow!r} has no {strategy.scale[0]} with input {strategy.scale[1]!r}"
+        )
+    for class_type, name, value in strategy.fixed:
+        set_inputs(prompt, class_type, name, value)
+    for class_type, name in PROMPT_INPUTS:
+        set_inputs(prompt, class_type, name, caption_for(label))
+    for class_type, name in LABEL_INPUTS:
+        set_inputs(prompt, class_type, name, class_name(label))
+    for key, file_name in files.items():
+        set_inputs(prompt, *FILE_INPUTS[key], file_name)
+    return prompt
+
+
+def guidance_node(prompt: dict[str, Any], workflow: str) -> str:
+    """The id of the node whose GUIDANCE the workflow's one Sampler runs."""
+    samplers = [n for n in prompt.values() if n["class_type"] == "Sampler"]
+    if len(samplers) != 1:
+        raise ValueError(f"workflow {workflow!r} has {len(samplers)} Samplers; the eval needs exactly one")
+    return str(samplers[0]["inputs"]["guidance"][0])
+
+
+def build_program(
+    executor: Executor, strategy: Strategy, scale: float, label: int, files: dict[str, str]
+) -> Guidance:
+    """The GUIDANCE program the workflow builds for one class, through the graph runtime."""
+    prompt = strategy_prompt(strategy, scale, label, files)
+    target = guidance_node(prompt, strategy.workflow)
+    result = executor.run(prompt, outputs=[target])
+    if result.failures:
+        failure = next(iter(result.failures.values()))
+        where = f"workflow {strategy.workflow!r}, node {failure.node_id} ({failure.class_type})"
+        raise ValueError(f"{where}: {failure.message}")
+    program: Guidance = result.outputs[target][0]
+    return program

@@ -1,0 +1,166 @@
+"""Guidance rules beyond CFG: each node builds one rule of the GUIDANCE program (``diffusion/rules.py``).
+
+Each takes the model and its conditions as CFGCombine does, so it composes with windows, schedules,
+classifier and CLIP gradients and the perturbed-prediction terms like any other GUIDANCE value; the
+predictions it needs share one batched forward per step. Scales follow the CFG convention
+(``u + w·(c − u)``; w = 1 is the conditional prediction).
+"""
+
+from __future__ import annotations
+
+from graph_runtime.api import Combo, Context, Float, Int, Node, Socket
+from nodes.diffusion.conventions import SPACES, Denoiser
+from nodes.diffusion.guidance import Guidance, Prediction, cfg
+from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Tangential, ZeroStar
+from nodes.diffusion.types import Conditioning
+from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
+
+PAIR = (
+    Socket(name="model", type="MODEL"),
+    Socket(name="positive", type="CONDITIONING"),
+    Socket(name="negative", type="CONDITIONING"),
+)
+
+
+class APG(Node):
+    """Adaptive projected guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of
+    High Guidance Scales in Diffusion Models", Alg. 1), in x0 space by default:
+    ``Δ = D_c − D_u``, momentum ``m ← Δ + β·m``, norm cap ``Δ·min(1, r/‖Δ‖)``, then
+    ``out = D_c + (w − 1)·(Δ⊥ + η·Δ∥)`` with Δ∥ the part of Δ along D_c.
+
+    η = 0 drops the parallel part (the one that saturates colours); β < 0 pushes away from the
+    previous steps' direction; r = 0 switches the cap off. The momentum is reset at every sampling
+    run. diffusers' guider equals this rule with ``use_original_formulation=True`` and scale w − 1.
+    """
+
+    category = CATEGORY
+    inputs = (
+        *PAIR,
+        Float(name="scale", default=7.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Float(name="eta", default=0.0, min=-10.0, max=10.0, step=0.05),
+        Float(name="momentum", default=-0.5, min=-1.0, max=1.0, step=0.05),
+        Float(name="norm_threshold", default=15.0, min=0.0, max=1e6, step=0.5),
+        Combo(name="space", options=SPACES, default="x0"),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        positive: Conditioning,
+        negative: Conditioning,
+        scale: float,
+        eta: float,
+        momentum: float,
+        norm_threshold: float,
+        space: str,
+    ) -> tuple[Guidance]:
+        c, u = Prediction(model, positive), Prediction(model, negative)
+        if scale == 1.0:
+            return (c,)
+        return (AdaptiveProjected(c, u, scale, eta, momentum, norm_threshold, space),)
+
+
+class CFGZeroStar(Node):
+    """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching
+    Models"): ``α = ⟨P_c, P_u⟩/‖P_u‖²`` per sample, ``out = α·P_u + w·(P_c − α·P_u)``, and the first
+    ``zero_steps`` steps of the run have zero flow velocity (x0 = x_t in flow coordinates, which is
+    D = x/(1 + σ); diffusers zeroes ε instead, D = x, which breaks deterministic sampling here).
+
+    Space eps by default (in σ-space ε is the ODE velocity, the paper's flow velocity). Zero-init
+    needs a single-step sampler (euler, heun, ddim, …); multistep ones are refused.
+    """
+
+    category = CATEGORY
+    inputs = (
+        *PAIR,
+        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Int(name="zero_steps", default=1, min=0, max=10000),
+        Combo(name="space", options=SPACES, default="eps"),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        positive: Conditioning,
+        negative: Conditioning,
+        scale: float,
+        zero_steps: int,
+        space: str,
+    ) -> tuple[Guidance]:
+        return (ZeroStar(Prediction(model, positive), Prediction(model, negative), scale, zero_steps, space),)
+
+
+class PerpNegGuidance(Node):
+    """Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm"):
+    ``out = P(∅) + w·(δ⁺ − λ·(δ⁻ − proj_{δ⁺}δ⁻))`` with ``δ± = P(c±) − P(∅)``, per sample, in ε space.
+
+    Only the part of the negative prompt orthogonal to the positive one is pushed away, so a negative
+    that shares content with the prompt does not erase it. Three predictions, one batched forward.
+    """
+
+    category = CATEGORY
+    inputs = (
+        *PAIR,
+        Socket(name="unconditional", type="CONDITIONING"),
+        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Float(name="neg_scale", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        positive: Conditioning,
+        negative: Conditioning,
+        unconditional: Conditioning,
+        scale: float,
+        neg_scale: float,
+    ) -> tuple[Guidance]:
+        p, n, u = (Prediction(model, c) for c in (positive, negative, unconditional))
+        return (PerpNeg(p, n, u, scale, neg_scale),)
+
+
+class TangentialCFG(Node):
+    """TCFG (Kwon et al. 2025, "TCFG: Tangential Damping Classifier-free Guidance"): the unconditional
+    prediction keeps only its component along the top singular direction of ``[P_c; P_u]``, then
+    ``out = P_u' + w·(P_c − P_u')``; per sample, in ε space.
+    """
+
+    category = CATEGORY
+    inputs = (*PAIR, Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1))
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
+    ) -> tuple[Guidance]:
+        return (Tangential(Prediction(model, positive), Prediction(model, negative), scale),)
+
+
+class CFGPlusPlus(Node):
+    """CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free Guidance for Diffusion
+    Models"): x̂0 = D_u + λ·(D_c − D_u) with λ in [0, 1], and the sampler re-noises with D_u:
+    ``x' = x̂0 + σ'·(x − D_u)/σ``.
+
+    Samplers euler, euler_ancestral and ddim use the re-noising prediction; others refuse the
+    program. Rules stacked above (gradients, rescale) change x̂0 only.
+    """
+
+    category = CATEGORY
+    inputs = (*PAIR, Float(name="scale", default=0.6, min=0.0, max=2.0, step=0.05))
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
+    ) -> tuple[Guidance]:
+        u = Prediction(model, negative)
+        return (Renoise(cfg(Prediction(model, positive), u, scale), u),)
+
+
+NODES: list[type[Node]] = [APG, CFGZeroStar, PerpNegGuidance, TangentialCFG, CFGPlusPlus]

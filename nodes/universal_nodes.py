@@ -1,0 +1,76 @@
+"""Universal guidance (Bansal et al. 2023): steer any sampler with a differentiable image network.
+
+``ImageClassifierLoader`` loads a clean-image network (the shipped evaluator stands in for the
+detectors, segmenters and face models of the paper); ``UniversalGuidance`` adds its forward and
+backward guidance to any GUIDANCE program.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
+from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
+from nodes.model_nodes import MODEL_FILES, _shapes_network
+
+if TYPE_CHECKING:
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import ImageClassifier
+
+
+class ImageClassifierLoader(Node):
+    """Load a clean-image classifier f(x0) → logits from ``models/evaluators`` (safetensors; metadata
+    kind 'evaluator') → IMAGE_CLASSIFIER, for universal guidance."""
+
+    category = "guidegraph/loaders"
+    inputs = (Combo(name="network", options=FolderFiles("evaluators", MODEL_FILES)),)
+    outputs = (Output("IMAGE_CLASSIFIER", "IMAGE_CLASSIFIER"),)
+
+    @staticmethod
+    def run(ctx: Context, network: str) -> tuple[ImageClassifier]:
+        from nodes.diffusion.types import ImageClassifier
+
+        module, metadata = _shapes_network("evaluators", network, "evaluator", ctx)
+        labels = tuple(str(n) for n in (metadata.get("labels") or getattr(module, "labels", None) or ()))
+        return (ImageClassifier(module, labels, network),)
+
+
+class UniversalGuidance(Node):
+    """Universal guidance (Bansal et al. 2023, "Universal Guidance for Diffusion Models") with the loss
+    ``ℓ = −log p_f(label | x̂0)`` of a clean-image network f.
+
+    Forward guidance: ``D' = D − s·σ²·∇ₓ ℓ(f(D(x)))``, back-propagated through the denoiser (the
+    σ-space form of ``ε' = ε + s·√(1−ᾱ)·∇ℓ``). Backward guidance: ``backward_steps`` gradient steps of
+    size ``backward_lr`` on a shift Δ of x̂0 that lowers ℓ, without the denoiser, then ``D' + Δ``.
+    Works on any guidance; the paper's self-recurrence (repeating a step after re-noising) is not
+    implemented.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE"),
+        Socket(name="network", type="IMAGE_CLASSIFIER"),
+        String(name="label", default="red circle", tooltip="a class name of the network, or its index"),
+        Float(name="scale", default=10.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.5),
+        Int(name="backward_steps", default=0, min=0, max=100),
+        Float(name="backward_lr", default=0.1, min=0.0, max=100.0, step=0.01),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        guidance: Guidance,
+        network: ImageClassifier,
+        label: str,
+        scale: float,
+        backward_steps: int,
+        backward_lr: float,
+    ) -> tuple[Guidance]:
+        from nodes.diffusion.gradients import UniversalGradient
+
+        index = network.label_index(label)
+        return (UniversalGradient(guidance, network, index, scale, backward_steps, backward_lr),)
+
+
+NODES: list[type[Node]] = [ImageClassifierLoader, UniversalGuidance]
