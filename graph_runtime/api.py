@@ -23,6 +23,8 @@ Conventions:
   comma-separated type (``"IMAGE,MASK"``) accepts any of its members.
 - Widget types are INT, FLOAT, STRING, BOOLEAN and COMBO; COMBO options may be a callable (for example
   :class:`FolderFiles`) that the runtime calls again whenever node definitions are asked for.
+- A node whose memory use can be told from its inputs may define a static ``footprint(inputs) ->
+  Footprint`` (see :mod:`graph_runtime.memory`); a server refuses prompts whose estimate exceeds its budget.
 - A node pack exposes ``NodePack`` through the entry-point group ``guidegraph.nodes``.
 """
 
@@ -32,7 +34,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from graph_runtime.context import Context, Interrupted, PreviewImage
 from graph_runtime.folders import FolderFiles
@@ -43,6 +45,7 @@ __all__ = [
     "Context",
     "Float",
     "FolderFiles",
+    "Footprint",
     "Input",
     "Int",
     "Interrupted",
@@ -55,6 +58,7 @@ __all__ = [
     "String",
 ]
 
+Shape = tuple[int, ...]
 INT_LIMIT = 2**63 - 1  # largest integer a widget accepts (ComfyUI's seeds are 64-bit)
 
 
@@ -143,10 +147,15 @@ class Boolean(Input):
 
 @dataclass(frozen=True, kw_only=True)
 class Combo(Input):
-    """A choice among strings; ``options`` may be a callable re-read each time it is asked."""
+    """A choice among strings; ``options`` may be a callable re-read each time it is asked.
+
+    ``upload="image"`` makes it a file picker of the input folder: the editor adds an upload button and
+    a preview of the chosen picture (ComfyUI's ``image_upload``).
+    """
 
     options: Sequence[str] | Callable[[], Sequence[str]] = ()
     default: str | None = None
+    upload: Literal["", "image"] = ""
 
     @property
     def type_name(self) -> str:
@@ -185,6 +194,19 @@ class Output:
     type: str
     tooltip: str = ""
     is_list: bool = False
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one node adds to a prompt's memory: a description of each output, and its working bytes.
+
+    An output is described by a tensor shape (a tuple of ints, counted as float32), by any object
+    with an ``nbytes`` attribute (counted as that), by any other value downstream footprints
+    understand (passed on, not counted), or by None (unknown).
+    """
+
+    outputs: tuple[Any, ...] = ()
+    working: int = 0
 
 
 @dataclass
@@ -250,6 +272,9 @@ def _check_declaration(cls: type[Node]) -> None:
     names = [spec.name for spec in cls.inputs]
     if len(set(names)) != len(names):
         raise TypeError(f"{cls.__name__} declares an input name twice: {names}")
+    for spec in cls.inputs:
+        if isinstance(spec, Int) and spec.step > 1 and (spec.default - spec.min) % spec.step:
+            raise TypeError(f"{cls.__name__}.{spec.name}: default {spec.default} is off its step grid")
     params = list(inspect.signature(run.__func__).parameters.values())
     if not params or params[0].name != "ctx":
         raise TypeError(f"{cls.__name__}.run must take ctx as its first parameter")

@@ -346,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"invalid workflow: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except OSError as exc:  # a file or folder named on the command line cannot be used
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"guidegraph {args.command}: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return EXIT_FAILED

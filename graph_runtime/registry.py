@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from graph_runtime.api import Boolean, Combo, Float, Input, Int, Node, NodePack, Socket, String
+from graph_runtime.docs import summary
 from graph_runtime.folders import register_folders
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Registry:
 
     def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
         self._classes: dict[str, type[Node]] = {}
+        self._packs: dict[str, str] = {}
         self.load_errors: list[str] = []
         """Packs or classes that could not be registered, one line each (also logged)."""
         for cls in nodes:
@@ -41,6 +43,8 @@ class Registry:
         if known is not None and known is not cls:
             raise ValueError(f"two node classes named {name!r}: {known.__module__} and {cls.__module__}")
         self._classes[name] = cls
+        if pack:
+            self._packs[name] = pack
 
     @classmethod
     def from_entry_points(cls, group: str = NODE_GROUP) -> Registry:
@@ -89,7 +93,7 @@ class Registry:
         out: dict[str, Any] = {}
         for name, node_cls in sorted(self._classes.items()):
             try:
-                out[name] = node_info(node_cls)
+                out[name] = node_info(node_cls, self.pack(name))
             except Exception as exc:
                 log.warning("object_info for %s failed: %r", name, exc)
         return out
@@ -97,7 +101,11 @@ class Registry:
     def object_info_one(self, name: str) -> dict[str, Any]:
         """``GET /object_info/{name}``: ``{name: entry}``, or ``{}`` for an unknown class (as ComfyUI)."""
         node_cls = self._classes.get(name)
-        return {} if node_cls is None else {name: node_info(node_cls)}
+        return {} if node_cls is None else {name: node_info(node_cls, self.pack(name))}
+
+    def pack(self, class_type: str) -> str:
+        """The node pack that registered ``class_type`` ('' when it was added directly)."""
+        return self._packs.get(class_type, "")
 
 
 def editor_order(cls: type[Node]) -> list[Input]:
@@ -126,14 +134,21 @@ def input_spec(spec: Input) -> list[Any]:
         choices = spec.choices()
         if spec.default is not None:
             opts["default"] = spec.default
+        if spec.upload:
+            opts[f"{spec.upload}_upload"] = True
         return [choices, opts]
     elif isinstance(spec, Socket):
         return [spec.type, opts]
     return [spec.type_name, opts]
 
 
-def node_info(cls: type[Node]) -> dict[str, Any]:
-    """The ``/object_info`` entry of one class, with every key the editor reads."""
+def node_info(cls: type[Node], pack: str = "") -> dict[str, Any]:
+    """The ``/object_info`` entry of one class, with every key the editor reads.
+
+    ``python_module`` is ``custom_nodes.<pack>`` for a class from a node pack: the editor then badges
+    it with the pack's name (not as a ComfyUI core node) and asks the server for its help page at
+    ``/extensions/<pack>/docs/<class>.md``. ``description`` is the plain summary of the docstring.
+    """
     required = [s for s in cls.inputs if not s.optional]
     optional = [s for s in cls.inputs if s.optional]
     return {
@@ -149,8 +164,8 @@ def node_info(cls: type[Node]) -> dict[str, Any]:
         "output_tooltips": [o.tooltip or None for o in cls.outputs],
         "name": cls.__name__,
         "display_name": cls.display_name or cls.__name__,
-        "description": cls.description,
-        "python_module": cls.__module__,
+        "description": summary(cls.description),
+        "python_module": f"custom_nodes.{pack}" if pack else cls.__module__,
         "category": cls.category,
         "output_node": bool(cls.output_node),
         "deprecated": bool(cls.deprecated),

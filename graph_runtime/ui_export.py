@@ -219,7 +219,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.output == "-":
         print(text, end="")
     else:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            from graph_runtime.cli import UsageError
+
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         print(f"wrote {args.output} ({target} format, {len(prompt)} nodes)")
     return EXIT_OK
 

@@ -5,6 +5,12 @@ the editor does not block a run); every node's class_type is checked. Each outpu
 is clean is a *good output*; the prompt runs when at least one is (ComfyUI's partial acceptance),
 and ``report.ok`` says whether there was no problem at all. Nothing is coerced: the string
 ``"false"`` is not a BOOLEAN, ``3.5`` is not an INT (``3.0`` is accepted as 3, losslessly).
+
+An INT with a ``step`` above 1 must lie on the editor's grid, ``min + k·step``. ComfyUI's backend does
+not check ``step``, but its editor snaps every INT widget to exactly that grid, so only API clients
+can send an off-grid value; ComfyUI's own nodes then floor it silently (width 12 becomes 8), ours would
+fail deep inside a run. Refusing it up front names the node and input instead. FLOAT steps are editor
+increments, not constraints, and are not checked (neither are they in ComfyUI).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from graph_runtime.api import INT_LIMIT, Boolean, Combo, Float, Input, Int, Node, Socket, String
+from graph_runtime.api import Boolean, Combo, Float, Input, Int, Node, Socket, String
 from graph_runtime.links import VALUE_KEY, as_link, is_wrapped, link_problem
 from graph_runtime.plan import DependencyGraph
 from graph_runtime.registry import Registry
 from graph_runtime.report import PlannedNode, ValidationReport, error_record, types_compatible
 
+INT64_LOW, INT64_HIGH = -(2**63), 2**64 - 1  # signed or unsigned 64-bit (ComfyUI's seeds are unsigned)
 MAX_LISTED_OPTIONS = 20  # as ComfyUI: longer option lists are summarised by their length
 MAX_NAMED_CYCLE_NODES = 20
 
@@ -163,11 +170,22 @@ class _Checker:
                 return bad(
                     "invalid_input_type", "Invalid input type", f"expected an INT, got {_describe(value)}"
                 )
-            if abs(value) > INT_LIMIT:
+            if not INT64_LOW <= value <= INT64_HIGH:
                 return bad(
-                    "value_bigger_than_max", "Value bigger than max", f"{value} does not fit a 64-bit integer"
+                    "value_bigger_than_max" if value > 0 else "value_smaller_than_min",
+                    "Value out of range",
+                    f"{value} does not fit a 64-bit integer",
                 )
-            return self.check_range(name, spec, value, bad)
+            ok, value = self.check_range(name, spec, value, bad)
+            if ok and spec.step > 1 and (value - spec.min) % spec.step:
+                below = value - (value - spec.min) % spec.step
+                return bad(
+                    "value_not_multiple_of_step",
+                    "Value not on the step grid",
+                    f"{value} is not {spec.min} plus a multiple of the step {spec.step}"
+                    f" (nearest: {below} or {below + spec.step})",
+                )
+            return ok, value
         if isinstance(spec, Float):
             if kind not in (int, float):
                 return bad(
@@ -222,6 +240,18 @@ class _Checker:
                 f"{value} is bigger than the maximum {spec.max}",
             )
         return True, value
+
+
+def _referenced_node(value: Any, prompt: dict[str, Any]) -> str | None:
+    """The node a list input points at, malformed links included (``[1, 0]``, ``["1"]``, ``["1", 0, 0]``).
+
+    A broken link is reported on its own node; following it anyway keeps the nodes upstream of it in
+    the checked set, so their problems are reported in the same pass.
+    """
+    if type(value) is not list or not value or type(value[0]) not in (str, int):
+        return None
+    source = str(value[0])
+    return source if source in prompt else None
 
 
 def _describe(value: Any) -> str:
@@ -300,8 +330,9 @@ def _validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None) ->
         inputs = node.get("inputs", {})
         if type(inputs) is dict:
             for value in inputs.values():
-                if type(value) is list and len(value) == 2 and type(value[0]) is str and value[0] in prompt:
-                    graph.add_edge(value[0], node_id)
+                source = _referenced_node(value, prompt)
+                if source is not None:
+                    graph.add_edge(source, node_id)
 
     if outputs is not None:
         targets = list(dict.fromkeys(outputs))

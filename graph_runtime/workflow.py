@@ -85,6 +85,8 @@ def parse_json(text: str | bytes, source: str = "workflow") -> Any:
         ) from None
     except UnicodeDecodeError as exc:
         raise WorkflowFormatError(f"{source} is not UTF-8 text: {exc.reason}") from None
+    except RecursionError:
+        raise WorkflowFormatError(f"{source} is nested too deeply to be a workflow") from None
 
 
 def read_workflow(path: str | Path) -> Any:
@@ -95,10 +97,13 @@ def read_workflow(path: str | Path) -> Any:
     except OSError as exc:
         raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
     if raw.startswith(b"\x89PNG"):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            text = image.info.get("prompt") or image.info.get("workflow")
+        try:
+            with Image.open(path) as image:
+                text = image.info.get("prompt") or image.info.get("workflow")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise WorkflowFormatError(f"{path}: not a readable PNG ({exc})") from None
         if not isinstance(text, str):
             raise WorkflowFormatError(f"{path}: PNG has no embedded prompt or workflow")
         return parse_json(text, str(path))

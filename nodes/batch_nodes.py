@@ -21,8 +21,11 @@ class ImageBatch(Node):
 
     category = "guidegraph/image"
     inputs = (
-        Socket(name="images_1", type="IMAGE"),
-        *(Socket(name=f"images_{i}", type="IMAGE", optional=True) for i in range(2, MAX_INPUTS + 1)),
+        Socket(name="images_1", type="IMAGE", tooltip="the first batch"),
+        *(
+            Socket(name=f"images_{i}", type="IMAGE", optional=True, tooltip="another batch to append")
+            for i in range(2, MAX_INPUTS + 1)
+        ),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 

@@ -7,13 +7,18 @@ forward per step, and its perturbation applies to its own slice of that batch on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graph_runtime.api import Combo, Context, Float, Node, Socket, String
-from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.guidance import Difference, Guidance, Prediction, combine, step_window
-from nodes.diffusion.perturbation import INFINITE_BLUR, Perturbation, check_layers
-from nodes.diffusion.rules import SCHEDULES, Scheduled
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.names import INFINITE_BLUR, SCHEDULES
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
+
+if TYPE_CHECKING:
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.perturbation import Perturbation
+    from nodes.diffusion.types import Conditioning
+
 
 TERMS = 4
 
@@ -42,6 +47,8 @@ class GuidanceCombine(Node):
 
     @staticmethod
     def run(ctx: Context, base: Guidance, **terms: Guidance | float | None) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Guidance, combine
+
         pairs = [(terms[f"guidance_{i}"], terms[f"weight_{i}"]) for i in range(1, TERMS + 1)]
         kept = [(g, float(w)) for g, w in pairs if isinstance(g, Guidance) and isinstance(w, float | int)]
         return (combine(base, kept),)
@@ -69,6 +76,8 @@ class GuidanceInterval(Node):
     def run(
         ctx: Context, guidance: Guidance, start: float, stop: float, outside: Guidance | None = None
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import step_window
+
         if start > stop:
             raise ValueError(f"start ({start}) must not exceed stop ({stop})")
         return (step_window(guidance, start, stop, outside),)
@@ -92,6 +101,8 @@ class GuidanceSchedule(Node):
 
     @staticmethod
     def run(ctx: Context, guidance: Guidance, schedule: str) -> tuple[Guidance]:
+        from nodes.diffusion.rules import Scheduled
+
         reference = guidance.passthrough()
         if schedule == "constant" or reference == guidance:
             return (guidance,)
@@ -128,6 +139,8 @@ class Autoguidance(Node):
         scale: float,
         weak_condition: Conditioning | None = None,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction, combine
+
         if weak_model is model:
             raise ValueError("weak_model is the same model as model: autoguidance needs a weaker one")
         weak = Prediction(weak_model, condition if weak_condition is None else weak_condition)
@@ -138,6 +151,9 @@ def perturbed_term(
     guidance: Guidance, model: Denoiser, positive: Conditioning, scale: float, perturbation: Perturbation
 ) -> tuple[Guidance]:
     """``guidance + s·(D(c) − D̃(c))`` with D̃ the perturbed forward, after checking the layers exist."""
+    from nodes.diffusion.guidance import Difference, Prediction
+    from nodes.diffusion.perturbation import check_layers
+
     check_layers(model.network, perturbation.layers, model.name)
     plain = Prediction(model, positive)
     if scale == 0:
@@ -179,6 +195,8 @@ class PAG(Node):
     def run(
         ctx: Context, guidance: Guidance, model: Denoiser, positive: Conditioning, scale: float, layers: str
     ) -> tuple[Guidance]:
+        from nodes.diffusion.perturbation import Perturbation
+
         return perturbed_term(
             guidance, model, positive, scale, Perturbation("identity_attention", layer_names(layers))
         )
@@ -210,6 +228,8 @@ class SEG(Node):
         blur_sigma: float,
         layers: str,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.perturbation import Perturbation
+
         perturbation = Perturbation("blurred_queries", layer_names(layers), blur_sigma)
         return perturbed_term(guidance, model, positive, scale, perturbation)
 
@@ -232,6 +252,8 @@ class SkipLayerGuidance(Node):
     def run(
         ctx: Context, guidance: Guidance, model: Denoiser, positive: Conditioning, scale: float, layers: str
     ) -> tuple[Guidance]:
+        from nodes.diffusion.perturbation import Perturbation
+
         return perturbed_term(
             guidance, model, positive, scale, Perturbation("skip_layer", layer_names(layers))
         )

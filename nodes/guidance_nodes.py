@@ -6,16 +6,16 @@ the program once per model evaluation. Scales follow the Imagen / diffusers / Co
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket, String
-from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.gradients import ClassifierGradient, ClipGradient, clip_logit_scale
-from nodes.diffusion.guidance import Guidance, cfg, combine, window
-from nodes.diffusion.regions import predict
-from nodes.diffusion.rules import Rescale, Threshold
-from nodes.diffusion.sampling import leaf_models
-from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
+from nodes.diffusion.names import SPACES
+
+if TYPE_CHECKING:
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import VAE, Classifier, Clip, Conditioning
+
 
 CATEGORY = "guidegraph/guidance"
 GUIDANCE_OUT = (Output("GUIDANCE", "GUIDANCE"),)
@@ -26,11 +26,16 @@ class Predict(Node):
     """A single model prediction D(x, σ, c), no guidance: the leaf every program is built from."""
 
     category = CATEGORY
-    inputs = (Socket(name="model", type="MODEL"), Socket(name="condition", type="CONDITIONING"))
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the denoiser D"),
+        Socket(name="condition", type="CONDITIONING", tooltip="c in D(x, σ, c)"),
+    )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(ctx: Context, model: Denoiser, condition: Conditioning) -> tuple[Guidance]:
+        from nodes.diffusion.regions import predict
+
         return (predict(model, condition),)
 
 
@@ -45,10 +50,22 @@ class CFGCombine(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Socket(name="positive", type="CONDITIONING"),
-        Socket(name="negative", type="CONDITIONING"),
-        Float(name="scale", default=5.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1, round=0.01),
+        Socket(name="model", type="MODEL", tooltip="the denoiser both predictions come from"),
+        Socket(name="positive", type="CONDITIONING", tooltip="c: the condition to steer towards"),
+        Socket(
+            name="negative",
+            type="CONDITIONING",
+            tooltip="u: the unconditional prediction (a NullCondition) or a negative prompt",
+        ),
+        Float(
+            name="scale",
+            default=5.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            round=0.01,
+            tooltip="w in u + w·(c − u): 1 is the conditional alone (no extra pass), 0 the unconditional",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -56,6 +73,9 @@ class CFGCombine(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import cfg
+        from nodes.diffusion.regions import predict
+
         return (cfg(predict(model, positive), predict(model, negative), scale),)
 
 
@@ -67,18 +87,51 @@ class Composable(Node):
     share one batched forward per step.
     """
 
+    display_name = "Composable Diffusion"
     category = CATEGORY
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Socket(name="unconditional", type="CONDITIONING"),
-        Socket(name="condition_1", type="CONDITIONING"),
-        Float(name="weight_1", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Socket(name="condition_2", type="CONDITIONING", optional=True),
-        Float(name="weight_2", default=3.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Socket(name="condition_3", type="CONDITIONING", optional=True),
-        Float(name="weight_3", default=-1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
-        Socket(name="condition_4", type="CONDITIONING", optional=True),
-        Float(name="weight_4", default=-1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Socket(name="model", type="MODEL", tooltip="the denoiser every prediction comes from"),
+        Socket(
+            name="unconditional",
+            type="CONDITIONING",
+            tooltip="u: the prediction the weighted differences start from",
+        ),
+        Socket(name="condition_1", type="CONDITIONING", tooltip="c₁: a concept to combine"),
+        Float(
+            name="weight_1",
+            default=3.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w₁ in u + Σ wᵢ·(D(cᵢ) − u): positive is AND, negative is NOT",
+        ),
+        Socket(name="condition_2", type="CONDITIONING", optional=True, tooltip="c₂ (unconnected: left out)"),
+        Float(
+            name="weight_2",
+            default=3.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w₂: positive is AND, negative is NOT",
+        ),
+        Socket(name="condition_3", type="CONDITIONING", optional=True, tooltip="c₃ (unconnected: left out)"),
+        Float(
+            name="weight_3",
+            default=-1.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w₃: positive is AND, negative is NOT",
+        ),
+        Socket(name="condition_4", type="CONDITIONING", optional=True, tooltip="c₄ (unconnected: left out)"),
+        Float(
+            name="weight_4",
+            default=-1.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="w₄: positive is AND, negative is NOT",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -96,6 +149,9 @@ class Composable(Node):
         condition_4: Conditioning | None,
         weight_4: float,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import combine
+        from nodes.diffusion.regions import predict
+
         pairs = [
             (condition_1, weight_1),
             (condition_2, weight_2),
@@ -115,14 +171,27 @@ class GuidanceMix(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="base", type="GUIDANCE"),
-        Socket(name="target", type="GUIDANCE"),
-        Float(name="scale", default=2.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.05),
+        Socket(
+            name="base",
+            type="GUIDANCE",
+            tooltip="the guidance to extrapolate from (a weaker model: autoguidance)",
+        ),
+        Socket(name="target", type="GUIDANCE", tooltip="the guidance to extrapolate towards"),
+        Float(
+            name="scale",
+            default=2.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="w in base + w·(target − base): 1 is the target alone",
+        ),
     )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(ctx: Context, base: Guidance, target: Guidance, scale: float) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import combine
+
         return (combine(base, [(target, scale)]),)
 
 
@@ -134,12 +203,24 @@ class ClassifierGrad(Node):
     classifier only; autograd is switched on locally, one classifier call per model evaluation.
     """
 
+    display_name = "Classifier Gradient"
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="classifier", type="CLASSIFIER"),
+        Socket(
+            name="guidance",
+            type="GUIDANCE",
+            tooltip="the guidance to add the classifier gradient to (unconditional, CFG, ...)",
+        ),
+        Socket(name="classifier", type="CLASSIFIER", tooltip="a noise-aware classifier p(y | x, σ)"),
         String(name="label", default="red circle", tooltip="a class name of the classifier, or its index"),
-        Float(name="scale", default=1.0, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1),
+        Float(
+            name="scale",
+            default=1.0,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="s in D + s·σ²·∇ₓ log p(y | x, σ); 0 turns the term off",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -147,6 +228,9 @@ class ClassifierGrad(Node):
     def run(
         ctx: Context, guidance: Guidance, classifier: Classifier, label: str, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.gradients import ClassifierGradient
+        from nodes.diffusion.sampling import leaf_models
+
         takes = getattr(classifier.module, "in_channels", None)
         for model in leaf_models(guidance):
             if takes is not None and takes != model.latent_channels:
@@ -180,25 +264,66 @@ class ClipLoss(Node):
     rather than kept), and ``decode_scale`` < 1 decodes a downsampled x̂0 to cut the cost further.
     """
 
+    display_name = "CLIP Loss"
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Socket(name="clip", type="CLIP_MODEL"),
-        String(name="prompt", default="a red circle", multiline=True),
-        Float(name="scale", default=300.0, min=-1e6, max=1e6, step=1.0),
-        Int(name="cutouts", default=0, min=0, max=64),
-        Boolean(name="augment", default=False),
-        Boolean(name="through_denoiser", default=True),
-        Float(name="grad_clamp", default=0.0, min=0.0, max=1e6, step=0.01),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the guidance to add the CLIP-loss gradient to"),
+        Socket(name="clip", type="CLIP_MODEL", tooltip="the image-text model that scores the denoised image"),
+        String(
+            name="prompt", default="a red circle", multiline=True, tooltip="the text the image should match"
+        ),
+        Float(name="scale", default=300.0, min=-1e6, max=1e6, step=1.0, tooltip="s in D + s·σ²·g"),
+        Int(
+            name="cutouts",
+            default=0,
+            min=0,
+            max=64,
+            tooltip="random crops per model evaluation, averaged (0: the whole image)",
+        ),
+        Boolean(name="augment", default=False, tooltip="random flips of the cutouts, seeded per sample"),
+        Boolean(
+            name="through_denoiser",
+            default=True,
+            tooltip="exact gradient through the denoiser (a backward pass); off: at x̂0, scaled by 1/(1 + σ²)",
+        ),
+        Float(
+            name="grad_clamp",
+            default=0.0,
+            min=0.0,
+            max=1e6,
+            step=0.01,
+            tooltip="cap on the per-sample RMS of the gradient g (0: off)",
+        ),
         String(
             name="contrast",
             default="",
             multiline=True,
             placeholder="other prompts, one per line (empty: spherical distance to the prompt)",
+            tooltip="other prompts, one per line, to tell the prompt from (empty: distance to the prompt)",
         ),
-        Float(name="shift_clamp", default=1.0, min=0.0, max=1e6, step=0.01),
-        Socket(name="vae", type="VAE", optional=True),
-        Float(name="decode_scale", default=1.0, min=0.125, max=1.0, step=0.125, optional=True),
+        Float(
+            name="shift_clamp",
+            default=1.0,
+            min=0.0,
+            max=1e6,
+            step=0.01,
+            tooltip="cap on the per-sample RMS of the x̂0 shift s·σ²·g (0: off)",
+        ),
+        Socket(
+            name="vae",
+            type="VAE",
+            optional=True,
+            tooltip="for latent models: decodes x̂0 to pixels for the CLIP (unconnected: pixel space)",
+        ),
+        Float(
+            name="decode_scale",
+            default=1.0,
+            min=0.125,
+            max=1.0,
+            step=0.125,
+            optional=True,
+            tooltip="decode a downsampled x̂0 (1: full size) to cut the cost of the VAE",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -218,6 +343,11 @@ class ClipLoss(Node):
         vae: VAE | None = None,
         decode_scale: float = 1.0,
     ) -> tuple[Guidance]:
+        import torch
+
+        from nodes.diffusion.gradients import ClipGradient, clip_logit_scale
+        from nodes.diffusion.types import Conditioning
+
         with torch.no_grad():
             text = Conditioning.of(clip.encode_text([prompt])[0], f"clip text {prompt!r}")
             others = contrast_conditions(clip, prompt, text, contrast)
@@ -244,6 +374,10 @@ def contrast_conditions(
 ) -> tuple[Conditioning, ...]:
     """The non-blank lines of ``contrast`` as CLIP text conditions; fails listing every line that
     encodes the same as the prompt or as an earlier line (such a line is no alternative)."""
+    import torch
+
+    from nodes.diffusion.types import Conditioning
+
     lines = [(n, line.strip()) for n, line in enumerate(contrast.splitlines(), 1) if line.strip()]
     if not lines:
         return ()
@@ -277,10 +411,29 @@ class GuidanceWindow(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Float(name="sigma_start", default=10.0, min=0.0, max=1e6, step=0.01),
-        Float(name="sigma_end", default=0.3, min=0.0, max=1e6, step=0.01),
-        Socket(name="outside", type="GUIDANCE", optional=True),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the rule to apply inside the window"),
+        Float(
+            name="sigma_start",
+            default=10.0,
+            min=0.0,
+            max=1e6,
+            step=0.01,
+            tooltip="σ above which the rule is off",
+        ),
+        Float(
+            name="sigma_end",
+            default=0.3,
+            min=0.0,
+            max=1e6,
+            step=0.01,
+            tooltip="σ at or below which the rule is off",
+        ),
+        Socket(
+            name="outside",
+            type="GUIDANCE",
+            optional=True,
+            tooltip="what to use outside the window (unconnected: the rule's pass-through)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -292,6 +445,8 @@ class GuidanceWindow(Node):
         sigma_end: float,
         outside: Guidance | None = None,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import window
+
         if sigma_end > sigma_start:
             raise ValueError(f"sigma_end ({sigma_end}) must not exceed sigma_start ({sigma_start})")
         return (window(guidance, sigma_start, sigma_end, outside),)
@@ -307,14 +462,32 @@ class CFGRescale(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Float(name="phi", default=0.7, min=0.0, max=1.0, step=0.01),
-        Combo(name="space", options=SPACES, default="v"),
+        Socket(
+            name="guidance",
+            type="GUIDANCE",
+            tooltip="the guidance to rescale; its pass-through (CFG's conditional) sets the target std",
+        ),
+        Float(
+            name="phi",
+            default=0.7,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="φ: the share of the rescaled guidance (0 off, 1 fully rescaled)",
+        ),
+        Combo(
+            name="space",
+            options=SPACES,
+            default="v",
+            tooltip="the space it works in: v (the paper, ComfyUI), eps (diffusers) or x0",
+        ),
     )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(ctx: Context, guidance: Guidance, phi: float, space: str) -> tuple[Guidance]:
+        from nodes.diffusion.rules import Rescale
+
         return (Rescale(guidance, guidance.passthrough(), phi, space),)
 
 
@@ -324,14 +497,30 @@ class DynamicThreshold(Node):
 
     category = CATEGORY
     inputs = (
-        Socket(name="guidance", type="GUIDANCE"),
-        Float(name="percentile", default=0.995, min=0.5, max=1.0, step=0.001),
-        Float(name="max_value", default=1e9, min=1.0, max=1e9, step=0.1),
+        Socket(name="guidance", type="GUIDANCE", tooltip="the guidance whose x̂0 is thresholded"),
+        Float(
+            name="percentile",
+            default=0.995,
+            min=0.5,
+            max=1.0,
+            step=0.001,
+            tooltip="p: the quantile of |x̂0| taken as the threshold s",
+        ),
+        Float(
+            name="max_value",
+            default=1e9,
+            min=1.0,
+            max=1e9,
+            step=0.1,
+            tooltip="upper bound on the threshold s (1e9: none)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
     @staticmethod
     def run(ctx: Context, guidance: Guidance, percentile: float, max_value: float) -> tuple[Guidance]:
+        from nodes.diffusion.rules import Threshold
+
         return (Threshold(guidance, percentile, max_value),)
 
 

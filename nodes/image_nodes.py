@@ -28,9 +28,21 @@ class Decode(Node):
 
     category = "guidegraph/image"
     inputs = (
-        Socket(name="latent", type="LATENT"),
-        Socket(name="vae", type="VAE"),
-        Int(name="tile_size", default=0, min=0, max=4096, step=64, optional=True),
+        Socket(name="latent", type="LATENT", tooltip="the sampled latent"),
+        Socket(
+            name="vae",
+            type="VAE",
+            tooltip="the VAE that turns latents into pixels (pixel-space models: an identity)",
+        ),
+        Int(
+            name="tile_size",
+            default=0,
+            min=0,
+            max=4096,
+            step=64,
+            optional=True,
+            tooltip="decode in overlapping tiles of this many pixels (0: all at once)",
+        ),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 
@@ -47,7 +59,10 @@ class Encode(Node):
     img2img and inpainting. Width and height must be multiples of the VAE's downscale factor."""
 
     category = "guidegraph/image"
-    inputs = (Socket(name="image", type="IMAGE"), Socket(name="vae", type="VAE"))
+    inputs = (
+        Socket(name="image", type="IMAGE", tooltip="the image to start from (img2img, inpainting)"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that turns pixels into latents"),
+    )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
@@ -65,7 +80,14 @@ class SaveImage(Node):
 
     category = "guidegraph/image"
     output_node = True
-    inputs = (Socket(name="images", type="IMAGE"), String(name="filename_prefix", default="guidegraph"))
+    inputs = (
+        Socket(name="images", type="IMAGE", tooltip="the images to save"),
+        String(
+            name="filename_prefix",
+            default="guidegraph",
+            tooltip="file name prefix; may name a subfolder, e.g. runs/cfg",
+        ),
+    )
     outputs = ()
 
     @staticmethod
@@ -82,7 +104,13 @@ class PreviewImage(Node):
     category = "guidegraph/image"
     output_node = True
     deterministic = False  # temp files may be cleared; always write them again
-    inputs = (Socket(name="images", type="IMAGE"),)
+    inputs = (
+        Socket(
+            name="images",
+            type="IMAGE",
+            tooltip="the images to show in the editor (written to temp, not kept)",
+        ),
+    )
     outputs = ()
 
     @staticmethod
@@ -97,7 +125,14 @@ class LoadImage(Node):
     """Load an image from the input folder → IMAGE (1, H, W, 3) and MASK (1, H, W): 1 where transparent."""
 
     category = "guidegraph/image"
-    inputs = (Combo(name="image", options=FolderFiles("input", IMAGE_FILES)),)
+    inputs = (
+        Combo(
+            name="image",
+            options=FolderFiles("input", IMAGE_FILES),
+            upload="image",
+            tooltip="a picture in the input folder (the button uploads one)",
+        ),
+    )
     outputs = (Output("IMAGE", "IMAGE"), Output("MASK", "MASK"))
 
     @staticmethod
@@ -127,12 +162,26 @@ class ImageGrid(Node):
 
     category = "guidegraph/image"
     inputs = (
-        Socket(name="images", type="IMAGE"),
-        Int(name="columns", default=0, min=0, max=256),
-        Int(name="scale", default=2, min=1, max=16),
-        Int(name="padding", default=2, min=0, max=64),
-        String(name="row_labels", default=""),
-        String(name="column_labels", default=""),
+        Socket(name="images", type="IMAGE", tooltip="the batch to tile"),
+        Int(
+            name="columns",
+            default=0,
+            min=0,
+            max=256,
+            tooltip="cells per row (0: chosen for a square-ish grid)",
+        ),
+        Int(
+            name="scale",
+            default=2,
+            min=1,
+            max=16,
+            tooltip="each cell is enlarged this many times (nearest neighbour)",
+        ),
+        Int(name="padding", default=2, min=0, max=64, tooltip="pixels between cells"),
+        String(
+            name="row_labels", default="", tooltip="labels down the left side, comma- or newline-separated"
+        ),
+        String(name="column_labels", default="", tooltip="labels along the top, comma- or newline-separated"),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 

@@ -6,9 +6,10 @@ validate; the networks load when a node runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graph_runtime.api import Combo, Context, FolderFiles, Int, Node, Output, Socket, String
+from graph_runtime.api import Combo, Context, FolderFiles, Footprint, Int, Node, Output, Socket, String
 
 if TYPE_CHECKING:
     from families.base import Checkpoint
@@ -56,16 +57,26 @@ class Model(Node):
     file and are shared by every node that names it; pickles (.ckpt, .pt, .bin) are refused.
     """
 
+    display_name = "Load Model"
     category = "guidegraph/loaders"
     inputs = (
-        Combo(name="checkpoint", options=FolderFiles("checkpoints", MODEL_FILES, "model_index.json")),
+        Combo(
+            name="checkpoint",
+            options=FolderFiles("checkpoints", MODEL_FILES, "model_index.json"),
+            tooltip="a checkpoint in the checkpoints folder: a safetensors file or a diffusers folder",
+        ),
         Combo(
             name="prediction",
             options=("auto", "eps", "v"),
             default="auto",
             tooltip="what the network predicts; 'auto' reads it from the file (SD 2.x: see the docs)",
         ),
-        Combo(name="weight_dtype", options=WEIGHT_DTYPES, default="auto"),
+        Combo(
+            name="weight_dtype",
+            options=WEIGHT_DTYPES,
+            default="auto",
+            tooltip="the weights' precision (auto: the device's default)",
+        ),
     )
     outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"), Output("VAE", "VAE"))
 
@@ -79,12 +90,31 @@ class Model(Node):
         )
         return (loaded.model, loaded.clip, loaded.vae)
 
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        """MODEL's latent space and network cost, read from the file's header when it is one we know."""
+        from graph_runtime.folders import resolve_file
+        from nodes.diffusion.memory import latent_cost
+
+        try:
+            path = resolve_file("checkpoints", str(inputs.get("checkpoint")))
+        except (FileNotFoundError, ValueError, OSError):
+            return Footprint(outputs=(None, None, None))
+        return Footprint(outputs=(latent_cost(path) if path.is_file() else None, None, None))
+
 
 class VAELoader(Node):
     """Load a VAE file from ``models/vae`` (LDM or diffusers keys, safetensors only) → VAE."""
 
+    display_name = "Load VAE"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="vae_name", options=FolderFiles("vae", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="vae_name",
+            options=FolderFiles("vae", MODEL_FILES),
+            tooltip="a VAE in the vae folder (safetensors)",
+        ),
+    )
     outputs = (Output("VAE", "VAE"),)
 
     @staticmethod
@@ -102,8 +132,15 @@ class ClassifierLoader(Node):
     a VAE's latents): its input must match the latents it guides.
     """
 
+    display_name = "Load Classifier"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="classifier", options=FolderFiles("classifiers", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="classifier",
+            options=FolderFiles("classifiers", MODEL_FILES),
+            tooltip="a noise-aware classifier in the classifiers folder (safetensors)",
+        ),
+    )
     outputs = (Output("CLASSIFIER", "CLASSIFIER"),)
 
     @staticmethod
@@ -122,8 +159,15 @@ class ClipLoader(Node):
     configurations ship with guidegraph).
     """
 
+    display_name = "Load CLIP"
     category = "guidegraph/loaders"
-    inputs = (Combo(name="clip", options=FolderFiles("clip", MODEL_FILES)),)
+    inputs = (
+        Combo(
+            name="clip",
+            options=FolderFiles("clip", MODEL_FILES),
+            tooltip="an image-text model in the clip folder (safetensors)",
+        ),
+    )
     outputs = (Output("CLIP_MODEL", "CLIP_MODEL"),)
 
     @staticmethod
@@ -145,10 +189,27 @@ class Condition(Node):
 
     category = "guidegraph/conditioning"
     inputs = (
-        Socket(name="clip", type="CLIP"),
-        String(name="text", default="a red circle", multiline=True),
-        Combo(name="kind", options=("prompt", "class label"), default="prompt"),
-        Int(name="clip_skip", default=0, min=0, max=22, optional=True),
+        Socket(name="clip", type="CLIP", tooltip="the text encoder (the CLIP output of Load Model)"),
+        String(
+            name="text",
+            default="a red circle",
+            multiline=True,
+            tooltip="a prompt, or a class name (or index) when kind is 'class label'",
+        ),
+        Combo(
+            name="kind",
+            options=("prompt", "class label"),
+            default="prompt",
+            tooltip="'prompt' encodes the text; 'class label' uses the model's label embedding",
+        ),
+        Int(
+            name="clip_skip",
+            default=0,
+            min=0,
+            max=22,
+            optional=True,
+            tooltip="drop this many more final layers of the text encoder (0: as the model was trained)",
+        ),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
@@ -172,9 +233,12 @@ class NullCondition(Node):
 
     category = "guidegraph/conditioning"
     inputs = (
-        Socket(name="clip", type="CLIP"),
+        Socket(name="clip", type="CLIP", tooltip="the text encoder whose unconditional condition to make"),
         Combo(
-            name="meaning", options=("empty prompt", "zeroed embedding", "null class"), default="empty prompt"
+            name="meaning",
+            options=("empty prompt", "zeroed embedding", "null class"),
+            default="empty prompt",
+            tooltip="what unconditional means here: empty prompt, all-zero embedding or null class",
         ),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)

@@ -8,12 +8,17 @@ predictions it needs share one batched forward per step. Scales follow the CFG c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graph_runtime.api import Combo, Context, Float, Int, Node, Socket
-from nodes.diffusion.conventions import SPACES, Denoiser
-from nodes.diffusion.guidance import Guidance, Prediction, cfg
-from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Tangential, ZeroStar
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.names import SPACES
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
+
+if TYPE_CHECKING:
+    from nodes.diffusion.conventions import Denoiser
+    from nodes.diffusion.guidance import Guidance
+    from nodes.diffusion.types import Conditioning
+
 
 PAIR = (
     Socket(name="model", type="MODEL"),
@@ -56,6 +61,9 @@ class APG(Node):
         norm_threshold: float,
         space: str,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.rules import AdaptiveProjected
+
         c, u = Prediction(model, positive), Prediction(model, negative)
         if scale == 1.0:
             return (c,)
@@ -91,6 +99,9 @@ class CFGZeroStar(Node):
         zero_steps: int,
         space: str,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.rules import ZeroStar
+
         return (ZeroStar(Prediction(model, positive), Prediction(model, negative), scale, zero_steps, space),)
 
 
@@ -121,6 +132,9 @@ class PerpNegGuidance(Node):
         scale: float,
         neg_scale: float,
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.rules import PerpNeg
+
         p, n, u = (Prediction(model, c) for c in (positive, negative, unconditional))
         return (PerpNeg(p, n, u, scale, neg_scale),)
 
@@ -139,6 +153,9 @@ class TangentialCFG(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.rules import Tangential
+
         return (Tangential(Prediction(model, positive), Prediction(model, negative), scale),)
 
 
@@ -159,6 +176,9 @@ class CFGPlusPlus(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, scale: float
     ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction, cfg
+        from nodes.diffusion.rules import Renoise
+
         u = Prediction(model, negative)
         return (Renoise(cfg(Prediction(model, positive), u, scale), u),)
 

@@ -20,12 +20,14 @@ from graph_runtime.context import Paths
 from graph_runtime.folders import register_folders
 from server import state
 from server.config import MiB, ServerConfig
-from server.handlers import editor, files, history, info, prompts, userdata, ws
+from server.files import seed_example
+from server.handlers import editor, files, history, info, internal, prompts, userdata, ws
 from server.hub import Hub
 from server.intake import Intake
+from server.logs import LogBuffer
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
-from server.templates import Templates
+from server.templates import Templates, shipped_workflows
 from server.worker import PromptWorker, Workers
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ API_ROUTES: list[Route] = [
     ("GET", "/models/{folder}", info.models_in_folder),
     ("GET", "/experiment/models", info.experiment_models),
     ("GET", "/experiment/models/{folder}", info.experiment_models_in_folder),
+    ("GET", "/experiment/models/preview/{folder}/{index}/{file:.+}", info.model_preview),
+    ("GET", "/view_metadata/{folder}", info.view_metadata),
     ("GET", "/i18n", info.i18n),
     ("GET", "/view", files.view),
     ("POST", "/upload/image", files.upload_image),
@@ -79,6 +83,11 @@ API_ROUTES: list[Route] = [
     ("GET", "/workflow_templates/{module}/{file}", editor.template_file),
     ("GET", "/global_subgraphs", editor.global_subgraphs),
     ("GET", "/guidegraph/default_workflow", editor.default_workflow),
+    ("GET", "/internal/logs", internal.logs),
+    ("GET", "/internal/logs/raw", internal.logs_raw),
+    ("PATCH", "/internal/logs/subscribe", internal.logs_subscribe),
+    ("GET", "/internal/files/{directory_type}", internal.files),
+    ("GET", "/internal/folder_paths", internal.folder_paths),
 ]
 
 EDITOR_ROUTES: list[Route] = [
@@ -86,6 +95,9 @@ EDITOR_ROUTES: list[Route] = [
     ("GET", "/user.css", editor.empty_css),
     ("GET", "/templates/index.json", editor.templates_index),
     ("GET", "/templates/index_logo.json", editor.templates_logo),
+    ("GET", "/templates/{file}", editor.core_template_file),
+    ("GET", "/extensions/{pack}/docs/{node}.md", editor.node_help),
+    ("GET", "/extensions/{pack}/docs/{node}/{locale}.md", editor.node_help),
     ("GET", "/extensions/guidegraph/{name}", editor.extension_file),
     ("GET", "/{tail:.*}", editor.static_file),  # last: the editor's own files
 ]
@@ -127,11 +139,12 @@ def create_app(
     app[state.HUB] = Hub(
         config.ws_queue_size, config.ws_send_timeout_s, config.ws_status_interval_s, config.ws_queue_max_bytes
     )
-    app[state.TEMPLATES] = Templates(config.workflows_dir, config.default_workflow)
+    app[state.TEMPLATES] = Templates(config.workflows_dir or shipped_workflows(), config.default_workflow)
     app[state.STATIC_ROOT] = (static_root or editor.editor_root()).resolve()
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
     app[state.SETTINGS_LOCK] = asyncio.Lock()
-    app.cleanup_ctx.append(functools.partial(_store_and_worker, ray=ray))
+    app[state.LOGS] = LogBuffer()
+    app.cleanup_ctx.extend((_console_log, functools.partial(_store_and_worker, ray=ray)))
     app.on_shutdown.append(_close_sockets)
     app.add_routes(routes())
     return app
@@ -149,16 +162,36 @@ def default_executor(registry: Any, config: ServerConfig) -> Any:
     return Executor(registry, device=config.device, cache=config.cache, paths=paths)
 
 
+async def _console_log(app: web.Application) -> AsyncIterator[None]:
+    """Collect the log for the editor's Console panel while the server runs."""
+    app[state.LOGS].attach(asyncio.get_running_loop(), app[state.HUB])
+    try:
+        yield
+    finally:
+        app[state.LOGS].detach()
+
+
 async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> AsyncIterator[None]:
     """Open the database (recovering an interrupted run), then run the worker until shutdown."""
     config = app[state.CONFIG]
     for path in (config.output, config.input, config.temp):
         path.mkdir(parents=True, exist_ok=True)
     register_folders({"input": [config.input]})  # uploads become LoadImage choices
+    if await asyncio.to_thread(seed_example, config.input):
+        log.info("put example.png in the empty input folder %s", config.input)
     store = await asyncio.to_thread(PromptStore, config.data_dir / "guidegraph.sqlite3", config.history_limit)
-    recovered = await asyncio.to_thread(store.recover)
+    recovered = await asyncio.to_thread(store.recover, config.rerun_interrupted)
     if recovered:
-        log.warning("recorded %d prompt(s) interrupted by the last shutdown", len(recovered))
+        what = "queued again" if config.rerun_interrupted else "recorded as interrupted"
+        log.warning("%d prompt(s) left running by the last shutdown: %s", len(recovered), what)
+    templates = app[state.TEMPLATES]
+    count = len(await asyncio.to_thread(templates.names))
+    if count:
+        log.info("editor templates: %d workflows from %s", count, templates.root)
+    else:
+        log.warning(
+            "no workflows (*.ui.json) in %s: the editor's template browser will be empty", templates.root
+        )
     worker: Workers
     if ray is not None:
         from server.ray_pool import RayPool  # imports Ray only here

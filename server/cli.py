@@ -6,10 +6,15 @@ import argparse
 import importlib.util
 import logging
 import os
+import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import ServerConfig, is_loopback
+from server.config import MiB, ServerConfig, is_loopback
+from server.redact import redact
+
+SECRET_FLAGS = ("--token",)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", type=Path, default=None, help="default: output/ beside --data-dir")
     parser.add_argument("--input-dir", type=Path, default=None, help="default: input/ beside --data-dir")
     parser.add_argument("--temp-dir", type=Path, default=None, help="default: temp/ beside --data-dir")
-    parser.add_argument("--workflows-dir", type=Path, default=Path("workflows"))
+    parser.add_argument(
+        "--workflows-dir", type=Path, default=None, help="editor templates (default: the shipped workflows)"
+    )
     parser.add_argument(
         "--default-workflow",
         default=None,
@@ -54,6 +61,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch's CPU threads (default: one fewer than the CPUs, leaving one to the server)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=None,
+        help="refuse prompts estimated to need more (default: the memory free when each is queued)",
+    )
+    parser.add_argument(
+        "--rerun-interrupted",
+        action="store_true",
+        help="on start, queue again a prompt that was running when the server died (default: record it"
+        " as interrupted; a prompt that itself kills the server would then run again at every start)",
+    )
     parser.add_argument(
         "--ray",
         nargs="?",
@@ -82,10 +101,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def shown_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command line as /system_stats shows it: token values and absolute paths redacted."""
+    out = ["guidegraph"]
+    hide_next = False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if hide_next or (eq and name in SECRET_FLAGS):
+            out.append(f"{name}=<redacted>" if eq and not hide_next else "<redacted>")
+        else:
+            out.append(redact(arg))
+        hide_next = arg in SECRET_FLAGS
+    return tuple(out)
+
+
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from server.app import create_app
+    from server.security import AccessLog
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.token or os.environ.get("GUIDEGRAPH_TOKEN") or None
@@ -101,12 +135,16 @@ def serve(args: argparse.Namespace) -> int:
         default_workflow=args.default_workflow,
         device=args.device,
         cache=args.cache,
-        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_upload_bytes=args.max_upload_mb * MiB,
         max_prompt_nodes=args.max_prompt_nodes,
         cpu_threads=args.cpu_threads,
+        rerun_interrupted=args.rerun_interrupted,
+        memory_budget_bytes=args.memory_budget_mb * MiB if args.memory_budget_mb else None,
+        argv=shown_argv(sys.argv[1:]),
     )
     try:
         config.check()
+        config.prepare_folders()
     except ValueError as exc:
         print(f"guidegraph serve: {exc}", file=sys.stderr)
         return 2
@@ -133,10 +171,24 @@ def serve(args: argparse.Namespace) -> int:
     where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{config.port}/"
     if token and not is_loopback(host):
         where += "?token=<your token>"
-    print(f"guidegraph: the editor is at {where}", flush=True)
+
+    def announce(_: str) -> None:  # run_app calls this once the socket is bound and the worker is up
+        print(f"guidegraph: the editor is at {where}", flush=True)
+
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     try:
-        web.run_app(app, host=host, port=config.port, print=None, handle_signals=True, access_log=access_log)
+        web.run_app(
+            app,
+            host=host,
+            port=config.port,
+            print=announce,
+            handle_signals=True,
+            access_log=access_log,
+            access_log_class=AccessLog,
+        )
+    except (OSError, sqlite3.Error) as exc:  # the port is taken, the database cannot be opened, ...
+        print(f"guidegraph serve: cannot start: {exc}", file=sys.stderr)
+        return 2
     finally:
         if started_ray:
             import ray as ray_module

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class ServerConfig:
     output_dir: Path | None = None
     input_dir: Path | None = None
     temp_dir: Path | None = None
-    workflows_dir: Path = Path("workflows")
+    workflows_dir: Path | None = None  # None: the workflows shipped with the package
     default_workflow: str | None = None  # a template name; None: "showcase" if present, else the first
     device: str | None = None
     cache: str = "lru"
@@ -55,6 +56,9 @@ class ServerConfig:
     # torch's CPU threads; None: one fewer than the CPUs, so the event loop keeps a core. A thread pool
     # as wide as the machine makes every small op wait for a core the loop holds (milliseconds each).
     cpu_threads: int | None = None
+    memory_budget_bytes: int | None = None  # a prompt estimated above this is refused; None: memory free now
+    rerun_interrupted: bool = False  # on start, queue again a prompt a crash left running
+    argv: tuple[str, ...] = ("guidegraph", "serve")  # as shown in /system_stats (secrets redacted)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -87,3 +91,25 @@ class ServerConfig:
             raise ValueError(f"--cpu-threads must be at least 1, not {self.cpu_threads}")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the access token must be at least 16 characters")
+
+    def prepare_folders(self) -> None:
+        """Create the data, output, input and temp folders and prove each one writable.
+
+        Raises ValueError naming the folder (a path that is a file, a read-only disk, ...), so the
+        CLI can refuse to start with one clear line instead of failing on the first request.
+        """
+        for kind, path in (
+            ("data", self.data_dir),
+            ("output", self.output),
+            ("input", self.input),
+            ("temp", self.temp),
+        ):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=path):
+                    pass
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                if path.exists() and not path.is_dir():
+                    reason = "it is a file, not a folder"
+                raise ValueError(f"the {kind} folder {os.fspath(path)} cannot be used: {reason}") from None

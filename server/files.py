@@ -147,16 +147,45 @@ def store_upload(root: Path, subfolder: str, name: str, data: bytes, overwrite: 
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    """Write through a temporary file and a rename; a failure names ``path`` (a full disk says where)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def seed_example(input_dir: Path) -> bool:
+    """Write ``example.png`` into an input folder that holds no file at all (as ComfyUI ships one).
+
+    LoadImage lists the input folder; with nothing in it the editor's widget reads ``undefined``
+    until the user uploads something. Returns whether it wrote the picture.
+    """
+    from PIL import Image, ImageDraw
+
+    if any(p.is_file() for p in input_dir.iterdir()):
+        return False
+    image = Image.new("RGB", (256, 256), (232, 228, 220))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((28, 28, 124, 124), fill=(214, 64, 52))
+    draw.rectangle((140, 36, 224, 120), fill=(52, 110, 200))
+    draw.polygon([(76, 144), (28, 228), (124, 228)], fill=(60, 160, 80))
+    draw.ellipse((148, 148, 220, 220), fill=(236, 190, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    atomic_write(input_dir / "example.png", buffer.getvalue())
+    return True
 
 
 def _digest(path: Path) -> str:

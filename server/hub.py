@@ -94,6 +94,9 @@ class Hub:
     def client_count(self) -> int:
         return sum(len(c) for c in self._clients.values())
 
+    def connected(self, sid: str) -> bool:
+        return sid in self._clients
+
     def connect(self, sid: str, ws: web.WebSocketResponse) -> Client:
         client = Client(sid=sid, ws=ws)
         client.sender = asyncio.get_running_loop().create_task(self._send_loop(client))

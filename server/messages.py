@@ -98,7 +98,7 @@ class PromptMessages:
     def _translate(self, event: Event) -> None:
         data = event.data()
         if isinstance(event, Executing):
-            self._finish_running()
+            self._finish_running(announce=True)
             if event.node is not None:
                 self._set_node(event.node, state="running", value=0, max=1)
                 self._running.add(event.node)
@@ -129,12 +129,14 @@ class PromptMessages:
             if event.node_id:
                 self._set_node(event.node_id, state="error")
                 self._running.discard(event.node_id)
-            self.error = {k: data[k] for k in ("node_id", "node_type", "exception_message", "exception_type")}
         if isinstance(event, ExecutionSuccess):
-            self._finish_running()
+            self._finish_running(announce=True)
         if isinstance(event, (ExecutionSuccess, ExecutionInterrupted)):
             self._send_states(now=True)  # the final states, before the outcome
         if isinstance(event, ExecutionInterrupted):
+            for node in self._running:
+                self._set_node(node, state="pending")  # stopped, not finished: no executed for it
+            self._running.clear()
             self.emit(event.type, data, sid=None)  # ComfyUI broadcasts interruptions
             return
         self.emit(event.type, data)
@@ -164,12 +166,19 @@ class PromptMessages:
         if type in STORED_MESSAGES:
             data = {**data, "timestamp": now_ms()}
             self.messages.append([type, data])
+        if type == "execution_error":
+            self.error = data  # the whole message: the editor's job schema needs every field
         target = self.row.client_id if sid is self._UNSET else sid
         self._post(self._hub.send, type, data, target)
 
-    def _finish_running(self) -> None:
-        for node in self._running:
+    def _finish_running(self, announce: bool = False) -> None:
+        """Mark the running nodes finished; ``announce`` sends ``executed`` (output None) for each, as
+        ComfyUI does for nodes without UI output (the editor's overall progress counts them)."""
+        for node in sorted(self._running):
             self._set_node(node, state="finished")
+            if announce:
+                done = {"node": node, "display_node": node, "output": None, "prompt_id": self.row.id}
+                self.emit("executed", done)
         self._running.clear()
 
     def _set_node(self, node: str, **changes: Any) -> None:

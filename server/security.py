@@ -1,5 +1,7 @@
 """Middlewares: JSON errors, the Host/Origin guard against cross-site requests, and the access token.
 
+- Errors are JSON: input faults 4xx, storage faults 507 naming the folder, a client that went away
+  mid-request a quiet 499 in the access log, anything else a 500 without a traceback.
 - Every request must name one of our hosts (a DNS-rebinding page names its own).
 - Mutating requests and the WebSocket upgrade must not come from another site: a foreign ``Origin``,
   ``Origin: null`` or ``Sec-Fetch-Site: cross-site`` is refused. Clients that send no Origin (scripts,
@@ -12,18 +14,23 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 
 from server.config import ServerConfig, is_loopback
+from server.faults import storage_fault
 from server.jsonio import BadRequest, error_body, json_response
+from server.state import CONFIG
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_COOKIE = "guidegraph_token"
+CLIENT_CLOSED = 499  # nginx's "client closed request", for the access log only
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -44,7 +51,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    except Exception:
+    except ConnectionResetError:  # the client went away mid-request: nothing broke, nobody to answer
+        log.info("client closed the connection during %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED)
+    except Exception as exc:
+        fault = storage_fault(exc, request.app[CONFIG])
+        if fault is not None:
+            log.error("%s %s: %s", request.method, request.path, fault)
+            return json_response(fault.body(), status=fault.status)
         log.exception("unexpected error in %s %s", request.method, request.path)
         return json_response(error_body("internal_error", "internal server error"), status=500)
 
@@ -155,3 +169,30 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
     return response
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_token(text: str) -> str:
+    """``/?token=secret&x=1`` → ``/?token=<redacted>&x=1``."""
+    return _TOKEN_PARAM.sub(r"\1<redacted>", text)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request, like aiohttp's own, with any ``?token=`` (path or Referer) redacted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %s %.1fms "%s" "%s"',
+            request.remote or "-",
+            request.method,
+            redact_token(request.path_qs),
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time * 1000,
+            redact_token(request.headers.get(hdrs.REFERER, "-")),
+            request.headers.get(hdrs.USER_AGENT, "-"),
+        )

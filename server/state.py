@@ -10,6 +10,7 @@ from graph_runtime.registry import Registry
 from server.config import ServerConfig
 from server.hub import Hub
 from server.intake import Intake
+from server.logs import LogBuffer
 from server.store import PromptStore
 from server.templates import Templates
 from server.worker import Workers
@@ -23,4 +24,5 @@ WORKER: web.AppKey[Workers] = web.AppKey("worker")
 TEMPLATES = web.AppKey("templates", Templates)
 STATIC_ROOT = web.AppKey("static_root", object)
 EXECUTOR_FACTORY = web.AppKey("executor_factory", object)
+LOGS = web.AppKey("logs", LogBuffer)
 SETTINGS_LOCK = web.AppKey("settings_lock", asyncio.Lock)

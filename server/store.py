@@ -3,7 +3,8 @@
 A row moves ``pending`` → ``running`` → ``success`` | ``error`` | ``interrupted`` (or ``pending`` →
 ``cancelled``). Pending rows are the queue, ordered by ``(number, seq)``; finished rows are the history,
 ordered by the moment they finished and capped at ``history_limit``. On start, ``recover`` marks a row
-left ``running`` by a crash as interrupted; pending rows keep their ids and their order.
+left ``running`` by a crash as interrupted (or, when asked, queues it again); pending rows keep their
+ids and their order.
 
 The database runs in WAL mode. ``add_many`` commits with ``synchronous=FULL``: once it returns, its
 prompts survive a crash of the process or of the machine; it takes a whole batch in one transaction,
@@ -167,7 +168,7 @@ class PromptRow:
             "outputs_count": count if finished else None,
             "previewable_outputs_count": len(images) if finished else None,
             "preview_output": images[0] if images else None,
-            "execution_error": self.error,
+            "execution_error": _job_error(self.error),
             "workflow_id": self.workflow_id,
         }
         if self.worker is not None:
@@ -177,6 +178,25 @@ class PromptRow:
             job["workflow"] = {"prompt": self.prompt, "extra_data": self.extra_data}
             job["execution_status"] = self.history_entry()["status"]
         return job
+
+
+def _job_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An ``execution_error`` as the editor's job schema requires it (strings and a traceback list).
+
+    One job that breaks the schema makes the editor drop the whole list, so every field it requires
+    is present with the right type, also for rows recorded by older versions.
+    """
+    if error is None:
+        return None
+    traceback = error.get("traceback")
+    return {
+        **error,
+        "node_id": str(error.get("node_id") or ""),
+        "node_type": str(error.get("node_type") or ""),
+        "exception_message": str(error.get("exception_message") or ""),
+        "exception_type": str(error.get("exception_type") or "Error"),
+        "traceback": [str(line) for line in traceback] if isinstance(traceback, list) else [],
+    }
 
 
 def _number(value: float) -> int | float:
@@ -333,11 +353,17 @@ class PromptStore:
             self._finished += cur.rowcount
             self._trim()
 
-    def recover(self) -> list[str]:
-        """After a crash or restart: a prompt left running is recorded as interrupted."""
+    def recover(self, rerun: bool = False) -> list[str]:
+        """After a crash or restart: a prompt left running is recorded as interrupted, or with ``rerun``
+        queued again (it keeps its number, so its place). Returns the ids of those prompts."""
         with self._lock, self._tx():
             ids = [r["id"] for r in self._db.execute("SELECT id FROM prompts WHERE status = ?", (RUNNING,))]
             for prompt_id in ids:
+                if rerun:
+                    self._db.execute(
+                        "UPDATE prompts SET status = ?, start_time = NULL WHERE id = ?", (PENDING, prompt_id)
+                    )
+                    continue
                 note = {
                     "prompt_id": prompt_id,
                     "node_id": None,

@@ -1,19 +1,33 @@
 """Shipped workflows as editor templates: ``workflows/<name>.ui.json`` (+ ``<name>.jpg`` thumbnail).
 
-They are listed under the module ``guidegraph`` by ``/workflow_templates`` and served from
-``/workflow_templates/guidegraph/<name>.json``; the default one is opened when the editor would
-otherwise show its stock graph (which uses nodes we do not have).
+The folder is ``--workflows-dir`` when given, else the ``workflows`` package installed with guidegraph
+(package data), so the templates are there wherever the server starts.
+
+The editor lists them as its own templates (``/templates/index.json``), with the title and description
+that ``templates.json`` in the same folder gives each one, so its cards say more than a file name;
+files are served from ``/templates/<name>.json`` and ``/templates/<name>-1.jpg`` (and, as for a
+custom-node pack, ``/workflow_templates/guidegraph/<name>.json``). The default one is opened when the
+editor would otherwise show its stock graph (which uses nodes we do not have).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 MODULE = "guidegraph"
 UI_SUFFIX = ".ui.json"
+INDEX = "templates.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$")
+
+
+def shipped_workflows() -> Path:
+    """The folder of the workflows installed with the package."""
+    package = importlib.import_module("workflows")
+    return Path(package.__file__ or "").resolve().parent
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,24 @@ class Templates:
             for p in self.root.iterdir()
             if p.is_file() and p.name.endswith(UI_SUFFIX) and _NAME.match(p.name[: -len(UI_SUFFIX)])
         )
+
+    def info(self) -> dict[str, dict[str, str]]:
+        """``{name: {title, description}}`` for every workflow (the name and no description where
+        ``templates.json`` says nothing)."""
+        try:
+            index = json.loads((self.root / INDEX).read_text("utf-8"))
+        except (OSError, ValueError):
+            index = {}
+        index = index if isinstance(index, dict) else {}
+        out = {}
+        for name in self.names():
+            found = index.get(name)
+            entry: dict[str, object] = found if isinstance(found, dict) else {}
+            out[name] = {
+                "title": str(entry.get("title") or name),
+                "description": str(entry.get("description") or ""),
+            }
+        return out
 
     def default(self) -> str | None:
         """The configured default, else ``showcase``, else the first workflow."""

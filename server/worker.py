@@ -29,6 +29,7 @@ from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, no
 log = logging.getLogger(__name__)
 
 DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
+RECORD_RETRY_S, RECORD_RETRY_MAX_S = 0.25, 5.0
 
 
 @dataclass
@@ -188,10 +189,7 @@ class PromptWorker:
             messages.fail_outside_nodes(None, None, str(exc), type(exc).__name__)
         if token.cancelled and status != SUCCESS:
             status = INTERRUPTED
-        try:
-            self._store.finish(row.id, status, outputs, messages.messages, messages.error)
-        except Exception:
-            log.exception("could not record the outcome of prompt %s", row.id)
+        self._record(row.id, status, outputs, messages)
         with self._lock:
             self._running = None
         self._broadcast_status()
@@ -208,6 +206,27 @@ class PromptWorker:
         data = {"prompt_id": row.id, "reason": redact(reason), "timestamp": now_ms()}
         self._post(self._hub.send, "prompt_requeued", data, row.client_id)
         self._broadcast_status()
+
+    def _record(self, prompt_id: str, status: str, outputs: dict[str, Any], messages: PromptMessages) -> None:
+        """Store the outcome, retrying while the database cannot be written (a full disk, say).
+
+        The prompt stays the running one until its outcome is on disk, so it is recorded as soon as
+        space returns; if the server stops first, the next start records it as interrupted.
+        """
+        delay, warned = RECORD_RETRY_S, False
+        while True:
+            try:
+                self._store.finish(prompt_id, status, outputs, messages.messages, messages.error)
+                if warned:
+                    log.warning("recorded the outcome of prompt %s after all", prompt_id)
+                return
+            except Exception as exc:
+                if not warned:
+                    log.error("could not record the outcome of prompt %s (%s); retrying", prompt_id, exc)
+                    warned = True
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     @staticmethod
     def _report_failures(messages: PromptMessages, result: Any) -> None:

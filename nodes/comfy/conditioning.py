@@ -38,10 +38,15 @@ def _first(value: Any) -> Conditioning:
 class ConditioningCombine(Node):
     """Use both conditionings: their predictions are averaged (per pixel, by strength and area)."""
 
+    display_name = "Conditioning (Combine)"
     category = "conditioning"
     inputs = (
-        Socket(name="conditioning_1", type="CONDITIONING"),
-        Socket(name="conditioning_2", type="CONDITIONING"),
+        Socket(name="conditioning_1", type="CONDITIONING", tooltip="the first condition set"),
+        Socket(
+            name="conditioning_2",
+            type="CONDITIONING",
+            tooltip="the second, run beside the first and averaged by the sampler",
+        ),
     )
     outputs = CONDITIONING_OUT
 
@@ -56,11 +61,19 @@ class ConditioningAverage(Node):
     """Interpolate token embeddings (and pooled outputs): ``s·to + (1 − s)·from``; ``from``'s tokens
     are cut or zero-padded to ``to``'s length."""
 
+    display_name = "Conditioning (Average)"
     category = "conditioning"
     inputs = (
-        Socket(name="conditioning_to", type="CONDITIONING"),
-        Socket(name="conditioning_from", type="CONDITIONING"),
-        Float(name="conditioning_to_strength", default=1.0, min=0.0, max=1.0, step=0.01),
+        Socket(name="conditioning_to", type="CONDITIONING", tooltip="the condition to blend into"),
+        Socket(name="conditioning_from", type="CONDITIONING", tooltip="the condition to blend from"),
+        Float(
+            name="conditioning_to_strength",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="the share of conditioning_to (1: it alone)",
+        ),
     )
     outputs = CONDITIONING_OUT
 
@@ -97,10 +110,13 @@ class ConditioningAverage(Node):
 class ConditioningConcat(Node):
     """Append ``from``'s tokens to each of ``to``'s (pooled output and extras stay ``to``'s)."""
 
+    display_name = "Conditioning (Concat)"
     category = "conditioning"
     inputs = (
-        Socket(name="conditioning_to", type="CONDITIONING"),
-        Socket(name="conditioning_from", type="CONDITIONING"),
+        Socket(name="conditioning_to", type="CONDITIONING", tooltip="the condition whose tokens come first"),
+        Socket(
+            name="conditioning_from", type="CONDITIONING", tooltip="the condition whose tokens are appended"
+        ),
     )
     outputs = CONDITIONING_OUT
 
@@ -129,14 +145,31 @@ class ConditioningSetArea(Node):
     """Limit a conditioning to a rectangle (pixels) with a strength: combined with others, each area
     is denoised by the model run on that crop and blended in (area composition)."""
 
+    display_name = "Conditioning (Set Area)"
     category = "conditioning"
     inputs = (
-        Socket(name="conditioning", type="CONDITIONING"),
-        Int(name="width", default=64, min=64, max=MAX_RESOLUTION, step=8),
-        Int(name="height", default=64, min=64, max=MAX_RESOLUTION, step=8),
-        Int(name="x", default=0, min=0, max=MAX_RESOLUTION, step=8),
-        Int(name="y", default=0, min=0, max=MAX_RESOLUTION, step=8),
-        Float(name="strength", default=1.0, min=0.0, max=10.0, step=0.01),
+        Socket(name="conditioning", type="CONDITIONING", tooltip="the condition to restrict"),
+        Int(
+            name="width", default=64, min=64, max=MAX_RESOLUTION, step=8, tooltip="the area's width in pixels"
+        ),
+        Int(
+            name="height",
+            default=64,
+            min=64,
+            max=MAX_RESOLUTION,
+            step=8,
+            tooltip="the area's height in pixels",
+        ),
+        Int(name="x", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="the area's left edge in pixels"),
+        Int(name="y", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="the area's top edge in pixels"),
+        Float(
+            name="strength",
+            default=1.0,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="the weight of this condition inside its area",
+        ),
     )
     outputs = CONDITIONING_OUT
 
@@ -158,11 +191,26 @@ class ConditioningSetArea(Node):
 class ConditioningSetTimestepRange(Node):
     """Use a conditioning only between two fractions of the schedule (0 = the first, noisiest step)."""
 
+    display_name = "ConditioningSetTimestepRange"
     category = "advanced/conditioning"
     inputs = (
-        Socket(name="conditioning", type="CONDITIONING"),
-        Float(name="start", default=0.0, min=0.0, max=1.0, step=0.001),
-        Float(name="end", default=1.0, min=0.0, max=1.0, step=0.001),
+        Socket(name="conditioning", type="CONDITIONING", tooltip="the condition to restrict"),
+        Float(
+            name="start",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            tooltip="where in the schedule it starts applying (0: the first step)",
+        ),
+        Float(
+            name="end",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            tooltip="where it stops applying (1: the last step)",
+        ),
     )
     outputs = CONDITIONING_OUT
 
@@ -184,8 +232,15 @@ class ConditioningSetTimestepRange(Node):
 class ConditioningZeroOut(Node):
     """All-zero conditioning (token embeddings and pooled output), as SDXL's empty negative."""
 
+    display_name = "ConditioningZeroOut"
     category = "advanced/conditioning"
-    inputs = (Socket(name="conditioning", type="CONDITIONING"),)
+    inputs = (
+        Socket(
+            name="conditioning",
+            type="CONDITIONING",
+            tooltip="the condition whose embeddings to zero (an unconditional for SDXL-style CFG)",
+        ),
+    )
     outputs = CONDITIONING_OUT
 
     @staticmethod

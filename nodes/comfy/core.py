@@ -5,10 +5,11 @@ Declarations only: torch, the families and the samplers load when a node runs.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
-from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.diffusion.names import COMFY_SAMPLER_NAMES, COMFY_SCHEDULER_NAMES
 from nodes.model_nodes import MODEL_FILES
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class CheckpointLoaderSimple(Node):
     """Loads a diffusion model checkpoint: MODEL (denoises latents), CLIP (encodes prompts), VAE
     (between images and latents). ComfyUI's loader; guidegraph's Model node with its defaults."""
 
+    display_name = "Load Checkpoint"
     category = "loaders"
     inputs = (
         Combo(
@@ -46,13 +48,28 @@ class LoraLoader(Node):
     """Apply a LoRA to the model and to CLIP, each with its own strength: ``W' = W + s·(α/r)·B·A``.
     Kohya and diffusers/PEFT files (safetensors); the loaded checkpoint itself is never modified."""
 
+    display_name = "Load LoRA"
     category = "loaders"
     inputs = (
         Socket(name="model", type="MODEL", tooltip="The diffusion model the LoRA will be applied to."),
         Socket(name="clip", type="CLIP", tooltip="The CLIP model the LoRA will be applied to."),
         Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES), tooltip="The name of the LoRA."),
-        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
-        Float(name="strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01),
+        Float(
+            name="strength_model",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add to the denoiser (0: none, negative: the opposite)",
+        ),
+        Float(
+            name="strength_clip",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add to the text encoder",
+        ),
     )
     outputs = (Output("MODEL", "MODEL"), Output("CLIP", "CLIP"))
 
@@ -76,11 +93,23 @@ class LoraLoader(Node):
 class LoraLoaderModelOnly(Node):
     """Apply a LoRA to the model only."""
 
+    display_name = "LoraLoaderModelOnly"
     category = "loaders"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Combo(name="lora_name", options=FolderFiles("loras", MODEL_FILES)),
-        Float(name="strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+        Socket(name="model", type="MODEL", tooltip="the denoiser to patch"),
+        Combo(
+            name="lora_name",
+            options=FolderFiles("loras", MODEL_FILES),
+            tooltip="a LoRA in the loras folder (safetensors)",
+        ),
+        Float(
+            name="strength_model",
+            default=1.0,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip="how much of the LoRA to add (0: none, negative: the opposite)",
+        ),
     )
     outputs = (Output("MODEL", "MODEL"),)
 
@@ -99,6 +128,7 @@ class CLIPTextEncode(Node):
     ``(word)`` weighs 1.1 per level of parentheses, ``(word:1.3)`` sets 1.3, ``\\(`` is a literal
     parenthesis. A weighted token's embedding z becomes ``z_empty + w·(z − z_empty)``."""
 
+    display_name = "CLIP Text Encode (Prompt)"
     category = "conditioning"
     inputs = (
         String(name="text", multiline=True, tooltip="The text to be encoded."),
@@ -128,17 +158,54 @@ class CLIPTextEncodeSDXL(Node):
     """SDXL prompt encoding with its micro-conditioning: ``text_l`` through CLIP-L, ``text_g`` through
     OpenCLIP-bigG, and the original size, crop and target size the UNet is told about."""
 
+    display_name = "CLIPTextEncodeSDXL"
     category = "advanced/conditioning"
     inputs = (
-        Socket(name="clip", type="CLIP"),
-        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="crop_w", default=0, min=0, max=MAX_RESOLUTION),
-        Int(name="crop_h", default=0, min=0, max=MAX_RESOLUTION),
-        Int(name="target_width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="target_height", default=1024, min=0, max=MAX_RESOLUTION),
-        String(name="text_g", multiline=True),
-        String(name="text_l", multiline=True),
+        Socket(name="clip", type="CLIP", tooltip="SDXL's two text encoders"),
+        Int(
+            name="width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image width the UNet is told about",
+        ),
+        Int(
+            name="height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image height the UNet is told about",
+        ),
+        Int(
+            name="crop_w",
+            default=0,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the crop's left offset the UNet is told about",
+        ),
+        Int(
+            name="crop_h",
+            default=0,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the crop's top offset the UNet is told about",
+        ),
+        Int(
+            name="target_width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the target width the UNet is told about",
+        ),
+        Int(
+            name="target_height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the target height the UNet is told about",
+        ),
+        String(name="text_g", multiline=True, tooltip="the prompt for OpenCLIP bigG"),
+        String(name="text_l", multiline=True, tooltip="the prompt for CLIP L"),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
@@ -167,13 +234,33 @@ class CLIPTextEncodeSDXLRefiner(Node):
     """SDXL refiner prompt encoding with its aesthetic-score conditioning (6 for prompts, 2.5 for
     negatives in the reference pipeline)."""
 
+    display_name = "CLIPTextEncodeSDXLRefiner"
     category = "advanced/conditioning"
     inputs = (
-        Float(name="ascore", default=6.0, min=0.0, max=1000.0, step=0.01),
-        Int(name="width", default=1024, min=0, max=MAX_RESOLUTION),
-        Int(name="height", default=1024, min=0, max=MAX_RESOLUTION),
-        String(name="text", multiline=True),
-        Socket(name="clip", type="CLIP"),
+        Float(
+            name="ascore",
+            default=6.0,
+            min=0.0,
+            max=1000.0,
+            step=0.01,
+            tooltip="aesthetic score (6 for prompts, 2.5 for negatives in the reference pipeline)",
+        ),
+        Int(
+            name="width",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image width the UNet is told about",
+        ),
+        Int(
+            name="height",
+            default=1024,
+            min=0,
+            max=MAX_RESOLUTION,
+            tooltip="the original image height the UNet is told about",
+        ),
+        String(name="text", multiline=True, tooltip="the prompt"),
+        Socket(name="clip", type="CLIP", tooltip="the refiner's text encoder"),
     )
     outputs = (Output("CONDITIONING", "CONDITIONING"),)
 
@@ -196,8 +283,15 @@ class CLIPSetLastLayer(Node):
 
     category = "conditioning"
     inputs = (
-        Socket(name="clip", type="CLIP"),
-        Int(name="stop_at_clip_layer", default=-1, min=-24, max=-1, step=1),
+        Socket(name="clip", type="CLIP", tooltip="the text encoder"),
+        Int(
+            name="stop_at_clip_layer",
+            default=-1,
+            min=-24,
+            max=-1,
+            step=1,
+            tooltip="the layer to take the embedding from, counted from the end (-1: the last)",
+        ),
     )
     outputs = (Output("CLIP", "CLIP"),)
 
@@ -268,7 +362,10 @@ class VAEEncode(Node):
     """Encodes pixel images into latents with the VAE."""
 
     category = "latent"
-    inputs = (Socket(name="pixels", type="IMAGE"), Socket(name="vae", type="VAE"))
+    inputs = (
+        Socket(name="pixels", type="IMAGE", tooltip="the image to encode"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that turns pixels into latents"),
+    )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
@@ -276,6 +373,47 @@ class VAEEncode(Node):
         from nodes.image_nodes import Encode
 
         return Encode.run(ctx, pixels, vae)
+
+
+_RESCALED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()  # RescaleCFG's models
+
+
+def comfy_cfg(
+    ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, cfg: float
+) -> Any:
+    """The CFG a ComfyUI sampling node builds: our CFGCombine, rescaled when RescaleCFG patched the model."""
+    from nodes.guidance_nodes import CFGCombine, CFGRescale
+
+    (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
+    phi = _RESCALED.get(model)
+    return program if phi is None else CFGRescale.run(ctx, program, phi, "v")[0]
+
+
+class RescaleCFG(Node):
+    """Rescale the CFG of samplers using this model (Lin et al. 2023, §3.4, in v space): the guided
+    prediction's std is brought back to the conditional one's, mixed by ``multiplier``."""
+
+    category = "advanced/model"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the model whose CFG to rescale"),
+        Float(
+            name="multiplier",
+            default=0.7,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="φ: 0 plain CFG, 1 fully rescaled",
+        ),
+    )
+    outputs = (Output("MODEL", "MODEL"),)
+
+    @staticmethod
+    def run(ctx: Context, model: Denoiser, multiplier: float) -> tuple[Denoiser]:
+        import dataclasses
+
+        patched = dataclasses.replace(model, name=f"{model.name} + RescaleCFG {multiplier:g}")
+        _RESCALED[patched] = multiplier
+        return (patched,)
 
 
 def _sampler_inputs() -> tuple[Any, ...]:
@@ -298,13 +436,13 @@ def _sampler_inputs() -> tuple[Any, ...]:
         ),
         Combo(
             name="sampler_name",
-            options=SAMPLER_NAMES,
+            options=COMFY_SAMPLER_NAMES,
             default="euler",
             tooltip="The algorithm used when sampling.",
         ),
         Combo(
             name="scheduler",
-            options=SCHEDULER_NAMES,
+            options=COMFY_SCHEDULER_NAMES,
             default="normal",
             tooltip="How noise is removed over the steps.",
         ),
@@ -322,6 +460,7 @@ class KSampler(Node):
     any other guidance.
     """
 
+    display_name = "KSampler"
     category = "sampling"
     inputs = (
         Socket(name="model", type="MODEL", tooltip="The model used for denoising the input latent."),
@@ -359,13 +498,12 @@ class KSampler(Node):
         latent_image: Latent,
         denoise: float,
     ) -> tuple[Latent]:
-        from nodes.guidance_nodes import CFGCombine
         from nodes.sampling_nodes import Sampler
 
-        if denoise == 0:
-            return (latent_image,)
-        (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
-        return Sampler.run(ctx, program, latent_image, seed, steps, sampler_name, scheduler, denoise)
+        program = comfy_cfg(ctx, model, positive, negative, cfg)
+        return Sampler.run(
+            ctx, program, latent_image, seed, steps, sampler_name, scheduler, denoise, 0, None, "comfyui"
+        )
 
 
 class KSamplerAdvanced(Node):
@@ -373,15 +511,41 @@ class KSamplerAdvanced(Node):
     with or without adding noise first, and optionally returning the leftover noise (for handing a
     latent to a second sampler, e.g. SDXL base → refiner)."""
 
+    display_name = "KSampler (Advanced)"
     category = "sampling"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Combo(name="add_noise", options=("enable", "disable"), default="enable"),
-        Int(name="noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Combo(
+            name="add_noise",
+            options=("enable", "disable"),
+            default="enable",
+            tooltip="enable: start by adding noise at the first σ; disable: start from the latent as it is",
+        ),
+        Int(
+            name="noise_seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
         *_sampler_inputs(),
-        Int(name="start_at_step", default=0, min=0, max=10000),
-        Int(name="end_at_step", default=10000, min=0, max=10000),
-        Combo(name="return_with_leftover_noise", options=("disable", "enable"), default="disable"),
+        Int(
+            name="start_at_step", default=0, min=0, max=10000, tooltip="the first step of the schedule to run"
+        ),
+        Int(
+            name="end_at_step",
+            default=10000,
+            min=0,
+            max=10000,
+            tooltip="the step to stop at (beyond steps: the end)",
+        ),
+        Combo(
+            name="return_with_leftover_noise",
+            options=("disable", "enable"),
+            default="disable",
+            tooltip="enable: stop without denoising the last σ (to hand the latent on)",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -402,26 +566,21 @@ class KSamplerAdvanced(Node):
         end_at_step: int,
         return_with_leftover_noise: str,
     ) -> tuple[Latent]:
-        from nodes.diffusion.schedules import calculate_sigmas
-        from nodes.guidance_nodes import CFGCombine
+        from nodes.diffusion.comfy_parity import comfy_sigmas, comfy_step_range
         from nodes.sampling_nodes import run_sampler
 
-        sigmas = calculate_sigmas(scheduler, model, steps)
-        if end_at_step < steps:
-            sigmas = sigmas[: end_at_step + 1].clone()
-            if return_with_leftover_noise != "enable":
-                sigmas[-1] = 0
-        if start_at_step >= len(sigmas) - 1:
+        full = comfy_sigmas(scheduler, model, steps, 1.0, sampler_name)
+        sigmas = comfy_step_range(full, start_at_step, end_at_step, return_with_leftover_noise != "enable")
+        if sigmas is None:
             return (latent_image,)
-        sigmas = sigmas[start_at_step:]
-        (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
-        return run_sampler(
-            ctx, program, latent_image, noise_seed, sigmas, sampler_name, add_noise == "enable"
-        )
+        program = comfy_cfg(ctx, model, positive, negative, cfg)
+        noise = add_noise == "enable"
+        return run_sampler(ctx, program, latent_image, noise_seed, sigmas, sampler_name, noise, comfy=True)
 
 
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
+    RescaleCFG,
     LoraLoader,
     LoraLoaderModelOnly,
     CLIPTextEncode,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Boolean, Combo, Context, Float, Int, Node, Output, Socket
-from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.diffusion.names import COMFY_SAMPLER_NAMES, COMFY_SCHEDULER_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +34,16 @@ class NoiseSpec:
 class KSamplerSelect(Node):
     """Pick a sampler by name → SAMPLER."""
 
+    display_name = "KSamplerSelect"
     category = "sampling/custom_sampling/samplers"
-    inputs = (Combo(name="sampler_name", options=SAMPLER_NAMES, default="euler"),)
+    inputs = (
+        Combo(
+            name="sampler_name",
+            options=COMFY_SAMPLER_NAMES,
+            default="euler",
+            tooltip="the sampling method (ComfyUI's names)",
+        ),
+    )
     outputs = (Output("SAMPLER", "SAMPLER"),)
 
     @staticmethod
@@ -46,12 +54,25 @@ class KSamplerSelect(Node):
 class BasicScheduler(Node):
     """The σ list of a named schedule for ``model`` (``denoise`` < 1: its last steps)."""
 
+    display_name = "BasicScheduler"
     category = "sampling/custom_sampling/schedulers"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Combo(name="scheduler", options=SCHEDULER_NAMES, default="simple"),
-        Int(name="steps", default=20, min=1, max=10000),
-        Float(name="denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+        Socket(name="model", type="MODEL", tooltip="the model whose noise schedule to follow"),
+        Combo(
+            name="scheduler",
+            options=COMFY_SCHEDULER_NAMES,
+            default="simple",
+            tooltip="the schedule's spacing (ComfyUI's names)",
+        ),
+        Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
+        Float(
+            name="denoise",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="share of the schedule to keep, from its end (1: all of it)",
+        ),
     )
     outputs = (Output("SIGMAS", "SIGMAS"),)
 
@@ -59,22 +80,47 @@ class BasicScheduler(Node):
     def run(ctx: Context, model: Denoiser, scheduler: str, steps: int, denoise: float) -> tuple[torch.Tensor]:
         import torch
 
-        from nodes.diffusion.schedules import sigmas_for_denoise
+        from nodes.diffusion.comfy_parity import comfy_sigmas
 
         if denoise <= 0:
             return (torch.zeros(0),)
-        return (sigmas_for_denoise(scheduler, model, steps, denoise),)
+        return (comfy_sigmas(scheduler, model, steps, denoise),)
 
 
 class KarrasScheduler(Node):
     """σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, then 0 (Karras et al. 2022, eq. 5)."""
 
+    display_name = "KarrasScheduler"
     category = "sampling/custom_sampling/schedulers"
     inputs = (
-        Int(name="steps", default=20, min=1, max=10000),
-        Float(name="sigma_max", default=14.614642, min=0.0, max=SIGMA_LIMIT, step=0.01, round=False),
-        Float(name="sigma_min", default=0.0291675, min=0.0, max=SIGMA_LIMIT, step=0.01, round=False),
-        Float(name="rho", default=7.0, min=0.0, max=100.0, step=0.01, round=False),
+        Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
+        Float(
+            name="sigma_max",
+            default=14.614642,
+            min=0.0,
+            max=SIGMA_LIMIT,
+            step=0.01,
+            round=False,
+            tooltip="the first σ",
+        ),
+        Float(
+            name="sigma_min",
+            default=0.0291675,
+            min=0.0,
+            max=SIGMA_LIMIT,
+            step=0.01,
+            round=False,
+            tooltip="the last σ before 0",
+        ),
+        Float(
+            name="rho",
+            default=7.0,
+            min=0.0,
+            max=100.0,
+            step=0.01,
+            round=False,
+            tooltip="ρ of Karras et al. 2022 (7: their default)",
+        ),
     )
     outputs = (Output("SIGMAS", "SIGMAS"),)
 
@@ -88,11 +134,28 @@ class KarrasScheduler(Node):
 class ExponentialScheduler(Node):
     """σ log-uniform from σ_max to σ_min, then 0."""
 
+    display_name = "ExponentialScheduler"
     category = "sampling/custom_sampling/schedulers"
     inputs = (
-        Int(name="steps", default=20, min=1, max=10000),
-        Float(name="sigma_max", default=14.614642, min=0.0, max=SIGMA_LIMIT, step=0.01, round=False),
-        Float(name="sigma_min", default=0.0291675, min=0.0, max=SIGMA_LIMIT, step=0.01, round=False),
+        Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
+        Float(
+            name="sigma_max",
+            default=14.614642,
+            min=0.0,
+            max=SIGMA_LIMIT,
+            step=0.01,
+            round=False,
+            tooltip="the first σ",
+        ),
+        Float(
+            name="sigma_min",
+            default=0.0291675,
+            min=0.0,
+            max=SIGMA_LIMIT,
+            step=0.01,
+            round=False,
+            tooltip="the last σ before 0",
+        ),
     )
     outputs = (Output("SIGMAS", "SIGMAS"),)
 
@@ -106,8 +169,18 @@ class ExponentialScheduler(Node):
 class SplitSigmas(Node):
     """Split a σ list at ``step``: high = σ[0..step], low = σ[step..] (they share σ[step])."""
 
+    display_name = "SplitSigmas"
     category = "sampling/custom_sampling/sigmas"
-    inputs = (Socket(name="sigmas", type="SIGMAS"), Int(name="step", default=0, min=0, max=10000))
+    inputs = (
+        Socket(name="sigmas", type="SIGMAS", tooltip="the schedule to split"),
+        Int(
+            name="step",
+            default=0,
+            min=0,
+            max=10000,
+            tooltip="where: the first part ends at this step, the second starts there",
+        ),
+    )
     outputs = (Output("high_sigmas", "SIGMAS"), Output("low_sigmas", "SIGMAS"))
 
     @staticmethod
@@ -118,8 +191,18 @@ class SplitSigmas(Node):
 class RandomNoise(Node):
     """Initial noise from ``noise_seed`` (per sample: seed + batch index)."""
 
+    display_name = "RandomNoise"
     category = "sampling/custom_sampling/noise"
-    inputs = (Int(name="noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),)
+    inputs = (
+        Int(
+            name="noise_seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
+    )
     outputs = (Output("NOISE", "NOISE"),)
 
     @staticmethod
@@ -130,6 +213,7 @@ class RandomNoise(Node):
 class DisableNoise(Node):
     """No initial noise: sample the latent as it is (a second pass over leftover noise)."""
 
+    display_name = "DisableNoise"
     category = "sampling/custom_sampling/noise"
     inputs = ()
     outputs = (Output("NOISE", "NOISE"),)
@@ -142,8 +226,14 @@ class DisableNoise(Node):
 class BasicGuider(Node):
     """One prediction, no guidance: D(x, σ, c)."""
 
+    display_name = "BasicGuider"
     category = "sampling/custom_sampling/guiders"
-    inputs = (Socket(name="model", type="MODEL"), Socket(name="conditioning", type="CONDITIONING"))
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Socket(
+            name="conditioning", type="CONDITIONING", tooltip="the condition c of D(x, σ, c), no guidance"
+        ),
+    )
     outputs = (Output("GUIDER", "GUIDER"),)
 
     @staticmethod
@@ -156,12 +246,15 @@ class BasicGuider(Node):
 class CFGGuider(Node):
     """Classifier-free guidance ``u + cfg·(c − u)`` (our CFGCombine, as a GUIDER)."""
 
+    display_name = "CFGGuider"
     category = "sampling/custom_sampling/guiders"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Socket(name="positive", type="CONDITIONING"),
-        Socket(name="negative", type="CONDITIONING"),
-        Float(name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Socket(name="positive", type="CONDITIONING", tooltip="c: the condition to steer towards"),
+        Socket(name="negative", type="CONDITIONING", tooltip="u: the unconditional or negative condition"),
+        Float(
+            name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="w in u + w·(c − u)"
+        ),
     )
     outputs = (Output("GUIDER", "GUIDER"),)
 
@@ -169,23 +262,76 @@ class CFGGuider(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, cfg: float
     ) -> tuple[Guidance]:
-        from nodes.guidance_nodes import CFGCombine
+        from nodes.comfy.core import comfy_cfg
 
-        return CFGCombine.run(ctx, model, positive, negative, cfg)
+        return (comfy_cfg(ctx, model, positive, negative, cfg),)
+
+
+class PerpNegGuider(Node):
+    """Perp-Neg (Armandpour et al. 2023): remove only the part of the negative orthogonal to the
+    positive, relative to the empty prompt: ``u∅ + cfg·(δ⁺ − neg_scale·(δ⁻ − proj_δ⁺ δ⁻))``.
+
+    guidegraph's PerpNeg rule, projected per sample; ComfyUI projects with one coefficient over the
+    whole batch, which couples the samples of a batch (kept as ours; equal for batch 1).
+    """
+
+    category = "_for_testing"
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="the model to guide"),
+        Socket(name="positive", type="CONDITIONING", tooltip="what to include"),
+        Socket(name="negative", type="CONDITIONING", tooltip="what to exclude"),
+        Socket(name="empty_conditioning", type="CONDITIONING", tooltip="the empty prompt's conditioning"),
+        Float(name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="guidance scale"),
+        Float(name="neg_scale", default=1.0, min=0.0, max=100.0, step=0.01, tooltip="weight of the negative"),
+    )
+    outputs = (Output("GUIDER", "GUIDER"),)
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        positive: Conditioning,
+        negative: Conditioning,
+        empty_conditioning: Conditioning,
+        cfg: float,
+        neg_scale: float,
+    ) -> tuple[Guidance]:
+        from nodes.rule_nodes import PerpNegGuidance
+
+        return PerpNegGuidance.run(ctx, model, positive, negative, empty_conditioning, cfg, neg_scale)
 
 
 class DualCFGGuider(Node):
     """Two conditions and a negative: ``u + s₂·(c₂ − u) + s₁·(c₁ − c₂)`` (ComfyUI's "regular"
     style; with c₂ an image condition this is InstructPix2Pix's two-scale guidance, Brooks et al. 2023)."""
 
+    display_name = "DualCFGGuider"
     category = "sampling/custom_sampling/guiders"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Socket(name="cond1", type="CONDITIONING"),
-        Socket(name="cond2", type="CONDITIONING"),
-        Socket(name="negative", type="CONDITIONING"),
-        Float(name="cfg_conds", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-        Float(name="cfg_cond2_negative", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Socket(name="cond1", type="CONDITIONING", tooltip="c₁: the condition to steer towards"),
+        Socket(
+            name="cond2", type="CONDITIONING", tooltip="c₂: the second condition (e.g. an image condition)"
+        ),
+        Socket(name="negative", type="CONDITIONING", tooltip="u: the unconditional or negative condition"),
+        Float(
+            name="cfg_conds",
+            default=8.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            tooltip="s₁ in u + s₂·(c₂ − u) + s₁·(c₁ − c₂)",
+        ),
+        Float(
+            name="cfg_cond2_negative",
+            default=8.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            tooltip="s₂ in u + s₂·(c₂ − u) + s₁·(c₁ − c₂)",
+        ),
     )
     outputs = (Output("GUIDER", "GUIDER"),)
 
@@ -217,9 +363,8 @@ def _sample(
     if len(sigmas) < 2:
         return (latent, latent)
     last: list[Any] = [None]
-    out = run_sampler(
-        ctx, guider, latent, noise.seed or 0, sigmas, sampler, add_noise=noise.seed is not None, last=last
-    )[0]
+    seed, add = noise.seed or 0, noise.seed is not None
+    out = run_sampler(ctx, guider, latent, seed, sigmas, sampler, add_noise=add, last=last, comfy=True)[0]
     if last[0] is None:
         return (out, out)
     return (out, Latent(last[0].float().cpu(), latent.noise_mask, latent.batch_index))
@@ -231,13 +376,16 @@ class SamplerCustomAdvanced(Node):
     ``guider`` takes a GUIDER or any GUIDANCE program of ours.
     """
 
+    display_name = "SamplerCustomAdvanced"
     category = "sampling/custom_sampling"
     inputs = (
-        Socket(name="noise", type="NOISE"),
-        Socket(name="guider", type="GUIDER,GUIDANCE"),
-        Socket(name="sampler", type="SAMPLER"),
-        Socket(name="sigmas", type="SIGMAS"),
-        Socket(name="latent_image", type="LATENT"),
+        Socket(name="noise", type="NOISE", tooltip="the noise source (RandomNoise or DisableNoise)"),
+        Socket(name="guider", type="GUIDER,GUIDANCE", tooltip="the guidance (a guider node)"),
+        Socket(name="sampler", type="SAMPLER", tooltip="the sampling method (KSamplerSelect)"),
+        Socket(name="sigmas", type="SIGMAS", tooltip="the noise schedule (a scheduler node)"),
+        Socket(
+            name="latent_image", type="LATENT", tooltip="where to start: an empty latent or an encoded image"
+        ),
     )
     outputs = (Output("output", "LATENT"), Output("denoised_output", "LATENT"))
 
@@ -256,17 +404,33 @@ class SamplerCustomAdvanced(Node):
 class SamplerCustom(Node):
     """Sample with CFG, a chosen sampler and σ list → (output, denoised_output)."""
 
+    display_name = "SamplerCustom"
     category = "sampling/custom_sampling"
     inputs = (
-        Socket(name="model", type="MODEL"),
-        Boolean(name="add_noise", default=True),
-        Int(name="noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-        Float(name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-        Socket(name="positive", type="CONDITIONING"),
-        Socket(name="negative", type="CONDITIONING"),
-        Socket(name="sampler", type="SAMPLER"),
-        Socket(name="sigmas", type="SIGMAS"),
-        Socket(name="latent_image", type="LATENT"),
+        Socket(name="model", type="MODEL", tooltip="the denoiser"),
+        Boolean(
+            name="add_noise",
+            default=True,
+            tooltip="add noise at the first σ (off: start from the latent as it is)",
+        ),
+        Int(
+            name="noise_seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="noise seed of the first sample; sample i uses seed + i",
+        ),
+        Float(
+            name="cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="w in u + w·(c − u)"
+        ),
+        Socket(name="positive", type="CONDITIONING", tooltip="c: the condition to steer towards"),
+        Socket(name="negative", type="CONDITIONING", tooltip="u: the unconditional or negative condition"),
+        Socket(name="sampler", type="SAMPLER", tooltip="the sampling method (KSamplerSelect)"),
+        Socket(name="sigmas", type="SIGMAS", tooltip="the noise schedule (a scheduler node)"),
+        Socket(
+            name="latent_image", type="LATENT", tooltip="where to start: an empty latent or an encoded image"
+        ),
     )
     outputs = (Output("output", "LATENT"), Output("denoised_output", "LATENT"))
 
@@ -300,6 +464,7 @@ NODES: list[type[Node]] = [
     BasicGuider,
     CFGGuider,
     DualCFGGuider,
+    PerpNegGuider,
     SamplerCustom,
     SamplerCustomAdvanced,
 ]

@@ -69,13 +69,38 @@ def _target(width: int, height: int, h: int, w: int, unit: int) -> tuple[int, in
 class LatentUpscale(Node):
     """Resize latents to ``width`` × ``height`` pixels (0 keeps the aspect ratio)."""
 
+    display_name = "Upscale Latent"
     category = "latent"
     inputs = (
-        Socket(name="samples", type="LATENT"),
-        Combo(name="upscale_method", options=LATENT_METHODS, default="nearest-exact"),
-        Int(name="width", default=512, min=0, max=MAX_RESOLUTION, step=8),
-        Int(name="height", default=512, min=0, max=MAX_RESOLUTION, step=8),
-        Combo(name="crop", options=CROPS, default="disabled"),
+        Socket(name="samples", type="LATENT", tooltip="the latent to resize"),
+        Combo(
+            name="upscale_method",
+            options=LATENT_METHODS,
+            default="nearest-exact",
+            tooltip="the interpolation",
+        ),
+        Int(
+            name="width",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=8,
+            tooltip="the new width in pixels (0: keep the aspect ratio from height)",
+        ),
+        Int(
+            name="height",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=8,
+            tooltip="the new height in pixels (0: keep the aspect ratio from width)",
+        ),
+        Combo(
+            name="crop",
+            options=CROPS,
+            default="disabled",
+            tooltip="center: crop to the new aspect ratio first; disabled: stretch",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -94,11 +119,19 @@ class LatentUpscale(Node):
 class LatentUpscaleBy(Node):
     """Resize latents by a factor."""
 
+    display_name = "Upscale Latent By"
     category = "latent"
     inputs = (
-        Socket(name="samples", type="LATENT"),
-        Combo(name="upscale_method", options=LATENT_METHODS, default="nearest-exact"),
-        Float(name="scale_by", default=1.5, min=0.01, max=8.0, step=0.01),
+        Socket(name="samples", type="LATENT", tooltip="the latent to resize"),
+        Combo(
+            name="upscale_method",
+            options=LATENT_METHODS,
+            default="nearest-exact",
+            tooltip="the interpolation",
+        ),
+        Float(
+            name="scale_by", default=1.5, min=0.01, max=8.0, step=0.01, tooltip="the factor for both sides"
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -114,13 +147,35 @@ class LatentUpscaleBy(Node):
 class ImageScale(Node):
     """Resize images to ``width`` × ``height`` (0 keeps the aspect ratio)."""
 
+    display_name = "Upscale Image"
     category = "image/upscaling"
     inputs = (
-        Socket(name="image", type="IMAGE"),
-        Combo(name="upscale_method", options=IMAGE_METHODS, default="nearest-exact"),
-        Int(name="width", default=512, min=0, max=MAX_RESOLUTION, step=1),
-        Int(name="height", default=512, min=0, max=MAX_RESOLUTION, step=1),
-        Combo(name="crop", options=CROPS, default="disabled"),
+        Socket(name="image", type="IMAGE", tooltip="the image to resize"),
+        Combo(
+            name="upscale_method", options=IMAGE_METHODS, default="nearest-exact", tooltip="the interpolation"
+        ),
+        Int(
+            name="width",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=1,
+            tooltip="the new width (0: keep the aspect ratio from height)",
+        ),
+        Int(
+            name="height",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=1,
+            tooltip="the new height (0: keep the aspect ratio from width)",
+        ),
+        Combo(
+            name="crop",
+            options=CROPS,
+            default="disabled",
+            tooltip="center: crop to the new aspect ratio first; disabled: stretch",
+        ),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 
@@ -137,11 +192,16 @@ class ImageScale(Node):
 class ImageScaleBy(Node):
     """Resize images by a factor."""
 
+    display_name = "Upscale Image By"
     category = "image/upscaling"
     inputs = (
-        Socket(name="image", type="IMAGE"),
-        Combo(name="upscale_method", options=IMAGE_METHODS, default="nearest-exact"),
-        Float(name="scale_by", default=1.0, min=0.01, max=8.0, step=0.01),
+        Socket(name="image", type="IMAGE", tooltip="the image to resize"),
+        Combo(
+            name="upscale_method", options=IMAGE_METHODS, default="nearest-exact", tooltip="the interpolation"
+        ),
+        Float(
+            name="scale_by", default=1.0, min=0.01, max=8.0, step=0.01, tooltip="the factor for both sides"
+        ),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 
@@ -157,8 +217,9 @@ class ImageScaleBy(Node):
 class ImageInvert(Node):
     """1 − image."""
 
+    display_name = "Invert Image"
     category = "image"
-    inputs = (Socket(name="image", type="IMAGE"),)
+    inputs = (Socket(name="image", type="IMAGE", tooltip="the image to invert (1 − value)"),)
     outputs = (Output("IMAGE", "IMAGE"),)
 
     @staticmethod
@@ -170,7 +231,12 @@ class SetLatentNoiseMask(Node):
     """Regenerate the latent only where the mask is 1 (inpainting with any model)."""
 
     category = "latent/inpaint"
-    inputs = (Socket(name="samples", type="LATENT"), Socket(name="mask", type="MASK"))
+    inputs = (
+        Socket(name="samples", type="LATENT", tooltip="the latent to inpaint"),
+        Socket(
+            name="mask", type="MASK", tooltip="1 where the sampler regenerates, 0 where it keeps the latent"
+        ),
+    )
     outputs = (Output("LATENT", "LATENT"),)
 
     @staticmethod
@@ -184,12 +250,24 @@ class VAEEncodeForInpaint(Node):
     """Encode for inpainting: masked pixels become grey before encoding, and the latent carries the
     mask grown by ``grow_mask_by`` pixels as its noise mask (the image is cropped to a multiple of 8)."""
 
+    display_name = "VAE Encode (for Inpainting)"
     category = "latent/inpaint"
     inputs = (
-        Socket(name="pixels", type="IMAGE"),
-        Socket(name="vae", type="VAE"),
-        Socket(name="mask", type="MASK"),
-        Int(name="grow_mask_by", default=6, min=0, max=64, step=1),
+        Socket(name="pixels", type="IMAGE", tooltip="the image to inpaint"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that turns pixels into latents"),
+        Socket(
+            name="mask",
+            type="MASK",
+            tooltip="1 where to regenerate; those pixels are greyed out before encoding",
+        ),
+        Int(
+            name="grow_mask_by",
+            default=6,
+            min=0,
+            max=64,
+            step=1,
+            tooltip="pixels to grow the mask by before encoding",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -223,14 +301,36 @@ class VAEEncodeForInpaint(Node):
 class VAEDecodeTiled(Node):
     """Decode in overlapping tiles of ``tile_size`` pixels (bounded memory for large images)."""
 
+    display_name = "VAE Decode (Tiled)"
     category = "_for_testing"
     inputs = (
-        Socket(name="samples", type="LATENT"),
-        Socket(name="vae", type="VAE"),
-        Int(name="tile_size", default=512, min=64, max=4096, step=32),
-        Int(name="overlap", default=64, min=0, max=4096, step=32),
-        Int(name="temporal_size", default=64, min=8, max=4096, step=4),
-        Int(name="temporal_overlap", default=8, min=4, max=4096, step=4),
+        Socket(name="samples", type="LATENT", tooltip="the latent to decode"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that turns latents into pixels"),
+        Int(name="tile_size", default=512, min=64, max=4096, step=32, tooltip="tile side in pixels"),
+        Int(
+            name="overlap",
+            default=64,
+            min=0,
+            max=4096,
+            step=32,
+            tooltip="overlap between tiles in pixels, blended",
+        ),
+        Int(
+            name="temporal_size",
+            default=64,
+            min=8,
+            max=4096,
+            step=4,
+            tooltip="frames per tile for video VAEs (ignored for images)",
+        ),
+        Int(
+            name="temporal_overlap",
+            default=8,
+            min=4,
+            max=4096,
+            step=4,
+            tooltip="overlapping frames for video VAEs (ignored for images)",
+        ),
     )
     outputs = (Output("IMAGE", "IMAGE"),)
 
@@ -253,10 +353,21 @@ class VAEDecodeTiled(Node):
 class LoadImageMask(Node):
     """Load one channel of an image from the input folder as a MASK (alpha: 1 where transparent)."""
 
+    display_name = "Load Image (as Mask)"
     category = "mask"
     inputs = (
-        Combo(name="image", options=FolderFiles("input", (".png", ".jpg", ".jpeg", ".webp", ".bmp"))),
-        Combo(name="channel", options=("alpha", "red", "green", "blue"), default="alpha"),
+        Combo(
+            name="image",
+            options=FolderFiles("input", (".png", ".jpg", ".jpeg", ".webp", ".bmp")),
+            upload="image",
+            tooltip="a picture in the input folder (the button uploads one)",
+        ),
+        Combo(
+            name="channel",
+            options=("alpha", "red", "green", "blue"),
+            default="alpha",
+            tooltip="the channel to use as the mask (alpha: 1 where transparent)",
+        ),
     )
     outputs = (Output("MASK", "MASK"),)
 

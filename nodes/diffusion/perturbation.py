@@ -24,8 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nodes.diffusion.names import INFINITE_BLUR
+
 KINDS: tuple[str, ...] = ("identity_attention", "blurred_queries", "skip_layer")
-INFINITE_BLUR = 9999.0  # a blur σ at or above this replaces every query by its mean (SEG's σ → ∞)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,7 @@ import torch
 
 from nodes.diffusion.conventions import SPACES, append_dims, from_space, to_space
 from nodes.diffusion.guidance import Guidance, Step
-
-SCHEDULES: tuple[str, ...] = (
-    "constant",
-    "linear_increasing",
-    "linear_decreasing",
-    "cosine_increasing",
-    "cosine_decreasing",
-)
+from nodes.diffusion.names import SCHEDULES
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

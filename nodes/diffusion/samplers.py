@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Noise = Callable[[], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, float, torch.Tensor], None] | None
+from nodes.diffusion.sampler_steps import Callback, Model, Noise, Sampler, _call, _no_noise, ancestral_step
+from nodes.diffusion.samplers_dpm_solver import DPM_SOLVER_SAMPLERS
+from nodes.diffusion.samplers_more import MORE_SAMPLERS, MORE_STOCHASTIC
+from nodes.diffusion.samplers_multistep import MULTISTEP_SAMPLERS
+from nodes.diffusion.samplers_sde import SDE_SAMPLERS, SDE_STOCHASTIC
 
 
 class PerSampleNoise:
@@ -43,26 +45,6 @@ def _renoised(renoise: Renoiser, denoised: torch.Tensor) -> torch.Tensor:
     """The prediction a step re-noises with: CFG++'s D_u for the last model call, else ``denoised``."""
     value = renoise() if renoise is not None else None
     return denoised if value is None else value
-
-
-def _no_noise() -> torch.Tensor:
-    raise ValueError("this sampler is stochastic and needs a noise source")
-
-
-def _sigma_vec(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x.new_full((x.shape[0],), sigma)  # (B,)
-
-
-def _call(model: Model, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return model(x, _sigma_vec(x, sigma))
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """(σ_down, σ_up): σ_up = min(σ', η·√(σ'²(σ² − σ'²)/σ²)), σ_down = √(σ'² − σ_up²)."""
-    if sigma_next == 0 or eta == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - up**2), up
 
 
 def sample_euler(
@@ -361,8 +343,6 @@ def sample_ddpm(
     return x
 
 
-Sampler = Callable[..., torch.Tensor]
-
 SAMPLERS: dict[str, Sampler] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
@@ -374,7 +354,17 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
+    **MORE_SAMPLERS,
+    **MULTISTEP_SAMPLERS,
+    **DPM_SOLVER_SAMPLERS,
+    **SDE_SAMPLERS,
 }
-STOCHASTIC: frozenset[str] = frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"})
+STOCHASTIC: frozenset[str] = (
+    frozenset({"euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "ddpm"}) | MORE_STOCHASTIC | SDE_STOCHASTIC
+)
 RENOISING: frozenset[str] = frozenset({"euler", "euler_ancestral", "ddim"})  # samplers that run CFG++
-MULTISTEP: frozenset[str] = frozenset({"lms", "dpmpp_2m", "dpmpp_2m_sde"})  # reuse past x̂0 or d
+MULTISTEP: frozenset[str] = frozenset(
+    {"lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "res_multistep", "res_multistep_ancestral"}
+    | {"gradient_estimation"}
+    | set(MULTISTEP_SAMPLERS)
+)  # reuse past x̂0 or d

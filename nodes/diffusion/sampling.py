@@ -11,7 +11,7 @@ import torch
 
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
-from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise
+from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise, Sampler
 
 
 def leaf_models(root: Guidance) -> list[Denoiser]:
@@ -42,6 +42,7 @@ def guided_sample(
     callback: Callback = None,
     max_batch: int = 0,
     noise_source: Callable[[], torch.Tensor] | None = None,
+    sampler_fn: Sampler | None = None,
 ) -> tuple[torch.Tensor, ForwardStats]:
     """Sample from ``start`` (B, C, H, W; zeros for txt2img, an image for img2img) along ``sigmas``.
 
@@ -53,8 +54,9 @@ def guided_sample(
     inside the denoiser and again at the end. Runs under ``torch.no_grad``; gradient rules switch
     autograd on locally. The program is compiled on ``sigmas``, which places step-counted rules and
     step-fraction windows; a CFG++ rule hands its re-noising prediction to the sampler.
+    ``sampler_fn`` runs instead of ``SAMPLERS[sampler_name]`` (ComfyUI's variant of a named sampler).
     """
-    if sampler_name not in SAMPLERS:
+    if sampler_fn is None and sampler_name not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
     if len(seeds) != start.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for a batch of {start.shape[0]}")
@@ -88,7 +90,8 @@ def guided_sample(
 
     extra = {"renoise": renoise} if renoising else {}
     with torch.no_grad():
-        out = SAMPLERS[sampler_name](denoise, x, sigmas, noise=noise, callback=callback, **extra)
+        run = sampler_fn or SAMPLERS[sampler_name]
+        out = run(denoise, x, sigmas, noise=noise, callback=callback, **extra)
     if mask is not None:
         out = mask * out + (1 - mask) * latent
     return out, compiled.stats

@@ -96,7 +96,10 @@ def beta_ppf(q: np.ndarray, a: float, b: float) -> np.ndarray:
         mid = (lo + hi) / 2
         below = cdf(mid) < q
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return (lo + hi) / 2
+    ppf = (lo + hi) / 2
+    # A symmetric Beta has its median at exactly ½; bisection lands an ulp off, which flips the
+    # rounding of the exact tie 0.5·999 = 499.5 in `sigmas_beta` (σ[500], as scipy's ppf gives).
+    return np.where(q == 0.5, 0.5, ppf) if a == b else ppf
 
 
 def sigmas_beta(n: int, table: torch.Tensor, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
@@ -111,6 +114,25 @@ def sigmas_beta(n: int, table: torch.Tensor, alpha: float = 0.6, beta: float = 0
     return _append_zero(torch.tensor(picks, dtype=torch.float64)).float()
 
 
+def sigmas_linear_quadratic(
+    n: int, sigma_max: float, threshold_noise: float = 0.025, linear_steps: int | None = None
+) -> torch.Tensor:
+    """Mochi's schedule (Genmo 2024): noise level t rises linearly to τ over the first half of the
+    steps, then quadratically to 1 (value and slope continuous); σ = σmax·(1 − t)."""
+    if n == 1:
+        levels = [0.0]
+    else:
+        lin = n // 2 if linear_steps is None else linear_steps
+        quad = n - lin
+        excess = lin - threshold_noise * n
+        a = excess / (lin * quad**2)  # t(i) = a·i² + b·i + c for i ≥ lin
+        b = threshold_noise / lin - 2 * excess / quad**2
+        c = a * lin**2
+        levels = [i * threshold_noise / lin for i in range(lin)]
+        levels += [a * i**2 + b * i + c for i in range(lin, n)]
+    return _append_zero(sigma_max * (1 - torch.tensor(levels, dtype=torch.float64))).float()
+
+
 def calculate_sigmas(scheduler: str, model: Denoiser, steps: int) -> torch.Tensor:
     """The σ list (steps + 1 values, ending in 0) of ``scheduler`` for ``model``."""
     lo, hi, table = model.sigma_min, model.sigma_max, model.sigmas
@@ -123,6 +145,7 @@ def calculate_sigmas(scheduler: str, model: Denoiser, steps: int) -> torch.Tenso
         "simple": lambda: sigmas_simple(steps, table),
         "ddim_uniform": lambda: sigmas_ddim_uniform(steps, table),
         "beta": lambda: sigmas_beta(steps, table),
+        "linear_quadratic": lambda: sigmas_linear_quadratic(steps, hi),
     }
     if scheduler not in table_schedules:
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")

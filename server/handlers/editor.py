@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from graph_runtime.docs import help_markdown
 from server import state
 from server.jsonio import json_response
 from server.templates import MODULE
@@ -56,16 +58,58 @@ async def extension_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={**NO_CACHE, "Content-Type": "text/javascript"})
 
 
+async def node_help(request: web.Request) -> web.Response:
+    """``/extensions/<pack>/docs/<Node>.md`` (or ``.../<Node>/<locale>.md``): the node's help page."""
+    registry = request.app[state.REGISTRY]
+    name = request.match_info["node"]
+    cls = registry.get(name)
+    if cls is None or registry.pack(name) != request.match_info["pack"]:
+        raise web.HTTPNotFound()
+    return web.Response(text=help_markdown(cls), content_type="text/markdown", headers=NO_CACHE)
+
+
 async def workflow_templates(request: web.Request) -> web.Response:
-    return json_response({MODULE: request.app[state.TEMPLATES].names()})
+    """Custom-node templates: none, ours are the editor's own (``/templates/index.json``) with titles."""
+    return json_response({})
+
+
+async def templates_index(request: web.Request) -> web.Response:
+    """The shipped workflows as the editor's own templates: one category, a card per workflow."""
+    info = await asyncio.to_thread(request.app[state.TEMPLATES].info)
+    cards = [
+        {"name": name, **text, "mediaType": "image", "mediaSubtype": "jpg", "tags": [MODULE]}
+        for name, text in info.items()
+    ]
+    category = {
+        "moduleName": "default",
+        "title": "Guidance strategies",
+        "category": MODULE,
+        "type": "image",
+        "templates": cards,
+    }
+    return json_response([category] if cards else [])
+
+
+async def core_template_file(request: web.Request) -> web.StreamResponse:
+    """``/templates/<name>.json`` and its thumbnail ``/templates/<name>-1.jpg``."""
+    file = request.match_info["file"]
+    if file.endswith(".json"):
+        return await _template(request, file)
+    stem, dot, ext = file.rpartition(".")
+    if not stem.endswith("-1"):
+        raise web.HTTPNotFound()
+    return await _template(request, f"{stem[:-2]}{dot}{ext}")
 
 
 async def template_file(request: web.Request) -> web.StreamResponse:
     """``/workflow_templates/guidegraph/<name>.json`` and its ``<name>.jpg`` thumbnail."""
-    templates = request.app[state.TEMPLATES]
-    module, file = request.match_info["module"], request.match_info["file"]
-    if module != MODULE:
+    if request.match_info["module"] != MODULE:
         raise web.HTTPNotFound()
+    return await _template(request, request.match_info["file"])
+
+
+async def _template(request: web.Request, file: str) -> web.StreamResponse:
+    templates = request.app[state.TEMPLATES]
     name, _, ext = file.rpartition(".")
     if ext == "json":
         found = templates.workflow(name)
@@ -73,7 +117,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
         found = templates.thumbnail(name)
         if found is None and templates.workflow(name) is not None:
             # The template browser always asks for a thumbnail; a plain card beats a console error.
-            return web.Response(body=_placeholder_thumbnail(), content_type="image/jpeg", headers=NO_CACHE)
+            return web.Response(body=placeholder_thumbnail(), content_type="image/jpeg", headers=NO_CACHE)
     else:
         found = None
     if found is None:
@@ -82,7 +126,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
 
 
 @functools.cache
-def _placeholder_thumbnail() -> bytes:
+def placeholder_thumbnail() -> bytes:
     """A 256 px dark card with a node-graph motif, for workflows shipped without a picture."""
     from PIL import Image, ImageDraw
 
@@ -106,10 +150,6 @@ async def default_workflow(request: web.Request) -> web.Response:
     if name is None or path is None:
         return json_response({"name": None, "workflow": None})
     return json_response({"name": name, "workflow": json.loads(path.read_text("utf-8"))})
-
-
-async def templates_index(request: web.Request) -> web.Response:
-    return json_response([])
 
 
 async def templates_logo(request: web.Request) -> web.Response:

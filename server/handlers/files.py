@@ -65,7 +65,7 @@ async def upload_image(request: web.Request) -> web.Response:
                 fields[part.name] = (await _read_capped(part, 4096)).decode("utf-8", "replace")
             else:
                 await part.release()
-    except BadRequest:
+    except (BadRequest, ConnectionResetError):
         raise
     except Exception as exc:  # any parse failure of the client's body is the client's fault
         fail("the multipart body is malformed", type="invalid_multipart", details=type(exc).__name__)

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
+import struct
 import sys
+from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from graph_runtime import folders
+from graph_runtime.memory import ram
 from server import state
+from server.files import FOLDER_TYPES
+from server.handlers.editor import placeholder_thumbnail
 from server.jsonio import fail, json_response
 from server.redact import redact
 
 EDITOR_VERSION = "1.58.1"
+MODEL_EXTENSIONS = (".safetensors", ".sft")  # weights are safetensors only; pickles are refused
+PREVIEW_EXTENSIONS = (".webp", ".png", ".jpg", ".jpeg")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 async def object_info(request: web.Request) -> web.Response:
@@ -40,20 +50,6 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _memory() -> tuple[int, int]:
-    """(total, available) bytes of RAM."""
-    try:
-        with open("/proc/meminfo") as handle:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle if ":" in line}
-        return info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
-    except (OSError, KeyError, ValueError, IndexError):
-        try:
-            page = os.sysconf("SC_PAGE_SIZE")
-            return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
-        except (ValueError, OSError, AttributeError):
-            return 0, 0
-
-
 def _devices(preferred: str | None) -> list[dict[str, Any]]:
     import torch
 
@@ -74,7 +70,7 @@ def _devices(preferred: str | None) -> list[dict[str, Any]]:
             )
     if not out:
         kind = preferred or ("mps" if torch.backends.mps.is_available() else "cpu")
-        total, free = _memory()
+        total, free = ram()
         out.append(
             {
                 "name": kind,
@@ -89,16 +85,17 @@ def _devices(preferred: str | None) -> list[dict[str, Any]]:
     return out
 
 
-def system_stats_payload(device: str | None) -> dict[str, Any]:
+def system_stats_payload(device: str | None, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    total, free = _memory()
+    total, free = ram()
     return {
         "system": {
             "os": os.name,
             "ram_total": total,
             "ram_free": free,
-            "comfyui_version": _version(),
+            # The editor labels this "ComfyUI <version>" (About, bug reports): say what answers instead.
+            "comfyui_version": f"compatible (guidegraph {_version()})",
             "guidegraph_version": _version(),
             "required_frontend_version": EDITOR_VERSION,
             "installed_templates_version": None,
@@ -107,17 +104,17 @@ def system_stats_payload(device: str | None) -> dict[str, Any]:
             "pytorch_version": torch.__version__,
             "embedded_python": False,
             "platform": platform.system(),
-            # Never the real argv (it holds paths and tokens). --disable-api-nodes keeps the editor
-            # from fetching release notes from Comfy's servers.
-            "argv": ["guidegraph", "serve", "--disable-api-nodes"],
+            # The real command line with token values and absolute paths redacted. (ComfyUI's release
+            # notes stay unfetched through the Comfy.Notification.ShowVersionUpdates default instead.)
+            "argv": list(argv),
         },
         "devices": _devices(device),
     }
 
 
 async def system_stats(request: web.Request) -> web.Response:
-    device = request.app[state.CONFIG].device
-    return json_response(await asyncio.to_thread(system_stats_payload, device))
+    config = request.app[state.CONFIG]
+    return json_response(await asyncio.to_thread(system_stats_payload, config.device, config.argv))
 
 
 async def features(request: web.Request) -> web.Response:
@@ -133,14 +130,24 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    return json_response(folders.folder_kinds())
+    return json_response(model_kinds())
+
+
+def model_kinds() -> list[str]:
+    """Folder kinds that hold models (``input`` is a folder kind for LoadImage, not a model folder)."""
+    return [kind for kind in folders.folder_kinds() if kind not in FOLDER_TYPES]
+
+
+def _model_kind(request: web.Request) -> str:
+    kind = request.match_info["folder"]
+    if kind not in model_kinds():
+        fail(f"no model folder {kind!r}", type="not_found", status=404)
+    return kind
 
 
 async def models_in_folder(request: web.Request) -> web.Response:
-    kind = request.match_info["folder"]
-    if kind not in folders.folder_kinds():
-        fail(f"no model folder {kind!r}", type="not_found", status=404)
-    return json_response(await asyncio.to_thread(folders.list_files, kind))
+    kind = _model_kind(request)
+    return json_response(await asyncio.to_thread(folders.list_files, kind, MODEL_EXTENSIONS))
 
 
 async def experiment_models(request: web.Request) -> web.Response:
@@ -148,25 +155,27 @@ async def experiment_models(request: web.Request) -> web.Response:
     return json_response(
         [
             {"name": kind, "folders": [redact(str(path)) for path in folders.folder_paths(kind)]}
-            for kind in folders.folder_kinds()
+            for kind in model_kinds()
         ]
     )
 
 
 async def experiment_models_in_folder(request: web.Request) -> web.Response:
-    kind = request.match_info["folder"]
-    if kind not in folders.folder_kinds():
-        fail(f"no model folder {kind!r}", type="not_found", status=404)
-    return json_response(await asyncio.to_thread(_model_entries, kind))
+    return json_response(await asyncio.to_thread(_model_entries, _model_kind(request)))
 
 
 def _model_entries(kind: str) -> list[dict[str, Any]]:
+    """The weight files of one kind (model cards, pictures and the like are not models)."""
     entries = []
     for index, root in enumerate(folders.folder_paths(kind)):
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            if (
+                path.is_file()
+                and path.name.lower().endswith(MODEL_EXTENSIONS)
+                and not path.name.startswith(".")
+            ):
                 stat = path.stat()
                 entries.append(
                     {
@@ -177,6 +186,50 @@ def _model_entries(kind: str) -> list[dict[str, Any]]:
                     }
                 )
     return entries
+
+
+async def model_preview(request: web.Request) -> web.StreamResponse:
+    """``/experiment/models/preview/{folder}/{index}/{name}.webp``: the picture beside a model (same
+    stem, any of webp, png, jpg), else a neutral placeholder, so the library never shows a broken image."""
+    kind = _model_kind(request)
+    roots = folders.folder_paths(kind)
+    try:
+        root = roots[int(request.match_info["index"])]
+    except (ValueError, IndexError):
+        fail("no such model folder index", type="not_found", status=404)
+    stem = Path(request.match_info["file"]).with_suffix("")
+    for ext in PREVIEW_EXTENSIONS:
+        candidate = (root / f"{stem}{ext}").resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            return web.FileResponse(candidate, headers={"Cache-Control": "no-cache"})
+    return web.Response(body=placeholder_thumbnail(), content_type="image/jpeg")
+
+
+async def view_metadata(request: web.Request) -> web.Response:
+    """``/view_metadata/{folder}?filename=``: a safetensors header's ``__metadata__`` (``{}`` if none)."""
+    kind = _model_kind(request)
+    name = request.query.get("filename", "")
+    try:
+        path = folders.resolve_file(kind, name)
+    except (FileNotFoundError, ValueError, OSError):
+        fail(f"no model {name!r} in {kind}", type="not_found", status=404)
+    return json_response(await asyncio.to_thread(safetensors_metadata, path))
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string map under ``__metadata__`` in a safetensors header, read without loading tensors."""
+    if path.suffix.lower() not in MODEL_EXTENSIONS:
+        return {}
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_HEADER_BYTES:
+                return {}
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, struct.error):
+        return {}
+    found = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 async def i18n(request: web.Request) -> web.Response:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import uuid
 from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.memory import Estimate, available_bytes, estimate
 from graph_runtime.registry import Registry
-from graph_runtime.validation import ValidationReport, validate
+from graph_runtime.report import ValidationReport, error_record
+from graph_runtime.validation import validate
 from graph_runtime.workflow import WorkflowFormatError, to_api_prompt
 from server import state
 from server.config import ServerConfig
@@ -20,6 +21,8 @@ from server.jsonio import error_body, fail, json_response, read_json, strip_secr
 from server.messages import PREVIEW_METHODS
 from server.store import DuplicatePromptId, NewPrompt
 
+GiB = 1 << 30
+MAX_NUMBER = 2**53  # a queue position; beyond this a float (and SQLite's REAL) cannot hold it exactly
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 INLINE_BYTES = 16 * 1024  # bodies up to this size are checked on the event loop (well under 1 ms)
 
@@ -60,6 +63,12 @@ async def post_prompt(request: web.Request) -> web.Response:
     comfy = report.to_comfy()
     if not report.runnable:
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
+    needed = await asyncio.to_thread(estimate, report)
+    budget = config.memory_budget_bytes
+    if budget is None:
+        budget = await asyncio.to_thread(available_bytes, config.device)
+    if needed.total > budget:
+        return _over_budget(needed, budget, report)
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
@@ -111,6 +120,30 @@ def _convert_and_validate(
     return prompt, validate(prompt, registry, targets)
 
 
+def _over_budget(needed: Estimate, budget: int, report: ValidationReport) -> web.Response:
+    """400 in ComfyUI's shape, the error on the node that needs the most (the editor outlines it)."""
+    node = needed.largest()
+    details = (
+        f"estimated {needed.total / GiB:.3g} GiB, the budget is {budget / GiB:.3g} GiB"
+        " (--memory-budget-mb, default: the memory free now); lower the size or the batch"
+        " (a Sampler's max_batch splits its batch)"
+    )
+    error = error_record("memory_budget_exceeded", "Prompt needs more memory than the server has", details)
+    planned = report.nodes.get(node) if node else None
+    node_errors = (
+        {
+            node: {
+                "errors": [error],
+                "dependent_outputs": report.good_outputs,
+                "class_type": planned.cls.__name__,
+            }
+        }
+        if node and planned
+        else {}
+    )
+    return json_response({"error": error, "node_errors": node_errors}, 400)
+
+
 def _invalid(message: str, details: str = "") -> web.Response:
     return json_response(error_body("invalid_prompt", message, details[:500], node_errors={}), 400)
 
@@ -126,8 +159,9 @@ def _targets(value: Any) -> list[str] | None:
 def _number(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail("number must be a finite number", type="invalid_prompt")
+    # ``not <=`` also refuses NaN and infinities; a huge int is compared exactly, never converted
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_NUMBER:
+        fail("number must be a finite number of magnitude at most 2**53", type="invalid_prompt")
     return float(value)
 
 

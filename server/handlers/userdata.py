@@ -20,6 +20,9 @@ from server.jsonio import fail, json_response, parse_json, query_bool, read_body
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
+# Defaults that differ from the editor's own, until the user changes them. ComfyUI's version updates
+# are news about another program, fetched from Comfy's servers: off here.
+DEFAULT_SETTINGS: dict[str, Any] = {"Comfy.Notification.ShowVersionUpdates": False}
 
 
 def user_root(app: web.Application) -> Path:
@@ -65,11 +68,11 @@ def _save_settings(app: web.Application, settings: dict[str, Any]) -> None:
 
 
 async def get_settings(request: web.Request) -> web.Response:
-    return json_response(await asyncio.to_thread(_load_settings, request.app))
+    return json_response({**DEFAULT_SETTINGS, **await asyncio.to_thread(_load_settings, request.app)})
 
 
 async def get_setting(request: web.Request) -> web.Response:
-    settings = await asyncio.to_thread(_load_settings, request.app)
+    settings = {**DEFAULT_SETTINGS, **await asyncio.to_thread(_load_settings, request.app)}
     return json_response(settings.get(request.match_info["setting_id"]))
 
 

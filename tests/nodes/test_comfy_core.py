@@ -140,8 +140,12 @@ def test_ksampler_is_cfgcombine_plus_sampler_bit_for_bit(loaded: Any) -> None:
     latent = Latent(torch.zeros(2, 4, 16, 16))
     (ours,) = KSampler.run(ctx, model, 7, 3, 6.5, "euler_ancestral", "karras", pos, neg, latent, 1.0)
     (program,) = CFGCombine.run(ctx, model, pos, neg, 6.5)
-    (graph,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0)
+    (graph,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0, 0, None, "comfyui")
     assert torch.equal(ours.samples, graph.samples)
+    (own,) = Sampler.run(ctx, program, latent, 7, 3, "euler_ancestral", "karras", 1.0)
+    assert not torch.equal(ours.samples, own.samples)  # our own noise is per sample, ComfyUI's per batch
+    with pytest.raises(ValueError, match="not supported"):
+        KSampler.run(ctx, model, 7, 3, 6.5, "sa_solver", "karras", pos, neg, latent, 1.0)
 
 
 def test_ksampler_advanced_halves_compose_to_the_whole_run(loaded: Any) -> None:
@@ -438,3 +442,24 @@ def test_the_docs_example_runs_a_comfyui_graph_with_clip_guidance_in_place_of_ks
     executor = Executor(Registry(node_classes()), device="cpu", paths=Paths(output=tmp_path / "out"))
     result = executor.run(prompt)
     assert result.ok, {k: f.message for k, f in result.failures.items()}
+
+
+def test_rescale_cfg_patches_the_model_for_comfyui_samplers_and_perp_neg_guides(loaded: Any) -> None:
+    from nodes.comfy.core import RescaleCFG
+    from nodes.comfy.custom_sampling import PerpNegGuider
+    from nodes.guidance_nodes import CFGRescale
+
+    model, clip, _ = loaded
+    ctx = Context()
+    pos, neg = clip.encode_text("a red house"), clip.encode_text("")
+    latent = Latent(torch.zeros(1, 4, 16, 16))
+    (patched,) = RescaleCFG.run(ctx, model, 0.7)
+    (rescaled,) = KSampler.run(ctx, patched, 3, 2, 7.0, "euler", "karras", pos, neg, latent, 1.0)
+    (program,) = CFGRescale.run(ctx, CFGCombine.run(ctx, model, pos, neg, 7.0)[0], 0.7, "v")
+    (by_hand,) = Sampler.run(ctx, program, latent, 3, 2, "euler", "karras", 1.0, 0, None, "comfyui")
+    assert torch.equal(rescaled.samples, by_hand.samples)
+    (plain,) = KSampler.run(ctx, model, 3, 2, 7.0, "euler", "karras", pos, neg, latent, 1.0)
+    assert not torch.equal(plain.samples, rescaled.samples)
+    (guider,) = PerpNegGuider.run(ctx, model, pos, clip.encode_text("blue"), neg, 6.0, 1.0)
+    (out,) = Sampler.run(ctx, guider, latent, 3, 2, "euler", "karras", 1.0)
+    assert bool(out.samples.isfinite().all())

@@ -14,6 +14,7 @@ from families.shapes.family import PixelSpace
 from families.shapes.networks import UnsafeModelFileError
 from graph_runtime.api import Interrupted
 from graph_runtime.context import CancelToken, Context, Paths
+from graph_runtime.docs import summary
 from nodes import node_classes
 from nodes.composition_nodes import (
     PAG,
@@ -46,6 +47,12 @@ def test_every_node_declares_a_category_a_description_and_unique_name() -> None:
         assert cls.description and cls.category.startswith("guidegraph") == ours, cls.__name__
     required = {"Model", "Condition", "NullCondition", "CFGCombine", "ClassifierGrad", "ClipLoss", "Sampler"}
     assert required <= set(names)
+
+
+def test_every_node_input_has_a_tooltip_and_every_description_a_plain_summary() -> None:
+    for cls in node_classes():
+        assert [s.name for s in cls.inputs if not s.tooltip] == [], cls.__name__
+        assert "``" not in summary(cls.description) and summary(cls.description), cls.__name__
 
 
 def test_model_loader_wraps_the_file_and_refuses_pickles(model_dirs: Path) -> None:
@@ -298,3 +305,24 @@ def test_universal_guidance_node_loads_a_clean_image_classifier_and_names_its_cl
     assert isinstance(rule, UniversalGradient) and judge.labels[rule.label] == "blue square"
     with pytest.raises(ValueError, match="unknown class"):
         UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "purple blob", 5.0, 0, 0.1)
+
+
+def test_the_memory_estimate_refuses_giant_latents_and_passes_the_shipped_workflows() -> None:
+    from graph_runtime import Registry, validate
+    from graph_runtime.memory import estimate
+
+    registry = Registry.from_entry_points()  # with the shipped model folders, so the prompts validate
+    workflows = Path(__file__).resolve().parents[2] / "workflows"
+    checked = 0
+    for path in workflows.glob("*.api.json"):
+        report = validate(json.loads(path.read_text()), registry)
+        if report.ok:  # the Stable Diffusion ones need checkpoints that are not shipped
+            assert 0 < estimate(report).total < 1 << 30, path.name
+            checked += 1
+    assert checked >= 10
+    prompt = json.loads((workflows / "cfg.api.json").read_text())
+    prompt["5"]["inputs"].update(width=2048, height=2048, batch_size=64)
+    found = estimate(validate(prompt, registry))
+    assert found.total > 1 << 40 and found.largest() == "6"  # the Sampler
+    prompt["6"]["inputs"]["max_batch"] = 2
+    assert estimate(validate(prompt, registry)).total < found.total / 10

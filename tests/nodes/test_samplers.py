@@ -16,6 +16,7 @@ from nodes.diffusion.schedules import sigmas_karras
 
 MU, STD, SIGMA_MAX = 0.7, 0.5, 40.0
 DETERMINISTIC = sorted(set(SAMPLERS) - STOCHASTIC)
+STEPPED = sorted(set(DETERMINISTIC) - {"dpm_adaptive"})  # dpm_adaptive picks its own steps
 
 
 def exact(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ def noise_for(x: torch.Tensor, seed: int = 1) -> PerSampleNoise:
     return PerSampleNoise(range(seed, seed + x.shape[0]), x.shape[1:], x.device, x.dtype)
 
 
-@pytest.mark.parametrize("name", DETERMINISTIC)
+@pytest.mark.parametrize("name", STEPPED)
 def test_deterministic_samplers_converge_to_the_ode_solution(name: str) -> None:
     x = start()
     errors = []
@@ -50,12 +51,23 @@ def test_deterministic_samplers_converge_to_the_ode_solution(name: str) -> None:
 def test_second_order_samplers_beat_euler_at_equal_steps() -> None:
     x = start()
     sigmas = sigmas_karras(20, 0.01, SIGMA_MAX).double()
-    err = {n: float((SAMPLERS[n](exact, x, sigmas) - flow_end(x)).abs().mean()) for n in DETERMINISTIC}
-    for name in ("heun", "dpm_2", "lms", "dpmpp_2m"):
+    err = {n: float((SAMPLERS[n](exact, x, sigmas) - flow_end(x)).abs().mean()) for n in STEPPED}
+    for name in (
+        "heun",
+        "dpm_2",
+        "lms",
+        "dpmpp_2m",
+        "ipndm",
+        "ipndm_v",
+        "deis",
+        "uni_pc",
+        "uni_pc_bh2",
+        "exp_heun_2_x0",
+    ):
         assert err[name] < err["euler"] / 3, name
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"lcm"}))  # lcm: see the consistency test below
 def test_every_sampler_reaches_the_data_mean_and_variance(name: str) -> None:
     x = start(8)
     out = SAMPLERS[name](exact, x, sigmas_karras(200, 0.01, SIGMA_MAX).double(), noise=noise_for(x))
@@ -97,3 +109,33 @@ def test_callback_sees_every_step() -> None:
         exact, x, sigmas_karras(6, 0.01, SIGMA_MAX).double(), callback=lambda i, *_: seen.append(i)
     )
     assert seen == list(range(6))
+
+
+def test_lcm_with_an_exact_consistency_function_samples_the_data_at_any_step_count() -> None:
+    """LCM assumes D is a consistency function (the ODE flow map to σ = 0), not the MMSE denoiser."""
+
+    def flow_map(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma[:, None, None, None]
+        return MU + (x - MU) * STD / (STD**2 + s**2).sqrt()
+
+    x = start(8)
+    for steps in (1, 4):
+        out = SAMPLERS["lcm"](flow_map, x, sigmas_karras(steps, 0.5, SIGMA_MAX).double(), noise=noise_for(x))
+        assert float(out.mean()) == pytest.approx(MU, abs=0.02)
+        assert float(out.std()) == pytest.approx(STD, rel=0.04)
+
+
+def test_dpm_adaptive_meets_its_tolerance_whatever_the_step_count() -> None:
+    x = start()
+    calls: list[int] = []
+
+    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return exact(x, sigma)
+
+    errors = []
+    for rtol in (0.05, 0.005):
+        out = SAMPLERS["dpm_adaptive"](counted, x, sigmas_karras(3, 0.01, SIGMA_MAX).double(), rtol=rtol)
+        errors.append(float((out - flow_end(x)).abs().mean()) / STD)
+    assert errors[1] < errors[0] / 3 and errors[1] < 0.01
+    assert len(calls) > 3 * 3  # it took more evaluations than three steps would

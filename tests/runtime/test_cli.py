@@ -181,3 +181,27 @@ def test_parse_assignment_reads_json_or_text() -> None:
     with pytest.raises(cli.UsageError):
         cli.parse_assignment("nodot=1")
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "convert"])
+def test_hostile_files_are_one_clear_line_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    for path, message in ((deep, "nested too deeply"), (fake, "not a readable PNG")):
+        extra = [str(tmp_path / "out.json")] if command == "convert" else []
+        assert cli.main([command, str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("target", ["missing/folder/out.json", "."])
+def test_convert_into_a_missing_folder_or_onto_a_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    assert cli.main(["convert", _write(tmp_path, GOOD), str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("guidegraph convert: cannot write") and "Traceback" not in err

@@ -11,6 +11,7 @@ from runtime_testnodes import TEST_NODES, Add, Number, Options
 from graph_runtime import Registry
 from graph_runtime.api import Combo, Context, Float, FolderFiles, Node, NodePack, Output
 from graph_runtime.folders import register_folders
+from graph_runtime.registry import input_spec
 
 EDITOR_KEYS = {
     "input", "input_order", "output", "output_is_list", "output_name", "output_tooltips", "name",
@@ -140,3 +141,11 @@ def test_from_entry_points_loads_packs_and_skips_broken_ones(
     from graph_runtime.folders import folder_paths
 
     assert tmp_path.resolve() in folder_paths("test_pack_folder")
+
+
+def test_an_upload_combo_carries_comfyuis_image_upload_flag() -> None:
+    assert input_spec(Combo("image", options=("a.png",), upload="image")) == [
+        ["a.png"],
+        {"image_upload": True},
+    ]
+    assert input_spec(Combo("mode", options=("a",))) == [["a"], {}]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from graph_runtime import Registry, validate
+from graph_runtime.api import Context, Int, Node
 
 
 def _errors(report: Any, node_id: str) -> list[str]:
@@ -245,3 +246,62 @@ def test_messages_name_node_class_and_input(registry: Registry) -> None:
     assert report.messages() == [
         "node 2 (Scale), input 'factor': 11.0 is bigger than the maximum 10.0 [value_bigger_than_max]"
     ]
+
+
+@pytest.mark.parametrize("broken", [[1, 0], ["1", 0, 0], ["1"], ["1", 7]])
+def test_problems_upstream_of_a_broken_link_are_reported_too(registry: Registry, broken: list[Any]) -> None:
+    prompt = {
+        "1": {"class_type": "Scale", "inputs": {"x": ["0", 0], "factor": 99.0}},
+        "0": {"class_type": "Number", "inputs": {"value": "one"}},
+        "2": {"class_type": "Show", "inputs": {"value": broken}},
+    }
+    report = validate(prompt, registry)
+    assert _errors(report, "2") == ["bad_linked_input"]
+    assert _errors(report, "1") == ["value_bigger_than_max"]
+    assert _errors(report, "0") == ["invalid_input_type"]
+    assert report.node_errors["0"]["dependent_outputs"] == ["2"]
+
+
+class _Sized(Node):
+    """An INT on a step grid, and a 64-bit unsigned seed."""
+
+    category = "test"
+    output_node = True
+    inputs = (Int("width", default=64, min=8, max=4096, step=8), Int("seed", default=0, min=0, max=2**64 - 1))
+
+    @staticmethod
+    def run(ctx: Context, width: int, seed: int) -> tuple[()]:
+        return ()
+
+
+@pytest.mark.parametrize(
+    ("width", "seed", "problem"),
+    [
+        (64, 2**64 - 1, None),
+        (64, 2**63, None),
+        (16, 0, None),
+        (12, 0, "value_not_multiple_of_step"),
+        (64, 2**64, "value_bigger_than_max"),
+        (64, -1, "value_smaller_than_min"),
+    ],
+)
+def test_int_steps_are_enforced_on_the_editors_grid_and_seeds_are_unsigned_64_bit(
+    width: int, seed: int, problem: str | None
+) -> None:
+    report = validate(
+        {"1": {"class_type": "_Sized", "inputs": {"width": width, "seed": seed}}}, Registry([_Sized])
+    )
+    assert _errors(report, "1") == ([problem] if problem else [])
+    if problem == "value_not_multiple_of_step":
+        assert "nearest: 8 or 16" in report.node_errors["1"]["errors"][0]["details"]
+
+
+def test_a_declared_int_default_off_its_step_grid_fails_at_import() -> None:
+    with pytest.raises(TypeError, match="default 12 is off its step grid"):
+
+        class _OffGrid(Node):
+            inputs = (Int("width", default=12, min=8, step=8),)
+
+            @staticmethod
+            def run(ctx: Context, width: int) -> tuple[()]:
+                return ()

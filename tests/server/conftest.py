@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from graph_runtime.registry import Registry
@@ -139,3 +141,16 @@ def ray_cluster() -> Any:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[int]:
+    """Run ``app`` as ``guidegraph serve`` does (``run_app``'s runner defaults); yields the port."""
+    runner = web.AppRunner(app, handler_cancellation=False, **runner_kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+from server.cli import shown_argv
 from server.config import ServerConfig
 from tests.server.conftest import UI_WORKFLOW
 from tests.server.test_restart import ROOT
@@ -60,7 +61,13 @@ async def test_object_info_lists_our_nodes_with_their_categories(client) -> None
     assert await (await client.get("/object_info/Unknown")).json() == {}
 
 
-async def test_system_stats_has_the_editor_fields_and_no_real_argv(client) -> None:
+async def test_system_stats_has_the_editor_fields_and_the_redacted_command_line(
+    make_client, tmp_path
+) -> None:
+    argv = shown_argv(["serve", "--token", "s3cret-s3cret-s3cret", f"--data-dir={tmp_path}/user", "--port=1"])
+    assert argv[:4] == ("guidegraph", "serve", "--token", "<redacted>") and argv[-1] == "--port=1"
+    assert "s3cret" not in str(argv) and str(tmp_path) not in str(argv)
+    client = await make_client(argv=argv)
     stats = await (await client.get("/system_stats")).json()
     system = stats["system"]
     for key in (
@@ -74,7 +81,8 @@ async def test_system_stats_has_the_editor_fields_and_no_real_argv(client) -> No
         "argv",
     ):
         assert key in system
-    assert system["argv"] == ["guidegraph", "serve", "--disable-api-nodes"]
+    assert system["argv"] == list(argv)
+    assert system["comfyui_version"].startswith("compatible (guidegraph ")
     assert stats["devices"][0]["type"] in ("cpu", "cuda", "mps")
 
 
@@ -83,11 +91,14 @@ async def test_settings_persist(client) -> None:
     assert (await client.post("/api/settings", json={"A.B": 1, "C.D": [1, 2]})).status == 200
     assert await (await client.get("/api/settings/Comfy.Theme")).json() == "dark"
     assert await (await client.get("/api/settings")).json() == {
+        "Comfy.Notification.ShowVersionUpdates": False,  # ComfyUI's release news: off unless asked for
         "Comfy.Theme": "dark",
         "A.B": 1,
         "C.D": [1, 2],
     }
     assert await (await client.get("/api/settings/missing")).json() is None
+    assert (await client.post("/api/settings/Comfy.Notification.ShowVersionUpdates", json=True)).status == 200
+    assert await (await client.get("/api/settings/Comfy.Notification.ShowVersionUpdates")).json() is True
     assert (await client.post("/api/settings", json=[1])).status == 400
     assert (await client.post("/api/settings", data=b"{bad")).status == 400
 
@@ -140,11 +151,24 @@ async def test_userdata_refuses_paths_that_leave_the_user_folder(client) -> None
 
 async def test_templates_list_and_serve_our_workflows_with_thumbnails(client, config: ServerConfig) -> None:
     (config.workflows_dir / "squares.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
-    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": ["squares"]}
-    workflow = await (await client.get("/api/workflow_templates/guidegraph/squares.json")).json()
-    assert workflow["id"] == UI_WORKFLOW["id"]
-    thumb = await client.get("/api/workflow_templates/guidegraph/squares.jpg")
-    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert await (await client.get("/api/workflow_templates")).json() == {}  # ours are the editor's own
+    [category] = await (await client.get("/templates/index.json")).json()
+    assert category["moduleName"] == "default" and category["category"] == "guidegraph"
+    [card] = category["templates"]
+    assert card == {
+        "name": "squares",
+        "title": "squares",  # no templates.json entry: the name, no description
+        "description": "",
+        "mediaType": "image",
+        "mediaSubtype": "jpg",
+        "tags": ["guidegraph"],
+    }
+    for path in ("/templates/squares.json", "/api/workflow_templates/guidegraph/squares.json"):
+        assert (await (await client.get(path)).json())["id"] == UI_WORKFLOW["id"]
+    for path in ("/templates/squares-1.jpg", "/api/workflow_templates/guidegraph/squares.jpg"):
+        thumb = await client.get(path)
+        assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert (await client.get("/templates/squares.jpg")).status == 404
     assert (await client.get("/api/workflow_templates/other/squares.json")).status == 404
     assert (await client.get("/api/workflow_templates/guidegraph/..%2Fsecret.json")).status == 404
     default = await (await client.get("/api/guidegraph/default_workflow")).json()
@@ -159,7 +183,16 @@ async def test_every_shipped_workflow_is_a_template_with_its_own_thumbnail(make_
     names = sorted(p.name.removesuffix(".ui.json") for p in shipped.glob("*.ui.json"))
     assert "showcase" in names
     client = await make_client(ServerConfig(data_dir=tmp_path / "user", workflows_dir=shipped))
-    assert await (await client.get("/api/workflow_templates")).json() == {"guidegraph": names}
+    [category] = await (await client.get("/templates/index.json")).json()
+    cards = {card["name"]: card for card in category["templates"]}
+    assert sorted(cards) == names
+    index = json.loads((shipped / "templates.json").read_text())
+    assert sorted(index) == names  # every shipped workflow has a title and a description, no stale one
+    for name in names:
+        assert cards[name]["title"] == index[name]["title"] and cards[name]["description"], name
+        assert not set("-_") & set(cards[name]["description"]), name  # the editor shows them as spaces
+        thumb = await client.get(f"/templates/{name}-1.jpg")
+        assert await thumb.read() == (shipped / f"{name}.jpg").read_bytes(), name
     for name in names:
         workflow = await client.get(f"/api/workflow_templates/guidegraph/{name}.json")
         assert await workflow.json() == json.loads((shipped / f"{name}.ui.json").read_text()), name
@@ -178,3 +211,23 @@ async def test_models_routes(client) -> None:
     for kind in kinds:
         assert isinstance(await (await client.get(f"/models/{kind}")).json(), list)
         assert isinstance(await (await client.get(f"/experiment/models/{kind}")).json(), list)
+
+
+async def test_pack_nodes_have_help_pages_where_the_editor_asks_for_them(aiohttp_client, tmp_path) -> None:
+    from graph_runtime.registry import Registry
+    from server.app import create_app
+    from tests.server.conftest import make_config
+    from tests.server.testnodes import NODES
+
+    registry = Registry()
+    for cls in NODES:
+        registry.add(cls, pack="testpack")
+    client = await aiohttp_client(create_app(make_config(tmp_path), registry=registry))
+    info = await (await client.get("/api/object_info/Number")).json()
+    assert info["Number"]["python_module"] == "custom_nodes.testpack"
+    for path in ("/extensions/testpack/docs/Number/en.md", "/extensions/testpack/docs/Number.md"):
+        page = await client.get(path)
+        assert page.status == 200 and page.content_type == "text/markdown"
+        assert (await page.text()).startswith("# Number\n")
+    assert (await client.get("/extensions/otherpack/docs/Number.md")).status == 404
+    assert (await client.get("/extensions/testpack/docs/Nope.md")).status == 404

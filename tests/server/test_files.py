@@ -75,7 +75,7 @@ async def test_upload_refuses_what_is_not_an_image(client, config: ServerConfig)
         headers={"Content-Type": "multipart/form-data; boundary=zzz"},
     )
     assert 400 <= broken.status < 500
-    assert not any(config.input.iterdir()) if config.input.exists() else True
+    assert [p.name for p in config.input.iterdir()] == ["example.png"]  # only the seeded picture
 
 
 async def test_upload_refuses_files_over_the_cap(make_client) -> None:
@@ -129,3 +129,12 @@ async def test_view_can_reencode_a_preview_and_pick_channels(client, config: Ser
     alpha = await client.get("/view", params={"filename": "a.png", "channel": "a"})
     with Image.open(io.BytesIO(await alpha.read())) as image:
         assert image.mode == "RGBA" and image.getchannel("A").getextrema() == (128, 128)
+
+
+async def test_an_empty_input_folder_gets_an_example_picture_for_load_image(
+    client, config: ServerConfig
+) -> None:
+    [example] = config.input.iterdir()
+    assert example.name == "example.png"
+    view = await client.get("/view", params={"filename": "example.png", "type": "input"})
+    assert view.status == 200 and view.content_type == "image/png"

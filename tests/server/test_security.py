@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
+import aiohttp
 import pytest
 from aiohttp import WSServerHandshakeError
 
+from graph_runtime.registry import Registry
+from server.app import create_app
 from server.config import ServerConfig
-from server.security import TOKEN_COOKIE
-from tests.server.conftest import make_config, square_prompt
+from server.security import TOKEN_COOKIE, AccessLog
+from tests.server.conftest import make_config, served, square_prompt
+from tests.server.testnodes import NODES
 
 TOKEN = "correct-horse-battery-staple"
 
@@ -87,8 +93,8 @@ async def test_no_route_echoes_absolute_paths(client, config: ServerConfig) -> N
         text = await (await client.get(path)).text()
         for root in roots:
             assert root not in text, (path, root)
-    stats = await (await client.get("/system_stats")).json()
-    assert "--disable-api-nodes" in stats["system"]["argv"]
+    settings = await (await client.get("/api/settings")).json()
+    assert settings["Comfy.Notification.ShowVersionUpdates"] is False  # no release-news fetch to Comfy
 
 
 async def test_unknown_routes_and_methods_answer_json(client) -> None:
@@ -97,3 +103,16 @@ async def test_unknown_routes_and_methods_answer_json(client) -> None:
     wrong = await client.put("/prompt", json={})
     assert wrong.status in (404, 405)
     assert "error" in await wrong.json()
+
+
+async def test_a_token_in_the_query_or_referer_never_reaches_the_access_log(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_config(tmp_path, token=TOKEN), registry=Registry(NODES))
+    async with served(app, access_log_class=AccessLog) as port, aiohttp.ClientSession() as session:
+        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+            url = f"http://127.0.0.1:{port}/prompt?x=1&token={TOKEN}"
+            async with session.get(url, headers={"Referer": f"http://127.0.0.1/?token={TOKEN}"}) as response:
+                assert response.status == 200
+    assert TOKEN not in caplog.text
+    assert "GET /prompt?x=1&token=<redacted> HTTP/1.1" in caplog.text and "/?token=<redacted>" in caplog.text

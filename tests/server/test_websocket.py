@@ -66,6 +66,7 @@ async def test_event_order_of_a_run_then_of_the_same_run_cached(client) -> None:
         "execution_start",
         "execution_cached",
         "executing",
+        "executed",
         "executing",
         "executed",
         "execution_success",
@@ -73,8 +74,10 @@ async def test_event_order_of_a_run_then_of_the_same_run_cached(client) -> None:
     ]
     start = messages[[m["type"] for m in messages].index("execution_start")]["data"]
     assert isinstance(start["timestamp"], int)
-    executed = next(m for m in messages if m["type"] == "executed")["data"]
-    assert executed["node"] == "2" and executed["output"]["images"][0]["type"] == "output"
+    # every finished node is reported, so the editor's total progress moves (output None: no UI output)
+    number, saved = (m["data"] for m in messages if m["type"] == "executed")
+    assert number == {"node": "1", "display_node": "1", "output": None, "prompt_id": answer["prompt_id"]}
+    assert saved["node"] == "2" and saved["output"]["images"][0]["type"] == "output"
     states = [m for m in messages if m["type"] == "progress_state"]
     assert states and states[-1]["data"]["nodes"]["2"]["state"] == "finished"
 
@@ -100,6 +103,7 @@ async def test_event_order_of_a_failing_run(client) -> None:
         "execution_start",
         "execution_cached",
         "executing",
+        "executed",
         "executing",
         "execution_error",
         "executing",

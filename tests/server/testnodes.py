@@ -7,12 +7,25 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
 
-from graph_runtime.api import Context, Float, Int, Node, Output, PreviewImage, Result, Socket, String
+from graph_runtime.api import (
+    Context,
+    Float,
+    Footprint,
+    Int,
+    Node,
+    Output,
+    PreviewImage,
+    Result,
+    Socket,
+    String,
+)
 
 
 class Number(Node):
@@ -105,4 +118,22 @@ class Explode(Node):
         raise ValueError(f"exploded on {value} in /very/secret/place/file.txt")
 
 
-NODES = [Number, Relay, SaveSquare, SlowSteps, Explode]
+class Allocate(Node):
+    """Allocate ``gigabytes`` for real, declaring as much as its memory footprint."""
+
+    category = "testing"
+    output_node = True
+    inputs = (Int("gigabytes", default=1, min=0, max=1 << 20),)
+    outputs = ()
+
+    @staticmethod
+    def run(ctx: Context, gigabytes: int) -> Result:
+        block = torch.empty(gigabytes << 30, dtype=torch.uint8)
+        return Result((), {"text": [f"{block.numel()} bytes"]})
+
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        return Footprint(working=int(inputs["gigabytes"]) << 30)
+
+
+NODES = [Number, Relay, SaveSquare, SlowSteps, Explode, Allocate]
