@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.guidance
 	$(BIN)/python -m benchmarks.server
 	$(BIN)/python -m benchmarks.vs_comfyui  # side by side with ComfyUI when COMFYUI_DIR names a checkout
+	$(BIN)/python -m benchmarks.ray_scale
 
 clean:
 	rm -rf $(VENV) output temp .mypy_cache .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ Nothing heavy is imported before a command runs (``--help`` answers in tens of m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import signal
@@ -82,6 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry()
     prompt = load_workflow(args.workflow, registry)
     apply_assignments(prompt, args.set or [])
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.sweep or args.ray is not None:
+        return cmd_sweep(args, registry, prompt)
+    if args.workers is not None:
+        raise UsageError("--workers needs --ray")
     report = validate(prompt, registry, args.outputs)
     _print_warnings(report.warnings)
     if not report.ok:
@@ -113,6 +120,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in summary(result, output_dir):
         print(line, file=sys.stderr if not result.ok else sys.stdout)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_sweep(args: argparse.Namespace, registry: Registry, prompt: dict[str, Any]) -> int:
+    """``run --sweep`` (and ``run --ray``): every point validated, then run here or on Ray workers."""
+    from graph_runtime import sweep
+    from graph_runtime.context import CancelToken, Paths
+    from graph_runtime.executor import Executor
+    from graph_runtime.registry import Registry
+    from graph_runtime.validation import validate
+
+    try:
+        points = sweep.expand(prompt, args.sweep or [], apply_assignments)
+    except sweep.SweepError as exc:
+        raise UsageError(str(exc)) from None
+    problems = []
+    for point in points:
+        report = validate(point.prompt, registry, args.outputs)
+        problems += [f"[{point.label()}] {line}" for line in ([] if report.ok else report.messages())]
+    if problems:
+        _print_problems(problems[:50])
+        return EXIT_INVALID
+    output = Path(args.output)
+    bar = sweep.SweepBar(len(points))
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.cancel())
+    try:
+        if args.ray is not None:
+            if importlib.util.find_spec("ray") is None:
+                raise UsageError("--ray needs Ray: pip install 'guidegraph[ray]'")
+            try:
+                sweep.run_ray(
+                    points,
+                    Registry.from_entry_points,
+                    output,
+                    bar,
+                    cancel,
+                    address=args.ray or None,
+                    workers=args.workers,
+                    device=args.device,
+                )
+            except ConnectionError as exc:
+                raise UsageError(str(exc)) from None
+        else:
+            executor = Executor(registry, device=args.device, cache="lru", paths=Paths(output=output))
+            sweep.run_local(points, executor, bar, cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.end()
+    index = sweep.write_index(points, output)
+    failed = [p for p in points if p.result is None or not p.result.ok]
+    print(f"{len(points) - len(failed)} of {len(points)} points succeeded; index: {index}")
+    for point in failed[:20]:
+        reasons = [f.message for f in point.result.failures.values()] if point.result else ["not run"]
+        print(f"  [{point.label()}] on {point.worker}: {'; '.join(reasons)}", file=sys.stderr)
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -207,6 +269,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         metavar="ID,...",
         help="run only these nodes and what they need",
     )
+    run.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NODE.INPUT=VALUES",
+        help="run once per value: A..B, a JSON list or a,b,c (repeatable: their product)",
+    )
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="fan the sweep across Ray workers: a cluster's address, or none for a local cluster",
+    )
+    run.add_argument("--workers", type=int, default=None, metavar="N", help="with --ray: how many workers")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("validate", help="check a workflow and print every problem")
     check.add_argument("workflow")

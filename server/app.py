@@ -8,10 +8,11 @@ executor (started and stopped by ``cleanup_ctx``), the middlewares, and every ro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,7 +28,10 @@ from server.logs import LogBuffer
 from server.security import Guard, json_errors, security_headers
 from server.store import PromptStore
 from server.templates import Templates, shipped_workflows
-from server.worker import PromptWorker
+from server.worker import PromptWorker, Workers
+
+if TYPE_CHECKING:
+    from server.ray_pool import RaySettings
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,12 @@ def create_app(
     registry: Any = None,
     executor_factory: Callable[[Any, ServerConfig], Any] | None = None,
     static_root: Path | None = None,
+    ray: RaySettings | None = None,
 ) -> web.Application:
-    """Build the application; nothing runs until it starts (then ``cleanup_ctx`` brings the worker up)."""
+    """Build the application; nothing runs until it starts (then ``cleanup_ctx`` brings the worker up).
+
+    ``ray``: run prompts on Ray workers (server.ray_pool) instead of this process's worker thread.
+    """
     config.check()
     if registry is None:
         from graph_runtime.registry import Registry
@@ -136,7 +144,7 @@ def create_app(
     app[state.EXECUTOR_FACTORY] = executor_factory or default_executor
     app[state.SETTINGS_LOCK] = asyncio.Lock()
     app[state.LOGS] = LogBuffer()
-    app.cleanup_ctx.extend((_console_log, _store_and_worker))
+    app.cleanup_ctx.extend((_console_log, functools.partial(_store_and_worker, ray=ray)))
     app.on_shutdown.append(_close_sockets)
     app.add_routes(routes())
     return app
@@ -163,7 +171,7 @@ async def _console_log(app: web.Application) -> AsyncIterator[None]:
         app[state.LOGS].detach()
 
 
-async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
+async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> AsyncIterator[None]:
     """Open the database (recovering an interrupted run), then run the worker until shutdown."""
     config = app[state.CONFIG]
     for path in (config.output, config.input, config.temp):
@@ -184,16 +192,26 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
         log.warning(
             "no workflows (*.ui.json) in %s: the editor's template browser will be empty", templates.root
         )
-    factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
-    executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
-    worker = PromptWorker(
-        store, executor, app[state.HUB], asyncio.get_running_loop(), preview_max_side=config.preview_max_side
-    )
+    worker: Workers
+    if ray is not None:
+        from server.ray_pool import RayPool  # imports Ray only here
+
+        worker = RayPool(store, app[state.HUB], asyncio.get_running_loop(), app[state.REGISTRY], config, ray)
+    else:
+        factory: Callable[[Any, ServerConfig], Any] = app[state.EXECUTOR_FACTORY]  # type: ignore[assignment]
+        executor = await asyncio.to_thread(factory, app[state.REGISTRY], config)
+        worker = PromptWorker(
+            store,
+            executor,
+            app[state.HUB],
+            asyncio.get_running_loop(),
+            preview_max_side=config.preview_max_side,
+        )
     app[state.STORE] = store
     app[state.INTAKE] = Intake(store)
     app[state.HUB].status_source = store.queue_remaining
     app[state.WORKER] = worker
-    worker.start()
+    await asyncio.to_thread(worker.start)
     try:
         yield
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sqlite3
@@ -72,7 +73,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on start, queue again a prompt that was running when the server died (default: record it"
         " as interrupted; a prompt that itself kills the server would then run again at every start)",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run prompts on Ray workers: a cluster's address (host:6379), or none for a local cluster",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="with --ray: how many workers (default: one per GPU, else one)",
+    )
     parser.set_defaults(func=serve)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def shown_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -122,7 +148,24 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"guidegraph serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config)
+    if args.workers is not None and args.ray is None:
+        print("guidegraph serve: --workers needs --ray", file=sys.stderr)
+        return 2
+    ray, started_ray = None, False
+    if args.ray is not None:
+        if importlib.util.find_spec("ray") is None:
+            print("guidegraph serve: --ray needs Ray: pip install 'guidegraph[ray]'", file=sys.stderr)
+            return 2
+        from graph_runtime.cluster import connect
+        from server.ray_pool import RaySettings
+
+        try:
+            started_ray = connect(args.ray or None, args.workers)  # here, to fail before binding
+        except ConnectionError as exc:
+            print(f"guidegraph serve: {exc}", file=sys.stderr)
+            return 2
+        ray = RaySettings(address=args.ray or None, workers=args.workers)
+    app = create_app(config, ray=ray)
     host = config.listen
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{config.port}/"
@@ -146,4 +189,9 @@ def serve(args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error) as exc:  # the port is taken, the database cannot be opened, ...
         print(f"guidegraph serve: cannot start: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if started_ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
     return 0

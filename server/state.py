@@ -13,14 +13,14 @@ from server.intake import Intake
 from server.logs import LogBuffer
 from server.store import PromptStore
 from server.templates import Templates
-from server.worker import PromptWorker
+from server.worker import Workers
 
 CONFIG = web.AppKey("config", ServerConfig)
 REGISTRY = web.AppKey("registry", Registry)
 STORE = web.AppKey("store", PromptStore)
 INTAKE = web.AppKey("intake", Intake)
 HUB = web.AppKey("hub", Hub)
-WORKER = web.AppKey("worker", PromptWorker)
+WORKER: web.AppKey[Workers] = web.AppKey("worker")
 TEMPLATES = web.AppKey("templates", Templates)
 STATIC_ROOT = web.AppKey("static_root", object)
 EXECUTOR_FACTORY = web.AppKey("executor_factory", object)

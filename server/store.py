@@ -25,8 +25,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     end_time INTEGER,
     outputs TEXT,
     messages TEXT,
-    error TEXT
+    error TEXT,
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS prompts_queue ON prompts (status, number, seq);
 CREATE INDEX IF NOT EXISTS prompts_finished ON prompts (end_time, seq);
@@ -114,13 +115,14 @@ class PromptRow:
     outputs: dict[str, Any]
     messages: list[Any]
     error: dict[str, Any] | None
+    worker: str | None = None  # which remote worker runs or ran it (serve --ray); None: this process
 
     def queue_item(self) -> list[Any]:
         """ComfyUI's 5-tuple ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
         return [_number(self.number), self.id, self.prompt, self.extra_data, self.outputs_to_execute]
 
     def history_entry(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "prompt": self.queue_item(),
             "outputs": self.outputs,
             "status": {
@@ -133,6 +135,9 @@ class PromptRow:
                 for node in self.outputs
             },
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
+        return entry
 
     def job(self, full: bool = False) -> dict[str, Any]:
         """The ``/jobs`` view of this prompt (``full`` adds outputs and the workflow)."""
@@ -166,6 +171,8 @@ class PromptRow:
             "execution_error": _job_error(self.error),
             "workflow_id": self.workflow_id,
         }
+        if self.worker is not None:
+            job["worker"] = self.worker
         if full:
             job["outputs"] = self.outputs
             job["workflow"] = {"prompt": self.prompt, "extra_data": self.extra_data}
@@ -209,6 +216,9 @@ class PromptStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._durable = True
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(prompts)")}
+        if "worker" not in columns:  # a database written before serve --ray existed
+            self._db.execute("ALTER TABLE prompts ADD COLUMN worker TEXT")
         marks = ",".join("?" * len(FINISHED))
         self._finished = int(
             self._db.execute(f"SELECT COUNT(*) FROM prompts WHERE status IN ({marks})", FINISHED).fetchone()[
@@ -298,6 +308,32 @@ class PromptStore:
                 "UPDATE prompts SET status = ?, start_time = ? WHERE seq = ?", (RUNNING, start, row["seq"])
             )
         return _row({**dict(row), "status": RUNNING, "start_time": start})
+
+    def claim_picked(
+        self, window: int, pick: Callable[[list[PromptRow]], PromptRow | None], worker: str
+    ) -> PromptRow | None:
+        """Mark running, for ``worker``, the prompt ``pick`` chooses among the first ``window`` pending."""
+        with self._lock, self._tx(durable=False):
+            rows = self._db.execute(
+                "SELECT * FROM prompts WHERE status = ? ORDER BY number, seq LIMIT ?", (PENDING, window)
+            ).fetchall()
+            chosen = pick([_row(dict(r)) for r in rows]) if rows else None
+            if chosen is None:
+                return None
+            start = now_ms()
+            self._db.execute(
+                "UPDATE prompts SET status = ?, start_time = ?, worker = ? WHERE seq = ?",
+                (RUNNING, start, worker, chosen.seq),
+            )
+        return replace(chosen, status=RUNNING, start_time=start, worker=worker)
+
+    def requeue(self, prompt_id: str) -> None:
+        """A running prompt whose worker was lost goes back to pending, keeping its place in line."""
+        with self._lock, self._tx(durable=False):
+            self._db.execute(
+                "UPDATE prompts SET status = ?, start_time = NULL, worker = NULL WHERE id = ? AND status = ?",
+                (PENDING, prompt_id, RUNNING),
+            )
 
     def finish(
         self,
@@ -514,4 +550,5 @@ def _row(row: dict[str, Any]) -> PromptRow:
         outputs=load("outputs", {}),
         messages=load("messages", []),
         error=load("error", None),
+        worker=row.get("worker"),
     )

@@ -17,13 +17,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from graph_runtime.context import CancelToken
 from graph_runtime.events import Event, Executing
 from server.hub import Hub
 from server.messages import PromptMessages, wants_previews
-from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore
+from server.redact import redact
+from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,26 @@ class Running:
     node: str | None = None
 
 
+class Requeue(Exception):
+    """Raised by an executor whose run was lost with its worker: the prompt goes back to the queue."""
+
+
+class Workers(Protocol):
+    """What the handlers drive: this module's one thread, or a pool of remote workers (server.ray_pool)."""
+
+    def running_all(self) -> list[Running]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def interrupt(self, prompt_id: str | None = None) -> bool: ...
+
+    def request_free(self) -> None: ...
+
+
 class PromptWorker:
     """Runs queued prompts one at a time on its own thread."""
 
@@ -52,8 +73,11 @@ class PromptWorker:
         loop: asyncio.AbstractEventLoop,
         *,
         preview_max_side: int = 512,
+        claim: Callable[[], PromptRow | None] | None = None,
+        name: str = "guidegraph-worker",
     ) -> None:
         self._store = store
+        self._claim = claim or store.claim_next
         self._executor = executor
         self._hub = hub
         self._loop = loop
@@ -65,7 +89,7 @@ class PromptWorker:
         self._running: Running | None = None
         self._outbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
         self._outbox_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._main, name="guidegraph-worker", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.prompts_run = 0
 
     # -- control (any thread) --------------------------------------------------------------------
@@ -87,6 +111,11 @@ class PromptWorker:
     def running(self) -> Running | None:
         with self._lock:
             return self._running
+
+    def running_all(self) -> list[Running]:
+        """What runs now, as a list (a pool of workers may run several prompts)."""
+        running = self.running
+        return [] if running is None else [running]
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Cancel the running prompt (only if it is ``prompt_id``, when given)."""
@@ -110,7 +139,7 @@ class PromptWorker:
                 self._free_requested.clear()
                 self._safely(self._executor.free)
             try:
-                row = self._store.claim_next()
+                row = self._claim()
             except Exception:
                 log.exception("could not read the queue")
                 row = None
@@ -151,6 +180,10 @@ class PromptWorker:
             outputs = dict(result.ui or {})
             if status == ERROR and messages.error is None:
                 self._report_failures(messages, result)
+        except Requeue as lost:
+            if not token.cancelled:  # an interrupted prompt stays interrupted, whatever befell its worker
+                self._requeue(row, str(lost))
+                return
         except Exception as exc:  # the executor itself failed: fail this prompt, keep serving
             log.exception("prompt %s failed outside any node", row.id)
             messages.fail_outside_nodes(None, None, str(exc), type(exc).__name__)
@@ -159,6 +192,19 @@ class PromptWorker:
         self._record(row.id, status, outputs, messages)
         with self._lock:
             self._running = None
+        self._broadcast_status()
+
+    def _requeue(self, row: PromptRow, reason: str) -> None:
+        """Back to the queue, ahead of later prompts; its client sees it start again."""
+        log.warning("prompt %s goes back to the queue: %s", row.id, reason)
+        try:
+            self._store.requeue(row.id)
+        except Exception:
+            log.exception("could not requeue prompt %s", row.id)
+        with self._lock:
+            self._running = None
+        data = {"prompt_id": row.id, "reason": redact(reason), "timestamp": now_ms()}
+        self._post(self._hub.send, "prompt_requeued", data, row.client_id)
         self._broadcast_status()
 
     def _record(self, prompt_id: str, status: str, outputs: dict[str, Any], messages: PromptMessages) -> None:

@@ -185,12 +185,14 @@ async def broadcast_status(app: web.Application) -> None:
 
 async def get_queue(request: web.Request) -> web.Response:
     running, pending = await asyncio.to_thread(request.app[state.STORE].queue)
-    return json_response(
-        {
-            "queue_running": [r.queue_item() for r in running],
-            "queue_pending": [r.queue_item() for r in pending],
-        }
-    )
+    body: dict[str, Any] = {
+        "queue_running": [r.queue_item() for r in running],
+        "queue_pending": [r.queue_item() for r in pending],
+    }
+    workers = {r.id: r.worker for r in running if r.worker is not None}
+    if workers:  # serve --ray: which worker runs each prompt
+        body["workers"] = workers
+    return json_response(body)
 
 
 async def post_queue(request: web.Request) -> web.Response:

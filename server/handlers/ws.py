@@ -27,13 +27,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     client = hub.connect(sid, ws)  # after the await: our status with sid is this client's first message
     try:
         hub.send_to(client, "status", status_payload(remaining, sid))
-        running = app[state.WORKER].running
-        if running is not None and running.client_id == sid and running.node is not None:
-            hub.send_to(
-                client,
-                "executing",
-                {"node": running.node, "display_node": running.node, "prompt_id": running.prompt_id},
-            )
+        for running in app[state.WORKER].running_all():
+            if running.client_id == sid and running.node is not None:
+                hub.send_to(
+                    client,
+                    "executing",
+                    {"node": running.node, "display_node": running.node, "prompt_id": running.prompt_id},
+                )
         async for message in ws:
             if message.type != WSMsgType.TEXT:
                 continue

@@ -134,6 +134,15 @@ async def wait_done(client: TestClient, prompt_id: str, timeout: float = 10.0) -
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Any:
+    """One local Ray cluster for the whole session (4 logical CPUs: up to 4 CPU workers at once)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @contextlib.asynccontextmanager
 async def served(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[int]:
     """Run ``app`` as ``guidegraph serve`` does (``run_app``'s runner defaults); yields the port."""

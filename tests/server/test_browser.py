@@ -63,13 +63,27 @@ def shipped() -> list[str]:
     return sorted(p.name.removesuffix(".ui.json") for p in WORKFLOWS.glob("*.ui.json"))
 
 
-@pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
-    """``guidegraph serve`` itself, started outside the repository, over a fresh data folder."""
+@pytest.fixture(params=["local", "ray"])
+def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """``guidegraph serve`` itself, started outside the repository, over a fresh data folder.
+
+    Twice: prompts run in the server's worker thread, then on a Ray worker (``--ray``: a local cluster).
+    """
+    ray = ["--ray", "--workers", "1"] if request.param == "ray" else []
     port = free_port()
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "graph_runtime.cli", "serve", "--port", str(port), "--device", "cpu"],
+            [
+                sys.executable,
+                "-m",
+                "graph_runtime.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                *ray,
+            ],
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
