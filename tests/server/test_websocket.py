@@ -23,6 +23,8 @@ async def connect(client: TestClient, sid: str = "client-1", flags: dict[str, An
     if flags is not None:
         await ws.send_json({"type": "feature_flags", "data": flags})
         answer = await ws.receive_json(timeout=5)
+        while answer["type"] == "status":  # a queue broadcast may overtake the answer
+            answer = await ws.receive_json(timeout=5)
         assert answer["type"] == "feature_flags" and answer["data"]["supports_preview_metadata"] is True
     return ws
 
