@@ -87,31 +87,37 @@ class BasicScheduler(Node):
         return (comfy_sigmas(scheduler, model, steps, denoise),)
 
 
+# steps, σ_max, σ_min as ComfyUI's explicit schedulers take them (its defaults are SD's σ range)
+SIGMA_RANGE = (
+    Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
+    Float(
+        name="sigma_max",
+        default=14.614642,
+        min=0.0,
+        max=SIGMA_LIMIT,
+        step=0.01,
+        round=False,
+        tooltip="the first σ",
+    ),
+    Float(
+        name="sigma_min",
+        default=0.0291675,
+        min=0.0,
+        max=SIGMA_LIMIT,
+        step=0.01,
+        round=False,
+        tooltip="the last σ before 0",
+    ),
+)
+
+
 class KarrasScheduler(Node):
     """σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, then 0 (Karras et al. 2022, eq. 5)."""
 
     display_name = "KarrasScheduler"
     category = "sampling/custom_sampling/schedulers"
     inputs = (
-        Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
-        Float(
-            name="sigma_max",
-            default=14.614642,
-            min=0.0,
-            max=SIGMA_LIMIT,
-            step=0.01,
-            round=False,
-            tooltip="the first σ",
-        ),
-        Float(
-            name="sigma_min",
-            default=0.0291675,
-            min=0.0,
-            max=SIGMA_LIMIT,
-            step=0.01,
-            round=False,
-            tooltip="the last σ before 0",
-        ),
+        *SIGMA_RANGE,
         Float(
             name="rho",
             default=7.0,
@@ -136,27 +142,7 @@ class ExponentialScheduler(Node):
 
     display_name = "ExponentialScheduler"
     category = "sampling/custom_sampling/schedulers"
-    inputs = (
-        Int(name="steps", default=20, min=1, max=10000, tooltip="number of steps"),
-        Float(
-            name="sigma_max",
-            default=14.614642,
-            min=0.0,
-            max=SIGMA_LIMIT,
-            step=0.01,
-            round=False,
-            tooltip="the first σ",
-        ),
-        Float(
-            name="sigma_min",
-            default=0.0291675,
-            min=0.0,
-            max=SIGMA_LIMIT,
-            step=0.01,
-            round=False,
-            tooltip="the last σ before 0",
-        ),
-    )
+    inputs = (*SIGMA_RANGE,)
     outputs = (Output("SIGMAS", "SIGMAS"),)
 
     @staticmethod
