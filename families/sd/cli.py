@@ -22,7 +22,11 @@ def register_make(subparsers: Any) -> None:
         "make-checkpoint",
         help="write a random-weight SD checkpoint of a named architecture (tests, benchmarks, setup checks)",
     )
-    make.add_argument("variant", choices=VARIANTS, help="the architecture")
+    make.add_argument(
+        "variant",
+        choices=(*VARIANTS, "clip"),
+        help="the architecture; 'clip' writes an OpenAI-layout CLIP for CLIP guidance (full: ViT-B/32)",
+    )
     make.add_argument(
         "--size", choices=("tiny", "full"), default="tiny", help="tiny test size or the real one"
     )
@@ -65,15 +69,23 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     disable_progress_bar()  # transformers' "Writing model shards" bar for a folder of three files
 
     suffix = ".safetensors" if args.format == "single" else ""
-    out: Path = args.output or Path("models/checkpoints") / f"random_{args.variant}_{args.size}{suffix}"
+    folder = Path("models/clip" if args.variant == "clip" else "models/checkpoints")
+    out: Path = args.output or folder / f"random_{args.variant}_{args.size}{suffix}"
+    if args.variant == "clip" and args.format != "single":
+        return _fail("make-checkpoint", "a CLIP is written as one .safetensors file (--format single)", 2)
     if args.format == "single" and out.suffix != ".safetensors":
         return _fail("make-checkpoint", f"{out}: a single-file checkpoint is written as .safetensors", 2)
     if out.exists() and not args.overwrite:
         return _fail("make-checkpoint", f"{out} exists; pass --overwrite to replace it", 2)
     try:
-        written = make_checkpoint(
-            args.variant, out, args.size, args.format, args.seed, getattr(torch, args.dtype)
-        )
+        if args.variant == "clip":
+            from families.clip import write_random_clip
+
+            written = write_random_clip(out, "tiny" if args.size == "tiny" else "vit-b-32", args.seed)
+        else:
+            written = make_checkpoint(
+                args.variant, out, args.size, args.format, args.seed, getattr(torch, args.dtype)
+            )
     except OSError as exc:
         return _fail("make-checkpoint", f"could not write {out}: {exc}")
     what = f"{args.size} {args.variant} checkpoint ({args.format}, {args.dtype})"

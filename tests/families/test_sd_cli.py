@@ -79,3 +79,13 @@ def test_convert_checkpoint_refuses_code_corruption_and_non_tensors(
     assert "mixed.pt: entries that are not named tensors: note" in err
     assert "empty.pt: expected a state dict" in err and "missing.ckpt: no such file" in err
     assert "Traceback" not in err
+
+
+def test_make_checkpoint_writes_a_clip_for_clip_guidance(tmp_path: Path) -> None:
+    from families.clip import load_clip_model
+
+    out = tmp_path / "clip.safetensors"
+    assert main(["make-checkpoint", "clip", "-o", str(out)]) == 0
+    clip = load_clip_model(out, LoadOptions())
+    assert clip.encode_text(["a lighthouse"]).shape[0] == 1
+    assert main(["make-checkpoint", "clip", "--format", "diffusers", "-o", str(tmp_path / "c")]) == 2
