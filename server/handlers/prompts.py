@@ -58,17 +58,9 @@ async def post_prompt(request: web.Request) -> web.Response:
     if isinstance(checked, web.Response):
         return checked
     prompt, report = checked
-    for warning in report.warnings:
-        log.warning("prompt: %s", warning)
-    comfy = report.to_comfy()
     if not report.runnable:
+        comfy = report.to_comfy()
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
-    needed = await asyncio.to_thread(estimate, report)
-    budget = config.memory_budget_bytes
-    if budget is None:
-        budget = await asyncio.to_thread(available_bytes, config.device)
-    if needed.total > budget:
-        return _over_budget(needed, budget, report)
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
@@ -109,7 +101,9 @@ async def post_prompt(request: web.Request) -> web.Response:
 def _convert_and_validate(
     raw_prompt: dict[str, Any], registry: Registry, targets: list[str] | None, config: ServerConfig
 ) -> tuple[dict[str, Any], ValidationReport] | web.Response:
-    """(worker thread) The API prompt and its report, or the answer refusing a prompt over the limit."""
+    """(worker thread, or inline for small bodies) The API prompt and its report, or the answer
+    refusing a prompt over the node limit or the memory budget. Free memory is read only when the
+    estimate is not zero, so prompts of nodes without a footprint cost no extra read."""
     prompt = to_api_prompt(raw_prompt, registry)
     if len(prompt) > config.max_prompt_nodes:
         return _invalid(
@@ -117,7 +111,18 @@ def _convert_and_validate(
             "raise the server's node limit (ServerConfig.max_prompt_nodes, guidegraph serve"
             " --max-prompt-nodes) to run it",
         )
-    return prompt, validate(prompt, registry, targets)
+    report = validate(prompt, registry, targets)
+    for warning in report.warnings:
+        log.warning("prompt: %s", warning)
+    if report.runnable:
+        needed = estimate(report)
+        if needed.total > 0:
+            budget = config.memory_budget_bytes
+            if budget is None:
+                budget = available_bytes(config.device)
+            if needed.total > budget:
+                return _over_budget(needed, budget, report)
+    return prompt, report
 
 
 def _over_budget(needed: Estimate, budget: int, report: ValidationReport) -> web.Response:
