@@ -10,6 +10,7 @@ magnitude 16 (tolerance 2e-4), while swapping the two scales moves them by 7.5.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,71 @@ def test_an_eight_channel_unet_of_another_family_is_named_not_loaded(tmp_path: P
     configs["unet"]["in_channels"] = 8
     with pytest.raises(CheckpointError, match=r"8 input channels"):
         detect_variant(Source.open(write_config_folder(configs, tmp_path / "sd2_ip2p")))
+
+
+def comfy_ip2p_prompt(ckpt: str, image: str, style: str) -> dict[str, Any]:
+    """ComfyUI's InstructPix2Pix graph in the API format: the image conditions as DualCFGGuider's cond1
+    and cond2, the plain negative prompt as its negative, sampled by SamplerCustomAdvanced."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {
+            "class_type": "InstructPixToPixConditioning",
+            "inputs": {"positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["4", 0]},
+        },
+        "6": {
+            "class_type": "DualCFGGuider",
+            "inputs": {
+                "model": ["1", 0],
+                "cond1": ["5", 0],
+                "cond2": ["5", 1],
+                "negative": ["3", 0],
+                "cfg_conds": TEXT_SCALE,
+                "cfg_cond2_negative": IMAGE_SCALE,
+                "style": style,
+            },
+        },
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}},
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}},
+        "9": {
+            "class_type": "BasicScheduler",
+            "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 2, "denoise": 1.0},
+        },
+        "10": {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["7", 0],
+                "guider": ["6", 0],
+                "sampler": ["8", 0],
+                "sigmas": ["9", 0],
+                "latent_image": ["5", 2],
+            },
+        },
+        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "ip2p"}},
+    }
+
+
+@pytest.mark.parametrize("style", ["regular", "nested"])
+def test_a_comfyui_instruct_pix2pix_workflow_runs(
+    style: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from graph_runtime import Executor, Registry
+    from graph_runtime.context import Paths
+    from nodes import node_classes
+
+    make_checkpoint("sd1_ip2p", tmp_path / "checkpoints" / "ip2p.safetensors", seed=3)
+    (tmp_path / "input").mkdir()
+    Image.new("RGB", (SIZE, SIZE), (200, 40, 40)).save(tmp_path / "input" / "photo.png")
+    dirs = f"checkpoints={tmp_path / 'checkpoints'}{os.pathsep}input={tmp_path / 'input'}"
+    monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", dirs)
+    paths = Paths(output=tmp_path / "out", temp=tmp_path / "tmp", input=tmp_path / "input")
+    executor = Executor(Registry(node_classes()), device="cpu", paths=paths)
+    result = executor.run(comfy_ip2p_prompt("ip2p.safetensors", "photo.png", style))
+    assert result.ok, {k: f.message for k, f in result.failures.items()}
+    (image,) = result.outputs["11"]
+    assert image.shape == (1, SIZE, SIZE, 3)
