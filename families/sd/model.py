@@ -99,6 +99,11 @@ class SDUNet(nn.Module):
             added = {"text_embeds": cond["pooled"].to(dtype), "time_ids": self.time_ids(cond, x_in).to(dtype)}
         if self.variant in IMAGE_CONDITIONED:
             x_in = torch.cat([x_in, self.image_latent(cond, x_in)], dim=1)  # (B, 4 + 4, H, W)
+        elif isinstance(cond, dict) and IMAGE_LATENT in cond and not bool(cond[IMAGE_LATENT].isnan().all()):
+            raise ValueError(
+                f"an image condition (InstructPixToPixConditioning) was given to a {self.variant} model, "
+                "which takes no image; use an InstructPix2Pix checkpoint"
+            )
         out = self.unet(
             x_in.to(dtype), t.to(dtype), encoder_hidden_states=context.to(dtype), added_cond_kwargs=added
         ).sample

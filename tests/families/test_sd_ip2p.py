@@ -266,3 +266,21 @@ def test_a_comfyui_instruct_pix2pix_workflow_runs(
     assert result.ok, {k: f.message for k, f in result.failures.items()}
     (image,) = result.outputs["11"]
     assert image.shape == (1, SIZE, SIZE, 3)
+
+
+def test_a_model_without_an_image_input_refuses_an_image_condition(built: Any) -> None:
+    ip2p = checkpoint_from_components(components(built), LoadOptions())
+    configs, unet, vae, encoders = build_networks("sd1", "tiny", seed=3)
+    sd1 = checkpoint_from_components(
+        SDComponents(
+            "sd1", unet, vae, list(encoders.values()), ["<|endoftext|>"], dict(configs["scheduler"])
+        ),
+        LoadOptions(),
+    )
+    positive = sd1.clip.encode_text(PROMPT)
+    with_image, _, _ = InstructPixToPixConditioning.run(
+        Context(), positive, positive, ip2p.vae, torch.rand(1, SIZE, SIZE, 3)
+    )
+    cond = batch_conditions([with_image], 1, torch.device("cpu"), torch.float32)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"image condition .* given to a sd1 model"):
+        sd1.model(torch.zeros(1, 4, SIZE // 2, SIZE // 2), torch.full((1,), 1.0), cond)
