@@ -2,12 +2,15 @@
 
 Node packs contribute folders through :class:`graph_runtime.api.NodePack`; users add more with the
 ``GUIDEGRAPH_MODEL_DIRS`` environment variable (``kind=path`` pairs separated by ``os.pathsep``).
-Listings are read from disk every time they are asked for, so a newly copied file shows up.
+A listing is kept with the modification time of every directory it read and is read again when one
+of them changed, so a newly copied file shows up while validating a prompt costs a few ``stat`` calls
+instead of a walk over the folders (every POST /prompt lists the model folders of its nodes).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,19 +53,72 @@ def list_files(kind: str, extensions: Iterable[str] = (), bundle_marker: str = "
     its contents are not listed (a diffusers pipeline folder with ``model_index.json``).
     """
     exts = tuple(e.lower() for e in extensions)
+    key = (kind, exts, bundle_marker, tuple(folder_paths(kind)))
+    cached = _LISTINGS.get(key)
+    if cached is not None and all(_mtime(d) == t for d, t in cached.directories):
+        return list(cached.names)
+    began = time.time_ns()
     names: set[str] = set()
-    for root in folder_paths(kind):
-        if not root.is_dir():
+    directories: list[tuple[str, int | None]] = []
+    for root in key[3]:
+        directories.append((str(root), _mtime(str(root))))
+        if root.is_dir() and not (bundle_marker and (root / bundle_marker).is_file()):
+            _walk(str(root), "", exts, bundle_marker, names, directories, {os.path.realpath(root)})
+    listing = _Listing(tuple(directories), tuple(sorted(names)))
+    # a directory changed in the last moments may change again within its clock's granularity
+    # without a new modification time (racy git): such a listing is not kept
+    if all(t is None or t < began - _RACY_NS for _, t in directories):
+        _LISTINGS[key] = listing
+    return list(listing.names)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    directories: tuple[tuple[str, int | None], ...]  # (path, st_mtime_ns) of every directory read
+    names: tuple[str, ...]
+
+
+_RACY_NS = 2_000_000_000
+_LISTINGS: dict[tuple[str, tuple[str, ...], str, tuple[Path, ...]], _Listing] = {}
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _walk(
+    directory: str,
+    prefix: str,
+    exts: tuple[str, ...],
+    bundle_marker: str,
+    names: set[str],
+    directories: list[tuple[str, int | None]],
+    seen: set[str],
+) -> None:
+    """Add the files under ``directory`` (named ``prefix``…) to ``names``; follows links to folders
+    once each (``seen``: real paths), so a link loop ends."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.is_dir():
+            if entry.is_file() and (not exts or entry.name.lower().endswith(exts)):
+                names.add(prefix + entry.name)
             continue
-        bundles = {m.parent for m in root.rglob(bundle_marker)} if bundle_marker else set()
-        names.update(b.relative_to(root).as_posix() for b in bundles if b != root)
-        for path in root.rglob("*"):
-            if not (path.is_file() and (not exts or path.name.lower().endswith(exts))):
-                continue
-            if bundles and any(b in path.parents for b in bundles):
-                continue
-            names.add(path.relative_to(root).as_posix())
-    return sorted(names)
+        real = os.path.realpath(entry.path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if bundle_marker and os.path.isfile(os.path.join(entry.path, bundle_marker)):
+            names.add(prefix + entry.name)
+            directories.append((entry.path, _mtime(entry.path)))  # the bundle may lose its marker
+            continue
+        directories.append((entry.path, _mtime(entry.path)))
+        _walk(entry.path, f"{prefix}{entry.name}/", exts, bundle_marker, names, directories, seen)
 
 
 def resolve_file(kind: str, name: str) -> Path:
@@ -79,7 +135,7 @@ def resolve_file(kind: str, name: str) -> Path:
 
 @dataclass(frozen=True)
 class FolderFiles:
-    """A COMBO option source: the files of one model folder kind, re-listed on every call.
+    """A COMBO option source: the files of one model folder kind, as they are on disk at each call.
 
     ``bundle_marker`` lists folders that hold that file as single entries (see :func:`list_files`).
     """
