@@ -124,13 +124,13 @@ def _walk(
 def resolve_file(kind: str, name: str) -> Path:
     """The real path of ``name`` inside a folder of ``kind`` (a file, or a bundle folder); refuses
     names that escape the folder."""
-    for root in folder_paths(kind):
-        candidate = (root / name).resolve()
-        if candidate.is_relative_to(root) and candidate != root and candidate.exists():
-            return candidate
-    raise FileNotFoundError(
-        f"no file {name!r} in the {kind!r} model folders {[str(p) for p in folder_paths(kind)]}"
-    )
+    roots = folder_paths(kind)
+    for root in roots:
+        base = str(root)
+        candidate = os.path.realpath(os.path.join(base, name))
+        if candidate.startswith(base + os.sep) and os.path.exists(candidate):
+            return Path(candidate)
+    raise FileNotFoundError(f"no file {name!r} in the {kind!r} model folders {[str(p) for p in roots]}")
 
 
 @dataclass(frozen=True)

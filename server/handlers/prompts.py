@@ -93,7 +93,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         number = await app[state.INTAKE].add(new)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
-    app[state.WORKER].wake()
+    app[state.WORKER].wake(prompt_id, report)
     app[state.HUB].send_status()
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
