@@ -9,6 +9,7 @@ instead of a walk over the folders (every POST /prompt lists the model folders o
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,8 +30,14 @@ def register_folders(folders: Mapping[str, Sequence[Path]]) -> None:
 
 
 def _env_folders() -> dict[str, list[Path]]:
+    return _parse_env_folders(os.environ.get("GUIDEGRAPH_MODEL_DIRS", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_env_folders(value: str) -> dict[str, list[Path]]:
+    """``GUIDEGRAPH_MODEL_DIRS`` as folders per kind (parsed once per value: every lookup asks)."""
     out: dict[str, list[Path]] = {}
-    for item in filter(None, os.environ.get("GUIDEGRAPH_MODEL_DIRS", "").split(os.pathsep)):
+    for item in filter(None, value.split(os.pathsep)):
         kind, _, path = item.partition("=")
         if path:
             out.setdefault(kind.strip(), []).append(Path(path).expanduser().resolve())
@@ -39,7 +46,7 @@ def _env_folders() -> dict[str, list[Path]]:
 
 def folder_paths(kind: str) -> list[Path]:
     """Directories searched for ``kind``: the environment's first, then the node packs'."""
-    return _env_folders().get(kind, []) + _FOLDERS.get(kind, [])
+    return [*_env_folders().get(kind, ()), *_FOLDERS.get(kind, ())]
 
 
 def folder_kinds() -> list[str]:

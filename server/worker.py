@@ -114,7 +114,8 @@ class PromptWorker:
                 if len(self._reports) >= KEPT_REPORTS:
                     del self._reports[next(iter(self._reports))]
                 self._reports[prompt_id] = report
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock and notifies, on every post of a burst
+            self._wake.set()
 
     @property
     def running(self) -> Running | None:
