@@ -296,6 +296,8 @@ class InstructPixToPixConditioning(Node):
                 "image (split the batch and run one prompt per image)"
             )
         h, w = (pixels.shape[1] // 8) * 8, (pixels.shape[2] // 8) * 8
+        if h == 0 or w == 0:
+            raise ValueError(f"pixels: a {pixels.shape[2]}×{pixels.shape[1]} image; expected at least 8×8")
         top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
         image = pixels[:, top : top + h, left : left + w, :3].float().permute(0, 3, 1, 2)  # (1, 3, h, w)
         latent = encode_pixels(vae, image * 2 - 1, ctx.device).float().cpu()  # (1, C, h/f, w/f)

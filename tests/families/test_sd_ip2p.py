@@ -142,6 +142,10 @@ def test_instruct_pix2pix_conditioning_crops_to_multiples_of_eight_and_takes_one
         Context(), positive, positive, checkpoint.vae, torch.rand(1, 70, 67, 3)
     )
     assert latent.samples.shape == (1, 4, 32, 32)  # 64×64 pixels at the tiny VAE's downscale 2
+    with pytest.raises(ValueError, match=r"pixels: a 5×64 image; expected at least 8×8"):
+        InstructPixToPixConditioning.run(
+            Context(), positive, positive, checkpoint.vae, torch.rand(1, 64, 5, 3)
+        )
     with pytest.raises(ValueError, match=r"pixels: a batch of 2 images"):
         InstructPixToPixConditioning.run(
             Context(), positive, positive, checkpoint.vae, torch.rand(2, 64, 64, 3)
