@@ -34,11 +34,15 @@ def check_recurrence(sampler_name: str, recurrence: int) -> None:
     if recurrence < 1:
         raise ValueError(f"recurrence {recurrence}: expected 1 (no repeats) or more")
     if recurrence > 1 and COMFY_SAMPLER_ALIASES.get(sampler_name, sampler_name) not in ONE_STEP:
-        why = "places its steps from the whole σ list" if sampler_name in WHOLE_LIST else "is multistep"
+        why = (
+            "places its evaluations from the whole σ list, which one repeated step does not see"
+            if sampler_name in WHOLE_LIST
+            else "is multistep: a repeat would reuse the evaluations it discarded"
+        )
         raise ValueError(
             f"recurrence {recurrence}: self-recurrence repeats each step after re-noising, but sampler "
-            f"{sampler_name!r} {why}, so a repeat would reuse discarded evaluations; choose a one-step "
-            f"sampler ({', '.join(sorted(ONE_STEP))}) or recurrence 1"
+            f"{sampler_name!r} {why}; choose a one-step sampler ({', '.join(sorted(ONE_STEP))}) or "
+            "recurrence 1"
         )
 
 
