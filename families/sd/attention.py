@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nodes.diffusion.perturbation import Perturbation, splice
+from nodes.diffusion.perturbation import AttentionHook, splice
 
 
 class PerturbableSelfAttention:
@@ -27,7 +27,7 @@ class PerturbableSelfAttention:
     perturbable = True
 
     def __init__(self) -> None:
-        self.perturbations: list[tuple[Perturbation, slice]] = []
+        self.perturbations: list[tuple[AttentionHook, slice]] = []
 
     def __call__(
         self,

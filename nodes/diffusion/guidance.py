@@ -6,7 +6,10 @@ nodes once per workflow run and compiled by the Sampler once per sampling run; t
 1. the σ-windows pick which branches are live (a rule outside its window costs nothing);
 2. the live leaves are deduplicated and all leaves of one model go through ONE batched forward, a
    perturbed leaf (PAG, SEG, skip-layer) changing the network's forward only on its own batch slice;
-3. the rules run in topological order; gradient rules enable autograd locally.
+3. leaves whose model input is built from those outputs (:class:`SecondPhaseLeaf`: SAG's degraded
+   input) go through ONE more batched forward per model, after the first; a program without them
+   has no second phase;
+4. the rules run in topological order; gradient rules enable autograd locally.
 
 Affine rules (:class:`Combine`, :class:`Difference`) are the same in every prediction space because
 their weights sum to 1; nonlinear rules (``rules.py``) declare the space they work in.
@@ -22,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.perturbation import Perturbation, perturbed, row_plan
+from nodes.diffusion.perturbation import AttentionHook, Perturbation, perturbed, row_plan
 from nodes.diffusion.types import Conditioning, batch_conditions
 
 
@@ -108,6 +111,31 @@ class Prediction(Guidance):
 
     def __post_init__(self) -> None:
         check_encoder(self.model, self.condition)
+
+
+class SecondPhaseLeaf(Guidance):
+    """A leaf whose model input is built from a first-phase leaf's output: the x0 prediction of
+    ``source``'s model and condition at ``model_input(x, D_source, recorder)``, turned into its value
+    by ``value``. The compiled program runs all such leaves of one model in ONE batched forward after
+    the first-phase forwards (SAG, ``self_attention.py``: two batched forwards per step).
+
+    ``recorder()`` gives a fresh attention hook for the source's rows of the first-phase forward
+    (None: nothing to record); the program hands it back to ``model_input``.
+    """
+
+    source: Prediction
+
+    def children(self) -> tuple[Guidance, ...]:
+        return (self.source,)
+
+    def recorder(self) -> AttentionHook | None:
+        return None
+
+    def model_input(self, x: torch.Tensor, source: torch.Tensor, recorder: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value(self, x: torch.Tensor, model_input: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def check_encoder(model: Denoiser, condition: Conditioning) -> None:
@@ -250,6 +278,7 @@ class _Plan:
     """What one window state needs: leaves per model, live rules in order, whether x needs grad."""
 
     leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]]  # (model, area) → leaves
+    second: dict[Denoiser, list[int]]  # model → its second-phase leaves
     rules: list[int]
     needs_grad: bool
     alias: dict[int, int]  # window id → the id of its live branch
@@ -293,6 +322,9 @@ class CompiledGuidance:
         self.windows = [n for n in self.nodes if isinstance(n, Window)]
         self.bounds = [w.sigma_bounds(self.sigmas) for w in self.windows]
         self.conditions = {i: n.condition for i, n in enumerate(self.nodes) if isinstance(n, Prediction)}
+        self.conditions |= {
+            i: n.source.condition for i, n in enumerate(self.nodes) if isinstance(n, SecondPhaseLeaf)
+        }
         self.states = {i: n.new_state() for i, n in enumerate(self.nodes)}
         self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
         self.plans: dict[tuple[bool, ...], _Plan] = {}
@@ -339,18 +371,23 @@ class CompiledGuidance:
             else:
                 stack.extend(self.children[i])
         leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]] = {}
+        second: dict[Denoiser, list[int]] = {}
         rules: list[int] = []
         for i in sorted(live):  # post-order ids are a topological order
             node = self.nodes[i]
             if isinstance(node, Prediction):
                 leaves.setdefault((node.model, node.area), []).append(i)
+            elif isinstance(node, SecondPhaseLeaf):
+                second.setdefault(node.source.model, []).append(i)
             elif not isinstance(node, Window):
                 rules.append(i)
         needs_grad = any(self.nodes[i].grads_through_denoiser() for i in rules)
         renoise = [i for i in rules if self.nodes[i].renoise_input is not None]
         if len(renoise) > 1:
             raise ValueError("a program may hold one live CFG++ rule: the sampler re-noises once per step")
-        self.plans[key] = plan = _Plan(leaves, rules, needs_grad, alias, renoise[0] if renoise else None)
+        self.plans[key] = plan = _Plan(
+            leaves, second, rules, needs_grad, alias, renoise[0] if renoise else None
+        )
         return plan
 
     def _place(self, sigma: float) -> tuple[int, float]:
@@ -366,42 +403,63 @@ class CompiledGuidance:
         return i, (i + min(frac, 1.0)) / n
 
     def _forward(
-        self, model: Denoiser, leaf_ids: list[int], x: torch.Tensor, sigma: torch.Tensor
+        self,
+        model: Denoiser,
+        leaf_ids: list[int],
+        inputs: list[torch.Tensor],
+        sigma: torch.Tensor,
+        recorders: dict[int, list[AttentionHook]],
     ) -> list[torch.Tensor]:
-        """All leaves of one model in one batched call (split in chunks only when ``max_batch`` says so).
-
-        A perturbed leaf's rows get its perturbation, the other rows the plain forward."""
-        b, k = x.shape[0], len(leaf_ids)
-        crops = [self._crop(x, self.nodes[i]) for i in leaf_ids]  # k × (B, C, h, w)
-        xs = torch.cat(crops) if k > 1 else crops[0]  # (k·B, C, h, w)
+        """Leaves of one model at their inputs (k × (B, C, h, w)) in one batched call, split in chunks
+        only when ``max_batch`` says so. A perturbed leaf's rows get its perturbation, a recorded
+        leaf's rows its recorders, the other rows the plain forward."""
+        b, k = inputs[0].shape[0], len(leaf_ids)
+        xs = torch.cat(inputs) if k > 1 else inputs[0]  # (k·B, C, h, w)
         sigmas = sigma.repeat(k)  # (k·B,)
-        conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
-        perturbations = [_leaf(self.nodes[i]).perturbation for i in leaf_ids]
+        conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, xs.device, self.dtype)
+        hooks = [[*_perturbation(self.nodes[i]), *recorders.get(i, ())] for i in leaf_ids]
         rows = xs.shape[0]
         chunk = self.max_batch if 0 < self.max_batch < rows else rows
         outs = []
         for start in range(0, rows, chunk):
             part = slice(start, min(start + chunk, rows))
             cond = {k: v[part] for k, v in conds.items()} if isinstance(conds, dict) else conds[part]
-            with perturbed(model.network, row_plan(perturbations, b, part.start, part.stop)):
+            with perturbed(model.network, row_plan(hooks, b, part.start, part.stop)):
                 outs.append(model(xs[part], sigmas[part], cond))
             self.stats.model_calls += 1
             self.stats.per_model[model.name] = self.stats.per_model.get(model.name, 0) + 1
         self.stats.rows += rows
         return list(torch.cat(outs).split(b))  # k × (B, C, H, W)
 
+    def _leaves(self, plan: _Plan, x: torch.Tensor, sigma: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Phase 1: each model's leaves in one batched forward, recording what second-phase leaves
+        read; phase 2 (only when the plan has such leaves): theirs in one more per model."""
+        second = {j: _second(self.nodes[j]) for ids in plan.second.values() for j in ids}
+        recorders = {j: leaf.recorder() for j, leaf in second.items()}
+        by_source: dict[int, list[AttentionHook]] = {}
+        for j, recorder in recorders.items():
+            if recorder is not None:
+                by_source.setdefault(self.children[j][0], []).append(recorder)
+        values: dict[int, torch.Tensor] = {}
+        for (model, _), ids in plan.leaves.items():
+            crops = [self._crop(x, self.nodes[i]) for i in ids]  # k × (B, C, h, w)
+            values.update(zip(ids, self._forward(model, ids, crops, sigma, by_source), strict=True))
+        for model, ids in plan.second.items():
+            xs = [second[j].model_input(x, values[self.children[j][0]], recorders[j]) for j in ids]
+            outs = self._forward(model, ids, xs, sigma, {})
+            values.update((j, second[j].value(x, xj, d)) for j, xj, d in zip(ids, xs, outs, strict=True))
+        return values
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """One guided evaluation: x (B, C, H, W), σ (B,) → x̂0 (B, C, H, W)."""
         level = float(sigma.reshape(-1)[0])
         plan = self._plan(level)
         index, progress = self._place(level)
-        values: dict[int, torch.Tensor] = {}
         with torch.set_grad_enabled(plan.needs_grad):
             x_in = x.detach().requires_grad_() if plan.needs_grad else x
             grad_leaf = x_in if plan.needs_grad else None
             step = Step(x.detach(), sigma, self.generators, grad_leaf, index, progress)
-            for (model, _), leaf_ids in plan.leaves.items():
-                values.update(zip(leaf_ids, self._forward(model, leaf_ids, x_in, sigma), strict=True))
+            values = self._leaves(plan, x_in, sigma)
             for i in plan.rules:
                 inputs = [values[self._resolve(c, plan)] for c in self.children[i]]
                 step.state = self.states[i]
@@ -428,6 +486,11 @@ class CompiledGuidance:
         return i
 
 
-def _leaf(node: Guidance) -> Prediction:
-    assert isinstance(node, Prediction)
+def _perturbation(node: Guidance) -> tuple[Perturbation, ...]:
+    perturbation = node.perturbation if isinstance(node, Prediction) else None
+    return () if perturbation is None else (perturbation,)
+
+
+def _second(node: Guidance) -> SecondPhaseLeaf:
+    assert isinstance(node, SecondPhaseLeaf)
     return node
