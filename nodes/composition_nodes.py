@@ -344,7 +344,7 @@ class SkipLayerGuidance(Node):
         )
 
 
-class SelfAttentionGuidance(Node):
+class SAG(Node):
     """Self-attention guidance (Hong et al. 2023, "Improving Sample Quality of Diffusion Models Using
     Self-Attention Guidance"), in x0 space ``out = G + s·(x̃0 − D(x̃, σ, u))``, the paper's
     ``ε_G + s·(ε(x) − ε(x̃))``: x̃0 blurs u's x̂0 (Gaussian, kernel 9, std ``blur_sigma``) where u's
@@ -424,5 +424,5 @@ NODES: list[type[Node]] = [
     PAG,
     SEG,
     SkipLayerGuidance,
-    SelfAttentionGuidance,
+    SAG,
 ]

@@ -2,7 +2,7 @@
 
 Same networks, prompts, initial latents and DDIM steps (η = 0, the pipeline needs integer
 timesteps): the pipeline records the mid block's self-attention with its own processor, blurs x̂0
-where it is attended, re-noises and runs the UNet a second time; we run the SelfAttentionGuidance
+where it is attended, re-noises and runs the UNet a second time; we run the SAG
 program through our Euler sampler in σ-space (DDIM's ODE step, see ``test_sd_pipeline_parity.py``).
 With CFG the pipeline degrades the unconditional prediction; with ``guidance_scale ≤ 1`` it has no
 unconditional one and degrades the conditional prediction, which our program says explicitly.
@@ -24,7 +24,7 @@ from families.sd.make import build_networks
 from families.sd.model import SDText, checkpoint_from_components
 from families.sd.tokenizer import clip_tokenizer
 from graph_runtime.context import Context
-from nodes.composition_nodes import SelfAttentionGuidance
+from nodes.composition_nodes import SAG
 from nodes.diffusion.guidance import CompiledGuidance, Prediction, cfg
 from nodes.diffusion.samplers import SAMPLERS
 
@@ -102,9 +102,7 @@ def test_sag_sampling_equals_the_diffusers_sag_pipeline(scale: float, width: int
     assert isinstance(text, SDText)
     c, u = Prediction(model, text.encode_text(PROMPT)), Prediction(model, text.encode_text(NEGATIVE))
     base, degraded = (cfg(c, u, scale), u) if scale > 1 else (c, c)
-    (program,) = SelfAttentionGuidance.run(
-        Context(), base, model, degraded.condition, SAG_SCALE, 1.0, 1.0, "mid"
-    )
+    (program,) = SAG.run(Context(), base, model, degraded.condition, SAG_SCALE, 1.0, 1.0, "mid")
     compiled = CompiledGuidance(program, seeds=[0], device=torch.device("cpu"))
     with torch.no_grad():
         got = SAMPLERS["euler"](

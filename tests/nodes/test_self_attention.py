@@ -14,7 +14,7 @@ from diffusers.pipelines.deprecated.stable_diffusion_sag.pipeline_stable_diffusi
 from families.shapes.family import ShapesText
 from families.shapes.networks import ShapesUNet
 from graph_runtime.context import Context
-from nodes.composition_nodes import SelfAttentionGuidance
+from nodes.composition_nodes import SAG
 from nodes.diffusion.conventions import Denoiser, vp_sigmas
 from nodes.diffusion.guidance import CompiledGuidance, Difference, Guidance, Prediction, cfg, window
 from nodes.diffusion.perturbation import Perturbation, gaussian_blur
@@ -126,12 +126,12 @@ def test_the_node_names_the_layer_choices_and_refuses_a_model_without_attention(
 ) -> None:
     c, u = leaves(unet)
     ctx = Context()
-    (program,) = SelfAttentionGuidance.run(ctx, cfg(c, u, 3.0), unet, u.condition, 0.75, 1.0, 1.0, "mid")
+    (program,) = SAG.run(ctx, cfg(c, u, 3.0), unet, u.condition, 0.75, 1.0, 1.0, "mid")
     assert program.children()[2].layer == "mid.attn"
     with pytest.raises(
         ValueError,
         match=r"\['middle'\] name no self-attention layer of 'tiny'; choose from \['down\.2\.attn', 'mid",
     ):
-        SelfAttentionGuidance.run(ctx, c, unet, u.condition, 0.75, 1.0, 1.0, "middle")
+        SAG.run(ctx, c, unet, u.condition, 0.75, 1.0, 1.0, "middle")
     with pytest.raises(ValueError, match="'fake' has no perturbable self-attention layers"):
-        SelfAttentionGuidance.run(ctx, c, gaussian(), u.condition, 0.75, 1.0, 1.0, "mid")
+        SAG.run(ctx, c, gaussian(), u.condition, 0.75, 1.0, 1.0, "mid")
