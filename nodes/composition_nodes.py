@@ -351,8 +351,10 @@ class SAG(Node):
     self-attention map in ``layer`` gives a position more than ``threshold`` (the mean is 1), and x̃
     re-noises it with u's own noise estimate, ``x̃ = x̃0 + (x − u)``.
 
-    On a CFG program G: [c, u] in one batched forward (u's map recorded), then [x̃] in a second one:
-    two forwards per step. Formulas, and where diffusers and ComfyUI differ: ``diffusion/self_attention.py``.
+    Working space: affine (the term is ``u − û`` with û = D(x̃) + (x − x̃), weights summing to 1), so
+    the ε form and the x0 form are one rule. Defaults: s = 0.75, σ_b = 1 (diffusers' pipeline; ComfyUI
+    0.5 and 2). On a CFG program G: [c, u] in one batched forward (u's map recorded), then [x̃] in a
+    second: two forwards per step. Formulas, and where the peers differ: ``diffusion/self_attention.py``.
     """
 
     category = CATEGORY
