@@ -24,9 +24,10 @@ from families.shapes.networks import load_network
 from graph_runtime.folders import register_folders, resolve_file
 from nodes import MODEL_KINDS, MODELS_DIR
 from nodes.diffusion.conventions import denoiser_from_metadata
-from nodes.diffusion.guidance import CompiledGuidance, Difference, Guidance, Prediction, cfg
+from nodes.diffusion.guidance import Difference, Guidance, Prediction, cfg
 from nodes.diffusion.perturbation import INFINITE_BLUR as BLUR
 from nodes.diffusion.perturbation import Perturbation
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Rescale, Tangential, ZeroStar
 from nodes.diffusion.self_attention import sag_layer, self_attention_guidance
 

@@ -25,7 +25,8 @@ from families.sd.model import SDText, checkpoint_from_components
 from families.sd.tokenizer import clip_tokenizer
 from graph_runtime.context import Context
 from nodes.composition_nodes import SAG
-from nodes.diffusion.guidance import CompiledGuidance, Prediction, cfg
+from nodes.diffusion.guidance import Prediction, cfg
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
 
 PROMPT, NEGATIVE, STEPS, SAG_SCALE = "a photograph of an astronaut riding a horse", "blurry", 4, 0.75

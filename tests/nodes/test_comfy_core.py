@@ -230,7 +230,7 @@ def test_sampler_custom_advanced_with_cfg_guider_equals_ksampler(loaded: Any) ->
 
 def test_dual_cfg_guider_is_its_formula(gaussian: Any, cond: Any) -> None:
     from nodes.comfy.custom_sampling import DualCFGGuider
-    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.program import CompiledGuidance
 
     m = gaussian()
     c1, c2, u = cond(m, "red"), cond(m, "blue"), cond(m, "")
@@ -314,7 +314,7 @@ def test_combined_conditions_mix_per_pixel_by_area_strength_and_schedule(gaussia
         ConditioningSetArea,
         ConditioningSetTimestepRange,
     )
-    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.program import CompiledGuidance
     from nodes.diffusion.regions import predict
 
     m, ctx = gaussian(), Context()

@@ -22,7 +22,8 @@ import nodes.diffusion.guidance as guidance
 import nodes.diffusion.regions as regions
 import nodes.diffusion.rules as rules
 from nodes.diffusion.conventions import SPACES, from_space, to_space
-from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction, SecondPhaseLeaf
+from nodes.diffusion.guidance import Guidance, Prediction, SecondPhaseLeaf
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.types import Classifier, Clip, Conditioning, ImageClassifier
 
 CPU = torch.device("cpu")

@@ -16,8 +16,9 @@ from families.shapes.networks import ShapesUNet
 from graph_runtime.context import Context
 from nodes.composition_nodes import SAG
 from nodes.diffusion.conventions import Denoiser, vp_sigmas
-from nodes.diffusion.guidance import CompiledGuidance, Difference, Guidance, Prediction, cfg, window
+from nodes.diffusion.guidance import Difference, Guidance, Prediction, cfg, window
 from nodes.diffusion.perturbation import Perturbation, gaussian_blur
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.self_attention import self_attention_guidance
 
 CPU = torch.device("cpu")
