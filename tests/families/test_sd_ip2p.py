@@ -26,7 +26,7 @@ from families.sd.model import checkpoint_from_components
 from families.sd.tokenizer import clip_tokenizer
 from graph_runtime.api import Context
 from nodes.comfy.conditioning import InstructPixToPixConditioning
-from nodes.diffusion.guidance import CompiledGuidance
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
 from nodes.diffusion.types import batch_conditions
 from nodes.rule_nodes import DualCFGCombine

@@ -11,7 +11,8 @@ import torch
 
 from graph_runtime.api import Context
 from nodes.comfy.custom_sampling import DualCFGGuider
-from nodes.diffusion.guidance import CompiledGuidance, Prediction, dual_cfg
+from nodes.diffusion.guidance import Prediction, dual_cfg
+from nodes.diffusion.program import CompiledGuidance
 from nodes.rule_nodes import DualCFGCombine
 
 

@@ -45,6 +45,7 @@ NAMES = (
     "cfg_schedule",
     "pag",
     "seg",
+    "sag",
     "perp_neg",
     "tcfg",
 )

@@ -55,6 +55,11 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "tcfg": Strategy("tcfg", ("TangentialCFG", "scale"), "tangential-damping CFG, ε space"),
     "pag": Strategy("pag", ("PAG", "scale"), "CFG at w = 3 plus PAG on the mid-block attention (scale = s)"),
+    "sag": Strategy(
+        "sag",
+        ("SAG", "scale"),
+        "CFG at w = 3 plus SAG on u, mid-block map, blur σ 1 (scale = s)",
+    ),
     "classifier": Strategy(
         "classifier", ("ClassifierGrad", "scale"), "unconditional model + noise-aware classifier gradient"
     ),
