@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
+from graph_runtime.api import Boolean, Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
 from nodes.guidance_nodes import CATEGORY, GUIDANCE_OUT, SCALE_LIMIT
 from nodes.model_nodes import MODEL_FILES, _shapes_network
 
@@ -48,8 +48,9 @@ class UniversalGuidance(Node):
     Forward guidance: ``D' = D − s·σ²·∇ₓ ℓ(f(D(x)))``, back-propagated through the denoiser (the
     σ-space form of ``ε' = ε + s·√(1−ᾱ)·∇ℓ``). Backward guidance: ``backward_steps`` gradient steps of
     size ``backward_lr`` on a shift Δ of x̂0 that lowers ℓ, without the denoiser, then ``D' + Δ``.
-    Works on any guidance. The paper's self-recurrence (repeating each step k times after re-noising)
-    is the Sampler's ``recurrence`` input.
+    ``clamp_x0`` keeps the guided x̂0 in [−1, 1], as the paper's pixel-space code does (turn it off for
+    latent models). Works on any guidance. The paper's self-recurrence (repeating each step k times
+    after re-noising) is the Sampler's ``recurrence`` input.
     """
 
     category = CATEGORY
@@ -80,6 +81,11 @@ class UniversalGuidance(Node):
             step=0.01,
             tooltip="step size of the backward steps",
         ),
+        Boolean(
+            name="clamp_x0",
+            default=True,
+            tooltip="keep the guided x̂0 in [−1, 1] (pixel-space models; off for latent models)",
+        ),
     )
     outputs = GUIDANCE_OUT
 
@@ -92,11 +98,12 @@ class UniversalGuidance(Node):
         scale: float,
         backward_steps: int,
         backward_lr: float,
+        clamp_x0: bool,
     ) -> tuple[Guidance]:
         from nodes.diffusion.gradients import UniversalGradient
 
         index = network.label_index(label)
-        return (UniversalGradient(guidance, network, index, scale, backward_steps, backward_lr),)
+        return (UniversalGradient(guidance, network, index, scale, backward_steps, backward_lr, clamp_x0),)
 
 
 NODES: list[type[Node]] = [ImageClassifierLoader, UniversalGuidance]

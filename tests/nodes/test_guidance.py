@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
@@ -334,7 +335,7 @@ def test_universal_guidance_moves_mixture_samples_to_the_requested_component(
     null = Prediction(model, Conditioning.of(torch.zeros(4), "null"))
     sigmas, start = sigmas_karras(20, model.sigma_min, 20.0), torch.zeros(16, 1, 4, 4)
     for label, mean in ((0, -1.0), (1, 1.0)):
-        rule = UniversalGradient(null, judge, label, scale, backward_steps, lr)
+        rule = UniversalGradient(null, judge, label, scale, backward_steps, lr, False)
         out, _ = guided_sample(rule, start, range(16), sigmas, "euler", device=CPU)
         assert bool((out.flatten(1).mean(1) * mean > 0.25).all())  # every seed on the requested side
 
@@ -348,7 +349,19 @@ def test_universal_backward_guidance_lowers_the_loss_without_the_denoiser(gaussi
     m = gaussian()
     base = Prediction(m, cond(m, "red"))
     judge = ImageClassifier(ChannelMeans(), ("red", "green", "blue"), "channel means")
-    rule = UniversalGradient(base, judge, 1, 0.0, 4, 0.5)  # steer towards green
+    rule = UniversalGradient(base, judge, 1, 0.0, 4, 0.5, False)  # steer towards green
     plain, guided = run(base, x, 2.0)[0], run(rule, x, 2.0)
     assert rule.loss(guided[0]) < rule.loss(plain) - 0.1 and not rule.grads_through_denoiser()
     assert rows(m) == [2, 2]  # one forward each; the backward steps never call the model
+
+
+def test_universal_guidance_clamp_keeps_the_guided_x0_in_the_data_range(gaussian, cond: CondFn, x) -> None:
+    m = gaussian()
+    base = Prediction(m, cond(m, "red"))
+    judge = ImageClassifier(ChannelMeans(), ("red", "green", "blue"), "channel means")
+    wild = UniversalGradient(base, judge, 1, 1000.0, 3, 200.0, False)  # forward and backward overshoot
+    loose, kept = run(wild, x, 2.0)[0], run(replace(wild, clamp_x0=True), x, 2.0)[0]
+    assert loose.abs().max() > 2 and kept.abs().max() <= 1
+    backward_only = replace(wild, scale=0.0, clamp_x0=True)
+    plain, guided = run(base, x, 2.0)[0], run(backward_only, x, 2.0)[0]
+    assert guided.abs().max() <= 1 and backward_only.loss(guided) < backward_only.loss(plain.clamp(-1, 1))

@@ -301,10 +301,11 @@ def test_universal_guidance_node_loads_a_clean_image_classifier_and_names_its_cl
     register_folders({"evaluators": [MODELS_DIR / "evaluators"]})
     (judge,) = ImageClassifierLoader.run(Context(), "shapes_evaluator.safetensors")
     m = gaussian()
-    (rule,) = UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "blue square", 5.0, 2, 0.1)
+    base = Prediction(m, cond(m, ""))
+    (rule,) = UniversalGuidance.run(Context(), base, judge, "blue square", 5.0, 2, 0.1, True)
     assert isinstance(rule, UniversalGradient) and judge.labels[rule.label] == "blue square"
     with pytest.raises(ValueError, match="unknown class"):
-        UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "purple blob", 5.0, 0, 0.1)
+        UniversalGuidance.run(Context(), Prediction(m, cond(m, "")), judge, "purple blob", 5.0, 0, 0.1, True)
 
 
 def test_the_memory_estimate_refuses_giant_latents_and_passes_the_shipped_workflows() -> None:

@@ -171,7 +171,7 @@ CASES: dict[str, Case] = {
     ),
     "UniversalGradient": (
         lambda p, neutral: gradients.UniversalGradient(
-            p[0], CHANNELS, 0, 0.0 if neutral else 2.0, 0 if neutral else 3, 0.2
+            p[0], CHANNELS, 0, 0.0 if neutral else 2.0, 0 if neutral else 3, 0.2, not neutral
         ),
         None,
     ),
