@@ -91,3 +91,20 @@ def test_strategies_are_the_shipped_workflows_with_scale_class_and_variant_set(t
     assert apg.cond.condition.meaning == "prompt 'a red circle'"  # type: ignore[attr-defined]
     classifier = build_program(executor, STRATEGIES["classifier"], 3.0, 6, {})
     assert isinstance(classifier, ClassifierGradient) and classifier.label == 6
+
+
+def test_universal_strategies_guide_with_the_evaluator_and_carry_the_workflow_recurrence() -> None:
+    import torch
+
+    from families.shapes.evaluation.strategies import STRATEGIES, build_program, recurrence
+    from graph_runtime import Executor, Registry
+    from nodes.diffusion.gradients import UniversalGradient
+
+    executor = Executor(Registry.from_entry_points(), device="cpu", dtype=torch.float32)
+    rule = build_program(executor, STRATEGIES["universal"], 0.5, 6, {})
+    assert isinstance(rule, UniversalGradient) and rule.label == 6 and rule.backward_lr == 0.5
+    assert rule.network.name == "shapes_evaluator.safetensors" and rule.clamp_x0
+    assert recurrence(STRATEGIES["universal"]) == 4 and recurrence(STRATEGIES["universal_k1"]) == 1
+    forward = build_program(executor, STRATEGIES["universal_forward"], 0.3, 6, {})
+    assert isinstance(forward, UniversalGradient) and forward.scale == 0.3 and forward.backward_steps == 0
+    assert recurrence(STRATEGIES["cfg"]) == 1

@@ -16,7 +16,8 @@ DEFAULT_FILES = {
     "clip": "clip/shapes_clip.safetensors",
     "evaluator": "evaluators/shapes_evaluator.safetensors",
 }
-FOLDERS = {"denoiser": "checkpoints", "classifier": "classifiers", "clip": "clip"}  # read by the workflows
+# read by the workflows (the evaluator by universal guidance's, as its guiding network)
+FOLDERS = {"denoiser": "checkpoints", "classifier": "classifiers", "clip": "clip", "evaluator": "evaluators"}
 HELD_OUT_SEED = 777  # per-class seeds 777… never chose a configuration (those were 0–15)
 
 

@@ -29,6 +29,9 @@ COLOURS_BY_STRATEGY = {
     "tcfg": (0, 128, 0),
     "pag": (128, 0, 0),
     "sag": (128, 128, 0),
+    "universal": (0, 0, 255),
+    "universal_k1": (0, 128, 128),
+    "universal_forward": (128, 0, 128),
 }
 
 
@@ -49,20 +52,24 @@ def markdown_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "equals the requested class (shape, colour). Feature diversity: mean pairwise distance between "
         "the evaluator's pooled features of samples of one class (position, size, rotation, shade; "
         "higher = more varied). Clipped: share of sample values outside [−1, 1] before clamping "
-        "(overshoot). Saturation: mean HSV saturation, next to the training data's for the same "
+        "(overshoot). Second opinions on the class (for strategies the evaluator guides): the "
+        "noise-aware classifier at σ = 0.05 and the shipped CLIP zero-shot over the 16 captions. "
+        "Saturation: mean HSV saturation, next to the training data's for the same "
         "classes; colour error: L1 distance of each class's mean RGB from the training data's. "
         "CLIP score: cosine between sample and caption in the shipped CLIP (biased upward for CLIP "
         "guidance). Seconds per image: sampling only, guidance included.",
         "",
-        "| strategy | scale | accuracy | shape | colour | feature diversity | clipped | saturation (data) "
-        "| colour error | CLIP score | ms / image | forwards / step |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | scale | accuracy | shape | colour | noisy classifier | CLIP zero-shot "
+        "| feature diversity | clipped | saturation (data) | colour error | CLIP score | ms / image "
+        "| forwards / step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         forwards = r["model_calls_per_image_batch"] / header["steps"]
         lines.append(
             f"| {r['strategy']} | {r['scale']:g} | {r['acc_class']:.1%} | {r['acc_shape']:.1%} | "
-            f"{r['acc_colour']:.1%} | {r['feature_diversity']:.3f} | {r['clipped']:.1%} | "
+            f"{r['acc_colour']:.1%} | {r['acc_class_noisy']:.1%} | {r['acc_class_clip']:.1%} | "
+            f"{r['feature_diversity']:.3f} | {r['clipped']:.1%} | "
             f"{r['saturation']:.3f} ({r['saturation_data']:.3f}) | {r['colour_error']:.3f} | "
             f"{r['clip_score']:.3f} | {r['s_per_image'] * 1000:.1f} | {forwards:g} |"
         )

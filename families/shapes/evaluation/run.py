@@ -21,7 +21,7 @@ from families.shapes.evaluation.metrics import (
     colour_statistics,
     within_class_diversity,
 )
-from families.shapes.evaluation.strategies import STRATEGIES, build_program
+from families.shapes.evaluation.strategies import STRATEGIES, build_program, recurrence
 from families.shapes.networks.io import load_network
 from graph_runtime import Executor
 from nodes.diffusion.sampling import guided_sample
@@ -41,22 +41,30 @@ DEFAULT_SCALES: dict[str, list[float]] = {
     "clip": [300.0, 1000.0],
 }
 SELECTION_SEEDS = range(0, 16)  # seeds 0–15 per class chose the shipped configurations
+JUDGE_SIGMA = 0.05  # the noise-aware classifier judges at its lowest σ on the model card (100% accuracy)
 DATA_SEED = 4242  # the training-data reference for the colour statistics
 
 
 @dataclass
 class Judges:
-    """What scores the samples: the independent evaluator and the shipped CLIP (CLIP score)."""
+    """What scores the samples: the evaluator, the shipped CLIP (CLIP score and a zero-shot class) and
+    the noise-aware classifier at σ = :data:`JUDGE_SIGMA`: second opinions for the strategies that the
+    evaluator itself guides (universal guidance), whose own accuracy would be the guide grading itself."""
 
     clip: Clip
     evaluator: torch.nn.Module
+    classifier: torch.nn.Module
     files: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def load(paths: dict[str, Path], device: torch.device) -> Judges:
         clip, judge = load_network(paths["clip"], device), load_network(paths["evaluator"], device)
+        classifier = load_network(paths["classifier"], device)
         return Judges(
-            Clip(clip.module, paths["clip"].name), judge.module, {k: str(v) for k, v in paths.items()}
+            Clip(clip.module, paths["clip"].name),
+            judge.module,
+            classifier.module,
+            {k: str(v) for k, v in paths.items()},
         )
 
 
@@ -93,7 +101,13 @@ def evaluate_setting(
         sigmas = calculate_sigmas(scheduler, schedule_source(program, None), steps)
         seeds = [seed + label * 10_000 + i for i in range(per_class)]
         out, stats = guided_sample(
-            program, torch.zeros(per_class, 3, 32, 32), seeds, sigmas, sampler, device=device
+            program,
+            torch.zeros(per_class, 3, 32, 32),
+            seeds,
+            sigmas,
+            sampler,
+            device=device,
+            recurrence=recurrence(strategy),
         )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -108,12 +122,16 @@ def evaluate_setting(
         logits = judges.evaluator(x)
         features = getattr(judges.evaluator, "features")(x)  # noqa: B009  (B, F)
         img = judges.clip.encode_image(x)
-        txt = judges.clip.encode_text([caption_for(int(k)) for k in y.tolist()])
+        captions = judges.clip.encode_text([caption_for(k) for k in range(len(CLASS_NAMES))])  # (K, E)
+        txt = captions[y]
+        noisy = judges.classifier(x, torch.full((len(y),), JUDGE_SIGMA, device=x.device))
     row = {
         "strategy": setting.strategy,
         "scale": setting.scale,
         "n": len(y),
         **{f"acc_{k}": v for k, v in accuracies(logits, y).items()},
+        "acc_class_noisy": accuracies(noisy, y)["class"],
+        "acc_class_clip": accuracies(img @ captions.T, y)["class"],
         "diversity": within_class_diversity(x, y),
         "feature_diversity": within_class_diversity(features, y),
         "clip_score": clip_score(img, txt),

@@ -21,9 +21,9 @@ from nodes.diffusion.guidance import Guidance
 
 WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
 PROMPT_INPUTS = (("Condition", "text"), ("ClipLoss", "prompt"))
-LABEL_INPUTS = (("ClassifierGrad", "label"),)
+LABEL_INPUTS = (("ClassifierGrad", "label"), ("UniversalGuidance", "label"))
 FILE_INPUTS = {"denoiser": ("Model", "checkpoint"), "classifier": ("ClassifierLoader", "classifier")}
-FILE_INPUTS |= {"clip": ("ClipLoader", "clip")}
+FILE_INPUTS |= {"clip": ("ClipLoader", "clip"), "evaluator": ("ImageClassifierLoader", "network")}
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,24 @@ STRATEGIES: dict[str, Strategy] = {
     "cfg_classifier": Strategy(
         "cfg_classifier", ("ClassifierGrad", "scale"), "CFG at w = 2 plus the classifier gradient"
     ),
+    "universal": Strategy(
+        "universal_guidance",
+        ("UniversalGuidance", "backward_lr"),
+        "unconditional model + universal backward guidance by the evaluator (5 steps, x̂0 clamped), "
+        "self-recurrence k = 4 (scale = step size)",
+    ),
+    "universal_k1": Strategy(
+        "universal_guidance",
+        ("UniversalGuidance", "backward_lr"),
+        "as universal with recurrence k = 1 (scale = step size)",
+        (("Sampler", "recurrence", 1),),
+    ),
+    "universal_forward": Strategy(
+        "universal_guidance",
+        ("UniversalGuidance", "scale"),
+        "as universal with forward guidance instead of backward (through the denoiser, no backward steps)",
+        (("UniversalGuidance", "backward_steps", 0),),
+    ),
 }
 
 
@@ -111,12 +129,26 @@ def strategy_prompt(strategy: Strategy, scale: float, label: int, files: dict[st
     return prompt
 
 
-def guidance_node(prompt: dict[str, Any], workflow: str) -> str:
-    """The id of the node whose GUIDANCE the workflow's one Sampler runs."""
-    samplers = [n for n in prompt.values() if n["class_type"] == "Sampler"]
+def recurrence(strategy: Strategy) -> int:
+    """The self-recurrence k of the workflow's Sampler (1 when it has none), fixed values applied."""
+    prompt = load_workflow(strategy.workflow)
+    for class_type, name, value in strategy.fixed:
+        set_inputs(prompt, class_type, name, value)
+    sampler = prompt[sampler_node(prompt, strategy.workflow)]
+    return int(sampler["inputs"].get("recurrence", 1))
+
+
+def sampler_node(prompt: dict[str, Any], workflow: str) -> str:
+    """The id of the workflow's one Sampler."""
+    samplers = [k for k, n in prompt.items() if n["class_type"] == "Sampler"]
     if len(samplers) != 1:
         raise ValueError(f"workflow {workflow!r} has {len(samplers)} Samplers; the eval needs exactly one")
-    return str(samplers[0]["inputs"]["guidance"][0])
+    return samplers[0]
+
+
+def guidance_node(prompt: dict[str, Any], workflow: str) -> str:
+    """The id of the node whose GUIDANCE the workflow's one Sampler runs."""
+    return str(prompt[sampler_node(prompt, workflow)]["inputs"]["guidance"][0])
 
 
 def build_program(
