@@ -50,7 +50,9 @@ class UniversalGuidance(Node):
     size ``backward_lr`` on a shift Δ of x̂0 that lowers ℓ, without the denoiser, then ``D' + Δ``.
     ``clamp_x0`` keeps the guided x̂0 in [−1, 1], as the paper's pixel-space code does (turn it off for
     latent models). Works on any guidance. The paper's self-recurrence (repeating each step k times
-    after re-noising) is the Sampler's ``recurrence`` input.
+    after re-noising) is the Sampler's ``recurrence`` input. Defaults: the shipped
+    ``universal_guidance`` workflow's backward guidance (its measured effect, and its limits, in
+    benchmarks/results/guidance_breadth.md).
     """
 
     category = CATEGORY
@@ -60,22 +62,22 @@ class UniversalGuidance(Node):
         String(name="label", default="red circle", tooltip="a class name of the network, or its index"),
         Float(
             name="scale",
-            default=10.0,
+            default=0.0,
             min=-SCALE_LIMIT,
             max=SCALE_LIMIT,
-            step=0.5,
-            tooltip="s of forward guidance, D − s·σ²·∇ℓ (0 off)",
+            step=0.05,
+            tooltip="s of forward guidance, D − s·σ²·∇ℓ, back-propagated through the denoiser (0 off)",
         ),
         Int(
             name="backward_steps",
-            default=0,
+            default=5,
             min=0,
             max=100,
             tooltip="m: gradient steps on x̂0 without the denoiser (0 off)",
         ),
         Float(
             name="backward_lr",
-            default=0.1,
+            default=1.0,
             min=0.0,
             max=100.0,
             step=0.01,

@@ -191,15 +191,14 @@ class UniversalGradient(Guidance):
     (:mod:`nodes.diffusion.recurrence`), not part of this rule. Neutral: s = 0, no backward steps,
     no clamp.
 
-    ``clamp_x0`` clamps the guided x̂0 ``D' + Δ`` to the data range [−1, 1] (pixel-space models; off
-    for latents). The paper's Alg. 1 does not write it, but its official pixel-space code does (its
-    DDIM clamps the guided x̂0, ``clip_denoised``). Without it the forward term saturates: at high σ
-    the weight σ² (≈ 2.5·10⁴ at the shapes model's σ_max 157) meets a learned denoiser whose Jacobian
-    passes ~10³ times more gradient than the exact denoiser of the data would, so x̂0 moves by tens per
-    pixel and the sample never returns to [−1, 1]. Deliberate difference: the official backward loop
-    also clamps x0 before every loss; we clamp once, after it. On the shapes model with recurrence 4,
-    the per-step clamp put 2 of 16 selection samples in the requested class, the single clamp 16 of
-    16 (10 of 16 by the noise-aware classifier, which does not guide).
+    ``clamp_x0`` keeps the guided x̂0 in the data range [−1, 1] (pixel-space models; off for latents):
+    after forward guidance and after every backward step. The paper's Alg. 1 does not write it, but
+    its official pixel-space code does (its DDIM clamps the guided x̂0, ``clip_denoised``, and its
+    backward loop clamps x0 before every loss). Without it the forward term saturates: at high σ the
+    weight σ² (≈ 2.5·10⁴ at the shapes model's σ_max 157) meets a learned denoiser whose Jacobian passes
+    ~10³ times more gradient than the exact denoiser of the data would, so x̂0 moves by tens per pixel
+    and the sample never returns to [−1, 1]. The official backward loop uses Adam; this one plain
+    gradient descent, as Alg. 1 writes it.
     """
 
     space: ClassVar[str] = "gradient"
@@ -230,6 +229,8 @@ class UniversalGradient(Guidance):
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self.loss(denoised), step.x_grad, retain_graph=True)
             out = add_score(out, step.sigma, -grad.detach().to(out.dtype), self.scale)
+        if self.clamp_x0:
+            out = out.clamp(-1, 1)
         if self.backward_steps > 0:
             start, delta = out.detach(), torch.zeros_like(out)
             with torch.enable_grad():
@@ -237,5 +238,7 @@ class UniversalGradient(Guidance):
                     delta = delta.detach().requires_grad_()
                     (g,) = torch.autograd.grad(self.loss(start + delta), delta)
                     delta = delta - self.backward_lr * g
+                    if self.clamp_x0:  # keep start + Δ in [−1, 1]
+                        delta = (start + delta).clamp(-1, 1) - start
             out = out + delta.detach()
-        return out.clamp(-1, 1) if self.clamp_x0 else out
+        return out
