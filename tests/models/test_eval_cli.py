@@ -113,9 +113,9 @@ def test_autoguidance_strategies_keep_both_networks_and_sample_on_the_named_sche
         "shapes_unet.safetensors",
         "shapes_unet_small.safetensors",
     ]
-    assert _leaf_meanings(alone) == {"prompt 'a red cross'"}  # both networks see the class's caption only
+    assert _leaf_meanings(alone) == {"prompt 'a yellow circle'"}  # both networks see the class's caption only
     both, _ = build_program(executor, STRATEGIES["autoguidance_cfg"], 2.5, 3, {})
-    assert _leaf_meanings(both) == {"prompt 'a red cross'", "empty prompt"}
+    assert _leaf_meanings(both) == {"prompt 'a yellow circle'", "null: empty prompt"}
 
 
 def _leaf_meanings(program: object) -> set[str]:

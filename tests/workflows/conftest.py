@@ -45,6 +45,7 @@ NAMES = (
     "seg",
     "perp_neg",
     "tcfg",
+    "autoguidance",
 )
 # What the SD workflows name, as (folder kind, file name, what to write there).
 SD_FILES = (

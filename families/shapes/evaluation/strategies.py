@@ -65,7 +65,7 @@ STRATEGIES: dict[str, Strategy] = {
     "autoguidance_cfg": Strategy(
         "autoguidance",
         ("Autoguidance", "scale"),
-        "autoguidance plus the workflow's CFG term: c + (w − 1)·(c − c_weak) + (w_cfg − 1)·(c − u)",
+        "autoguidance plus the workflow's CFG at w_cfg = 2: c + (w − 1)·(c − c_weak) + (w_cfg − 1)·(c − u)",
     ),
     "classifier": Strategy(
         "classifier", ("ClassifierGrad", "scale"), "unconditional model + noise-aware classifier gradient"
