@@ -104,6 +104,7 @@ def test_autoguidance_strategies_keep_both_networks_and_sample_on_the_named_sche
 
     from families.shapes.evaluation.strategies import STRATEGIES, build_program
     from graph_runtime import Executor, Registry
+    from nodes.diffusion.guidance import CompiledGuidance
     from nodes.diffusion.sampling import leaf_models
 
     executor = Executor(Registry.from_entry_points(), device="cpu", dtype=torch.float32)
@@ -116,6 +117,12 @@ def test_autoguidance_strategies_keep_both_networks_and_sample_on_the_named_sche
     assert _leaf_meanings(alone) == {"prompt 'a yellow circle'"}  # both networks see the class's caption only
     both, _ = build_program(executor, STRATEGIES["autoguidance_cfg"], 2.5, 3, {})
     assert _leaf_meanings(both) == {"prompt 'a yellow circle'", "null: empty prompt"}
+    compiled = CompiledGuidance(both, seeds=[0, 1], device=torch.device("cpu"))
+    with torch.no_grad():
+        compiled(torch.randn(2, 3, 32, 32), torch.full((2,), 3.0))
+    # one batched forward per network per step: the good model's [c, u] and the weak model's [c′]
+    assert compiled.stats.per_model == {"shapes_unet.safetensors": 1, "shapes_unet_small.safetensors": 1}
+    assert compiled.stats.rows == 2 * 3
 
 
 def _leaf_meanings(program: object) -> set[str]:
