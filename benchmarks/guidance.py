@@ -35,7 +35,8 @@ from graph_runtime.folders import register_folders  # noqa: E402
 from nodes import MODEL_KINDS, MODELS_DIR, node_classes  # noqa: E402
 from nodes.diffusion.conventions import Denoiser, vp_sigmas  # noqa: E402
 from nodes.diffusion.gradients import ClassifierGradient, ClipGradient  # noqa: E402
-from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction, cfg  # noqa: E402
+from nodes.diffusion.guidance import Guidance, Prediction, cfg  # noqa: E402
+from nodes.diffusion.program import CompiledGuidance  # noqa: E402
 from nodes.diffusion.samplers import PerSampleNoise  # noqa: E402
 from nodes.diffusion.sampling import guided_sample  # noqa: E402
 from nodes.diffusion.schedules import sigmas_karras  # noqa: E402

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,21 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def fsync_ms(folder: Path, samples: int = 50) -> float:
+    """Median milliseconds of appending 1 KiB to a file in ``folder`` and fsyncing it: the floor of a
+    durable commit there. ``clients`` posters that each wait for their answer cannot be acknowledged
+    faster than ``clients / fsync`` per second by any server that commits before answering."""
+    times = []
+    with tempfile.NamedTemporaryFile(dir=folder) as handle:
+        for _ in range(samples):
+            began = time.perf_counter()
+            handle.write(b"x" * 1024)
+            handle.flush()
+            os.fsync(handle.fileno())
+            times.append(time.perf_counter() - began)
+    return 1000 * statistics.median(times)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -3,7 +3,8 @@
 Every program runs on the shipped shapes UNet at the same (x, σ) through ``CompiledGuidance``; the
 table gives seconds per step and the ratio to CFG. Two-prediction rules (APG, CFG-Zero*, TCFG, CFG++,
 rescale) batch the same two rows as CFG, so their ratio is the cost of the rule's own arithmetic;
-Perp-Neg, PAG and SEG add a third row to the one batched forward. Usage::
+Perp-Neg, PAG and SEG add a third row to the one batched forward; SAG adds a second forward of one
+row per image (its input is built from the first forward's output). Usage::
 
     PYTHONPATH=. python benchmarks/rules.py [--device cpu] [--batch 4] [--reps 7] [--out FILE]
 """
@@ -23,10 +24,12 @@ from families.shapes.networks import load_network
 from graph_runtime.folders import register_folders, resolve_file
 from nodes import MODEL_KINDS, MODELS_DIR
 from nodes.diffusion.conventions import denoiser_from_metadata
-from nodes.diffusion.guidance import CompiledGuidance, Difference, Guidance, Prediction, cfg
+from nodes.diffusion.guidance import Difference, Guidance, Prediction, cfg
 from nodes.diffusion.perturbation import INFINITE_BLUR as BLUR
 from nodes.diffusion.perturbation import Perturbation
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.rules import AdaptiveProjected, PerpNeg, Renoise, Rescale, Tangential, ZeroStar
+from nodes.diffusion.self_attention import sag_layer, self_attention_guidance
 
 
 def programs(device: torch.device) -> dict[str, Guidance]:
@@ -46,6 +49,7 @@ def programs(device: torch.device) -> dict[str, Guidance]:
         "perp_neg": PerpNeg(c, n, u, 7.0, 1.0),
         "pag": Difference(plain, c, perturbed(c, Perturbation("identity_attention", ("mid",))), 3.0),
         "seg": Difference(plain, c, perturbed(c, Perturbation("blurred_queries", ("mid",), BLUR)), 3.0),
+        "sag": self_attention_guidance(plain, u, 0.75, 1.0, 1.0, sag_layer(model.network, "mid")),
     }
 
 

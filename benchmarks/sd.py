@@ -48,7 +48,8 @@ def one_step(variant: str, threads: int) -> dict[str, Any]:
     from families.sd.files import ENCODERS
     from families.sd.make import build_networks
     from families.sd.model import checkpoint_from_components
-    from nodes.diffusion.guidance import CompiledGuidance, Prediction, cfg
+    from nodes.diffusion.guidance import Prediction, cfg
+    from nodes.diffusion.program import CompiledGuidance
 
     torch.set_num_threads(threads)
     start = time.perf_counter()

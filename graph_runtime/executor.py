@@ -128,13 +128,17 @@ class Executor:
         cancel: CancelToken | None = None,
         extra_pnginfo: dict[str, Any] | None = None,
         previews: bool = False,
+        report: ValidationReport | None = None,
     ) -> RunResult:
         """Validate and run ``prompt`` (API format); raise :class:`ValidationFailed` if nothing can run.
 
         ``previews`` asks long nodes for per-step preview images (the editor shows them); off by
-        default, since making one copies from the device every step.
+        default, since making one copies from the device every step. ``report``: this prompt's
+        validation against this registry, made moments ago (a server validates on POST), so it is not
+        validated twice; its good outputs are what runs.
         """
-        report = validate(prompt, self.registry, outputs)
+        if report is None:
+            report = validate(prompt, self.registry, outputs)
         if not report.runnable:
             raise ValidationFailed(report)
         with self._lock:

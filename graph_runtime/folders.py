@@ -2,12 +2,16 @@
 
 Node packs contribute folders through :class:`graph_runtime.api.NodePack`; users add more with the
 ``GUIDEGRAPH_MODEL_DIRS`` environment variable (``kind=path`` pairs separated by ``os.pathsep``).
-Listings are read from disk every time they are asked for, so a newly copied file shows up.
+A listing is kept with the modification time of every directory it read and is read again when one
+of them changed, so a newly copied file shows up while validating a prompt costs a few ``stat`` calls
+instead of a walk over the folders (every POST /prompt lists the model folders of its nodes).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +30,14 @@ def register_folders(folders: Mapping[str, Sequence[Path]]) -> None:
 
 
 def _env_folders() -> dict[str, list[Path]]:
+    return _parse_env_folders(os.environ.get("GUIDEGRAPH_MODEL_DIRS", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_env_folders(value: str) -> dict[str, list[Path]]:
+    """``GUIDEGRAPH_MODEL_DIRS`` as folders per kind (parsed once per value: every lookup asks)."""
     out: dict[str, list[Path]] = {}
-    for item in filter(None, os.environ.get("GUIDEGRAPH_MODEL_DIRS", "").split(os.pathsep)):
+    for item in filter(None, value.split(os.pathsep)):
         kind, _, path = item.partition("=")
         if path:
             out.setdefault(kind.strip(), []).append(Path(path).expanduser().resolve())
@@ -36,7 +46,7 @@ def _env_folders() -> dict[str, list[Path]]:
 
 def folder_paths(kind: str) -> list[Path]:
     """Directories searched for ``kind``: the environment's first, then the node packs'."""
-    return _env_folders().get(kind, []) + _FOLDERS.get(kind, [])
+    return [*_env_folders().get(kind, ()), *_FOLDERS.get(kind, ())]
 
 
 def folder_kinds() -> list[str]:
@@ -50,36 +60,89 @@ def list_files(kind: str, extensions: Iterable[str] = (), bundle_marker: str = "
     its contents are not listed (a diffusers pipeline folder with ``model_index.json``).
     """
     exts = tuple(e.lower() for e in extensions)
+    key = (kind, exts, bundle_marker, tuple(folder_paths(kind)))
+    cached = _LISTINGS.get(key)
+    if cached is not None and all(_mtime(d) == t for d, t in cached.directories):
+        return list(cached.names)
+    began = time.time_ns()
     names: set[str] = set()
-    for root in folder_paths(kind):
-        if not root.is_dir():
+    directories: list[tuple[str, int | None]] = []
+    for root in key[3]:
+        directories.append((str(root), _mtime(str(root))))
+        if root.is_dir() and not (bundle_marker and (root / bundle_marker).is_file()):
+            _walk(str(root), "", exts, bundle_marker, names, directories, {os.path.realpath(root)})
+    listing = _Listing(tuple(directories), tuple(sorted(names)))
+    # a directory changed in the last moments may change again within its clock's granularity
+    # without a new modification time (racy git): such a listing is not kept
+    if all(t is None or t < began - _RACY_NS for _, t in directories):
+        _LISTINGS[key] = listing
+    return list(listing.names)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    directories: tuple[tuple[str, int | None], ...]  # (path, st_mtime_ns) of every directory read
+    names: tuple[str, ...]
+
+
+_RACY_NS = 2_000_000_000
+_LISTINGS: dict[tuple[str, tuple[str, ...], str, tuple[Path, ...]], _Listing] = {}
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _walk(
+    directory: str,
+    prefix: str,
+    exts: tuple[str, ...],
+    bundle_marker: str,
+    names: set[str],
+    directories: list[tuple[str, int | None]],
+    seen: set[str],
+) -> None:
+    """Add the files under ``directory`` (named ``prefix``…) to ``names``; follows links to folders
+    once each (``seen``: real paths), so a link loop ends."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.is_dir():
+            if entry.is_file() and (not exts or entry.name.lower().endswith(exts)):
+                names.add(prefix + entry.name)
             continue
-        bundles = {m.parent for m in root.rglob(bundle_marker)} if bundle_marker else set()
-        names.update(b.relative_to(root).as_posix() for b in bundles if b != root)
-        for path in root.rglob("*"):
-            if not (path.is_file() and (not exts or path.name.lower().endswith(exts))):
-                continue
-            if bundles and any(b in path.parents for b in bundles):
-                continue
-            names.add(path.relative_to(root).as_posix())
-    return sorted(names)
+        real = os.path.realpath(entry.path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if bundle_marker and os.path.isfile(os.path.join(entry.path, bundle_marker)):
+            names.add(prefix + entry.name)
+            directories.append((entry.path, _mtime(entry.path)))  # the bundle may lose its marker
+            continue
+        directories.append((entry.path, _mtime(entry.path)))
+        _walk(entry.path, f"{prefix}{entry.name}/", exts, bundle_marker, names, directories, seen)
 
 
 def resolve_file(kind: str, name: str) -> Path:
     """The real path of ``name`` inside a folder of ``kind`` (a file, or a bundle folder); refuses
     names that escape the folder."""
-    for root in folder_paths(kind):
-        candidate = (root / name).resolve()
-        if candidate.is_relative_to(root) and candidate != root and candidate.exists():
-            return candidate
-    raise FileNotFoundError(
-        f"no file {name!r} in the {kind!r} model folders {[str(p) for p in folder_paths(kind)]}"
-    )
+    roots = folder_paths(kind)
+    for root in roots:
+        base = str(root)
+        candidate = os.path.realpath(os.path.join(base, name))
+        if candidate.startswith(base + os.sep) and os.path.exists(candidate):
+            return Path(candidate)
+    raise FileNotFoundError(f"no file {name!r} in the {kind!r} model folders {[str(p) for p in roots]}")
 
 
 @dataclass(frozen=True)
 class FolderFiles:
-    """A COMBO option source: the files of one model folder kind, re-listed on every call.
+    """A COMBO option source: the files of one model folder kind, as they are on disk at each call.
 
     ``bundle_marker`` lists folders that hold that file as single entries (see :func:`list_files`).
     """

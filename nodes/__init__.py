@@ -26,7 +26,7 @@ def node_classes() -> list[type[Node]]:
         sampling_nodes,
         universal_nodes,
     )
-    from nodes.comfy import conditioning, core, custom_sampling, latent
+    from nodes.comfy import conditioning, core, custom_sampling, latent, model_patches
 
     return [
         *model_nodes.NODES,
@@ -41,6 +41,7 @@ def node_classes() -> list[type[Node]]:
         *conditioning.NODES,
         *custom_sampling.NODES,
         *latent.NODES,
+        *model_patches.NODES,
     ]
 
 

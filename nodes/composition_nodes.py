@@ -1,8 +1,9 @@
 """Nodes that compose GUIDANCE programs: N-term combines, step-fraction intervals, scale schedules,
-autoguidance, and the perturbed-prediction terms (PAG, SEG, skip-layer guidance).
+autoguidance, and the perturbed-prediction terms (PAG, SEG, skip-layer guidance, SAG).
 
 A perturbed prediction is a leaf of the program like any other: it joins its model's ONE batched
-forward per step, and its perturbation applies to its own slice of that batch only.
+forward per step, and its perturbation applies to its own slice of that batch only. SAG's degraded
+prediction reads that forward's output, so it runs in one second batched forward per step.
 """
 
 from __future__ import annotations
@@ -343,6 +344,80 @@ class SkipLayerGuidance(Node):
         )
 
 
+class SAG(Node):
+    """Self-attention guidance (Hong et al. 2023, "Improving Sample Quality of Diffusion Models Using
+    Self-Attention Guidance"), in x0 space ``out = G + s·(x̃0 − D(x̃, σ, u))``, the paper's
+    ``ε_G + s·(ε(x) − ε(x̃))``: x̃0 blurs u's x̂0 (Gaussian, kernel 9, std ``blur_sigma``) where u's
+    self-attention map in ``layer`` gives a position more than ``threshold`` (the mean is 1), and x̃
+    re-noises it with u's own noise estimate, ``x̃ = x̃0 + (x − u)``.
+
+    Working space: affine (the term is ``u − û`` with û = D(x̃) + (x − x̃), weights summing to 1), so
+    the ε form and the x0 form are one rule. Defaults: s = 0.75, σ_b = 1 (diffusers' pipeline; ComfyUI
+    0.5 and 2). On a CFG program G: [c, u] in one batched forward (u's map recorded), then [x̃] in a
+    second: two forwards per step. Formulas, and where the peers differ: ``diffusion/self_attention.py``.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="guidance", type="GUIDANCE", tooltip="the program to add the term to (e.g. CFG)"),
+        Socket(name="model", type="MODEL", tooltip="the denoiser whose self-attention map is read"),
+        Socket(
+            name="negative",
+            type="CONDITIONING",
+            tooltip="u: the prediction SAG blurs and re-runs (next to CFG: the unconditional, as the paper)",
+        ),
+        Float(
+            name="scale",
+            default=0.75,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="s in + s·(x̃0 − D(x̃)); 0 removes the term and its second forward",
+        ),
+        Float(
+            name="blur_sigma", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="std of the blur, in pixels"
+        ),
+        Float(
+            name="threshold",
+            default=1.0,
+            min=0.0,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="ψ: blur where a position receives more attention than this (the mean is 1)",
+        ),
+        String(
+            name="layer",
+            default="mid",
+            tooltip="the self-attention layer whose map is read (its first match)",
+        ),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        guidance: Guidance,
+        model: Denoiser,
+        negative: Conditioning,
+        scale: float,
+        blur_sigma: float,
+        threshold: float,
+        layer: str,
+    ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import Prediction
+        from nodes.diffusion.self_attention import sag_layer, self_attention_guidance
+        from nodes.diffusion.types import Conditioning
+
+        if not isinstance(negative, Conditioning):
+            raise ValueError("negative: SAG takes a single condition, not a conditioning set")
+        name = sag_layer(model.network, layer.strip(), model.name)
+        return (
+            self_attention_guidance(
+                guidance, Prediction(model, negative), scale, blur_sigma, threshold, name
+            ),
+        )
+
+
 NODES: list[type[Node]] = [
     GuidanceCombine,
     GuidanceInterval,
@@ -351,4 +426,5 @@ NODES: list[type[Node]] = [
     PAG,
     SEG,
     SkipLayerGuidance,
+    SAG,
 ]

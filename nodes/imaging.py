@@ -30,11 +30,12 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def _split_prefix(root: Path, prefix: str) -> tuple[Path, str, str]:
     """'runs/cfg' → (root/runs, 'runs', 'cfg'); refuses prefixes that leave ``root``."""
-    folder = (root / prefix).parent.resolve()
-    if not folder.is_relative_to(root.resolve()):
+    real_root = os.path.realpath(root)
+    folder = os.path.realpath(os.path.join(real_root, os.path.dirname(prefix)))
+    if folder != real_root and not folder.startswith(real_root + os.sep):
         raise ValueError(f"filename_prefix {prefix!r} points outside the output folder")
-    name = Path(prefix).name or "image"
-    return folder, folder.relative_to(root.resolve()).as_posix().strip("."), name
+    name = os.path.basename(prefix) or "image"
+    return Path(folder), os.path.relpath(folder, real_root).replace(os.sep, "/").strip("."), name
 
 
 _NEXT_COUNTER: dict[tuple[Path, str], int] = {}  # (folder, stem) -> the next number to try

@@ -147,7 +147,8 @@ class RayPool:
         if self._started_cluster:
             ray.shutdown()
 
-    def wake(self) -> None:
+    def wake(self, prompt_id: str | None = None, report: Any = None) -> None:
+        """Something was queued (its report stays here: the workers validate in their own process)."""
         for lane in self._lanes:
             _worker(lane).wake()
 

@@ -28,6 +28,7 @@ from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, no
 
 log = logging.getLogger(__name__)
 
+KEPT_REPORTS = 10_000
 DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
 RECORD_RETRY_S, RECORD_RETRY_MAX_S = 0.25, 5.0
 
@@ -55,7 +56,7 @@ class Workers(Protocol):
 
     def stop(self, timeout: float = 10.0) -> None: ...
 
-    def wake(self) -> None: ...
+    def wake(self, prompt_id: str | None = None, report: Any = None) -> None: ...
 
     def interrupt(self, prompt_id: str | None = None) -> bool: ...
 
@@ -87,6 +88,7 @@ class PromptWorker:
         self._free_requested = threading.Event()
         self._lock = threading.Lock()
         self._running: Running | None = None
+        self._reports: dict[str, Any] = {}
         self._outbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
         self._outbox_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -103,9 +105,17 @@ class PromptWorker:
         self._wake.set()
         self._thread.join(timeout)
 
-    def wake(self) -> None:
-        """Something was queued."""
-        self._wake.set()
+    def wake(self, prompt_id: str | None = None, report: Any = None) -> None:
+        """Something was queued: ``prompt_id``, validated as ``report`` moments ago, which its run
+        reuses instead of validating again (kept for the last ``KEPT_REPORTS`` queued prompts; a prompt
+        queued before a restart is validated when it runs)."""
+        if prompt_id is not None and report is not None:
+            with self._lock:
+                if len(self._reports) >= KEPT_REPORTS:
+                    del self._reports[next(iter(self._reports))]
+                self._reports[prompt_id] = report
+        if not self._wake.is_set():  # set() takes a lock and notifies, on every post of a burst
+            self._wake.set()
 
     @property
     def running(self) -> Running | None:
@@ -165,6 +175,9 @@ class PromptWorker:
             messages.on_event(event)
 
         extra_pnginfo = row.extra_data.get("extra_pnginfo")
+        with self._lock:
+            report = self._reports.pop(row.id, None)
+        reuse = {"report": report} if report is not None else {}
         status, outputs = ERROR, {}
         try:
             result = self._executor.run(
@@ -175,6 +188,7 @@ class PromptWorker:
                 cancel=token,
                 extra_pnginfo=extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
                 previews=previews,
+                **reuse,
             )
             status = {"success": SUCCESS, "interrupted": INTERRUPTED}.get(result.status, ERROR)
             outputs = dict(result.ui or {})

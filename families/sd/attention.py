@@ -6,8 +6,10 @@ for each ``(p, rows)`` in its ``perturbations`` list, replaces the attention of 
 ``p.attend`` (``nodes.diffusion.perturbation``): identity attention for PAG, blurred queries for SEG,
 a skipped layer for SLG. It is installed on every self-attention (``attn1``) layer when the UNet is
 wrapped, so PAG, SEG and SLG predictions share the one batched forward with the plain ones, as
-diffusers' PAG pipelines do with ``[uncond, cond, cond_perturbed]``. SEG's blur needs the feature
-map's grid: a square one is assumed, as diffusers' SEG does.
+diffusers' PAG pipelines do with ``[uncond, cond, cond_perturbed]``. SEG's blur and SAG's map need
+the feature map's grid: the wrapper tells the processors the latent's size before each forward, and
+a layer's grid is that size halved (rounding up, as the UNet's strided convolutions do) until it
+holds the layer's tokens, so non-square latents work (diffusers' SEG assumes a square).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nodes.diffusion.perturbation import Perturbation, splice
+from nodes.diffusion.perturbation import AttentionHook, splice
 
 
 class PerturbableSelfAttention:
@@ -27,7 +29,8 @@ class PerturbableSelfAttention:
     perturbable = True
 
     def __init__(self) -> None:
-        self.perturbations: list[tuple[Perturbation, slice]] = []
+        self.perturbations: list[tuple[AttentionHook, slice]] = []
+        self.latent: tuple[int, int] | None = None  # (H, W) of the current forward's input
 
     def __call__(
         self,
@@ -58,7 +61,7 @@ class PerturbableSelfAttention:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         skipped: list[slice] = []
         for p, rows in self.perturbations:
-            changed = p.attend(q[rows], k[rows], v[rows], _grid_of(n, grid))
+            changed = p.attend(q[rows], k[rows], v[rows], _grid_of(n, grid, self.latent))
             if changed is None:
                 skipped.append(rows)
             else:
@@ -74,19 +77,24 @@ class PerturbableSelfAttention:
         return y / attn.rescale_output_factor
 
 
-def _grid_of(tokens: int, grid: torch.Size | None) -> tuple[int, int]:
+def _grid_of(tokens: int, grid: torch.Size | None, latent: tuple[int, int] | None) -> tuple[int, int]:
     if grid is not None:
         return int(grid[0]), int(grid[1])
-    side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise ValueError(f"SEG needs a square feature map; this layer has {tokens} tokens")
-    return side, side
+    h, w = latent or (0, 0)
+    while h * w > tokens:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != tokens:
+        raise ValueError(f"a self-attention layer's {tokens} tokens fit no grid of the latent {latent}")
+    return h, w
 
 
-def install(unet: Any) -> None:
-    """Give every self-attention (``attn1``) layer of a diffusers UNet a :class:`PerturbableSelfAttention`."""
+def install(unet: Any) -> list[PerturbableSelfAttention]:
+    """Give every self-attention (``attn1``) layer of a diffusers UNet a :class:`PerturbableSelfAttention`;
+    returns them (the caller sets their ``latent`` before each forward)."""
     processors = {
         name: PerturbableSelfAttention() if name.endswith("attn1.processor") else processor
         for name, processor in unet.attn_processors.items()
     }
-    unet.set_attn_processor(processors)
+    installed = [p for p in processors.values() if isinstance(p, PerturbableSelfAttention)]
+    unet.set_attn_processor(processors)  # empties the dict
+    return installed

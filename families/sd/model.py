@@ -70,7 +70,7 @@ class SDUNet(nn.Module):
     def __init__(self, unet: Any, variant: str, downscale: int) -> None:
         super().__init__()
         self.unet, self.variant, self.downscale = unet, variant, downscale
-        install_perturbable_attention(unet)  # PAG / SEG / SLG on their own batch rows
+        self.self_attention = install_perturbable_attention(unet)  # PAG / SEG / SLG / SAG on their rows
 
     def forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         dtype = self.unet.dtype
@@ -80,6 +80,8 @@ class SDUNet(nn.Module):
                 "a Stable Diffusion UNet takes token embeddings (B, T, D); this condition was made by "
                 "another model's encoder"
             )
+        for processor in self.self_attention:
+            processor.latent = (x_in.shape[-2], x_in.shape[-1])
         added = None
         if self.variant in XL_VARIANTS:
             if not isinstance(cond, dict) or "pooled" not in cond:

@@ -5,10 +5,10 @@ Declarations only: torch, the families and the samplers load when a node runs.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket, String
+from nodes.comfy.model_patches import comfy_cfg
 from nodes.diffusion.names import COMFY_SAMPLER_NAMES, COMFY_SCHEDULER_NAMES
 from nodes.model_nodes import MODEL_FILES
 
@@ -375,47 +375,6 @@ class VAEEncode(Node):
         return Encode.run(ctx, pixels, vae)
 
 
-_RESCALED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()  # RescaleCFG's models
-
-
-def comfy_cfg(
-    ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, cfg: float
-) -> Any:
-    """The CFG a ComfyUI sampling node builds: our CFGCombine, rescaled when RescaleCFG patched the model."""
-    from nodes.guidance_nodes import CFGCombine, CFGRescale
-
-    (program,) = CFGCombine.run(ctx, model, positive, negative, cfg)
-    phi = _RESCALED.get(model)
-    return program if phi is None else CFGRescale.run(ctx, program, phi, "v")[0]
-
-
-class RescaleCFG(Node):
-    """Rescale the CFG of samplers using this model (Lin et al. 2023, §3.4, in v space): the guided
-    prediction's std is brought back to the conditional one's, mixed by ``multiplier``."""
-
-    category = "advanced/model"
-    inputs = (
-        Socket(name="model", type="MODEL", tooltip="the model whose CFG to rescale"),
-        Float(
-            name="multiplier",
-            default=0.7,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="φ: 0 plain CFG, 1 fully rescaled",
-        ),
-    )
-    outputs = (Output("MODEL", "MODEL"),)
-
-    @staticmethod
-    def run(ctx: Context, model: Denoiser, multiplier: float) -> tuple[Denoiser]:
-        import dataclasses
-
-        patched = dataclasses.replace(model, name=f"{model.name} + RescaleCFG {multiplier:g}")
-        _RESCALED[patched] = multiplier
-        return (patched,)
-
-
 def _sampler_inputs() -> tuple[Any, ...]:
     return (
         Int(
@@ -580,7 +539,6 @@ class KSamplerAdvanced(Node):
 
 NODES: list[type[Node]] = [
     CheckpointLoaderSimple,
-    RescaleCFG,
     LoraLoader,
     LoraLoaderModelOnly,
     CLIPTextEncode,

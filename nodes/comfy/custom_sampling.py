@@ -248,7 +248,7 @@ class CFGGuider(Node):
     def run(
         ctx: Context, model: Denoiser, positive: Conditioning, negative: Conditioning, cfg: float
     ) -> tuple[Guidance]:
-        from nodes.comfy.core import comfy_cfg
+        from nodes.comfy.model_patches import comfy_cfg
 
         return (comfy_cfg(ctx, model, positive, negative, cfg),)
 

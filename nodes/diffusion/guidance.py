@@ -6,7 +6,10 @@ nodes once per workflow run and compiled by the Sampler once per sampling run; t
 1. the σ-windows pick which branches are live (a rule outside its window costs nothing);
 2. the live leaves are deduplicated and all leaves of one model go through ONE batched forward, a
    perturbed leaf (PAG, SEG, skip-layer) changing the network's forward only on its own batch slice;
-3. the rules run in topological order; gradient rules enable autograd locally.
+3. leaves whose model input is built from those outputs (:class:`SecondPhaseLeaf`: SAG's degraded
+   input) go through ONE more batched forward per model, after the first; a program without them
+   has no second phase;
+4. the rules run in topological order; gradient rules enable autograd locally.
 
 Affine rules (:class:`Combine`, :class:`Difference`) are the same in every prediction space because
 their weights sum to 1; nonlinear rules (``rules.py``) declare the space they work in.
@@ -16,14 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.perturbation import Perturbation, perturbed, row_plan
-from nodes.diffusion.types import Conditioning, batch_conditions
+from nodes.diffusion.perturbation import AttentionHook, Perturbation
+from nodes.diffusion.types import Conditioning
 
 
 @dataclass
@@ -108,6 +111,31 @@ class Prediction(Guidance):
 
     def __post_init__(self) -> None:
         check_encoder(self.model, self.condition)
+
+
+class SecondPhaseLeaf(Guidance):
+    """A leaf whose model input is built from a first-phase leaf's output: the x0 prediction of
+    ``source``'s model and condition at ``model_input(x, D_source, recorder)``, turned into its value
+    by ``value``. The compiled program runs all such leaves of one model in ONE batched forward after
+    the first-phase forwards (SAG, ``self_attention.py``: two batched forwards per step).
+
+    ``recorder()`` gives a fresh attention hook for the source's rows of the first-phase forward
+    (None: nothing to record); the program hands it back to ``model_input``.
+    """
+
+    source: Prediction
+
+    def children(self) -> tuple[Guidance, ...]:
+        return (self.source,)
+
+    def recorder(self) -> AttentionHook | None:
+        return None
+
+    def model_input(self, x: torch.Tensor, source: torch.Tensor, recorder: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value(self, x: torch.Tensor, model_input: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def check_encoder(model: Denoiser, condition: Conditioning) -> None:
@@ -243,191 +271,3 @@ def step_window(inner: Guidance, start: float, stop: float, outside: Guidance | 
     return Window(
         inner, outside if outside is not None else inner.passthrough(), float(start), float(stop), "fraction"
     )
-
-
-@dataclass
-class _Plan:
-    """What one window state needs: leaves per model, live rules in order, whether x needs grad."""
-
-    leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]]  # (model, area) → leaves
-    rules: list[int]
-    needs_grad: bool
-    alias: dict[int, int]  # window id → the id of its live branch
-    renoise: int | None  # the live CFG++ rule, whose second input re-noises
-
-
-@dataclass
-class ForwardStats:
-    """Counts of batched model forwards and of rows pushed through them (tests hold the promise)."""
-
-    model_calls: int = 0
-    rows: int = 0
-    per_model: dict[str, int] = field(default_factory=dict)
-
-
-class CompiledGuidance:
-    """A GUIDANCE program ready to run as a denoiser ``(x, σ) → x̂0`` for one sampling run.
-
-    It owns the run's state: per-rule memory (fresh from :meth:`Guidance.new_state` at compile time, so
-    a new run starts clean while the program itself stays immutable and cacheable), the schedule that
-    step-counted rules and step-fraction windows are placed on, and after each call the re-noising
-    prediction of a live CFG++ rule (``renoise``; None when there is none).
-    """
-
-    def __init__(
-        self,
-        root: Guidance,
-        *,
-        seeds: Sequence[int],
-        device: torch.device,
-        dtype: torch.dtype = torch.float32,
-        max_batch: int = 0,
-        sigmas: torch.Tensor | None = None,
-    ):
-        self.nodes: list[Guidance] = []
-        self.children: list[tuple[int, ...]] = []
-        ids: dict[Guidance, int] = {}
-        self.root = self._collect(root, ids)
-        self.device, self.dtype, self.max_batch = device, dtype, max_batch
-        self.sigmas = None if sigmas is None else sigmas.detach().to("cpu", torch.float64)
-        self.windows = [n for n in self.nodes if isinstance(n, Window)]
-        self.bounds = [w.sigma_bounds(self.sigmas) for w in self.windows]
-        self.conditions = {i: n.condition for i, n in enumerate(self.nodes) if isinstance(n, Prediction)}
-        self.states = {i: n.new_state() for i, n in enumerate(self.nodes)}
-        self.generators = [torch.Generator().manual_seed((int(s) ^ 0x5DEECE66D) % 2**64) for s in seeds]
-        self.plans: dict[tuple[bool, ...], _Plan] = {}
-        self.stats = ForwardStats()
-        self.renoise: torch.Tensor | None = None
-
-    def _collect(self, root: Guidance, ids: dict[Guidance, int]) -> int:
-        """Post-order numbering with identical sub-programs merged (iterative: deep programs are fine)."""
-        stack: list[tuple[Guidance, bool]] = [(root, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if node in ids:
-                continue
-            if not expanded:
-                stack.append((node, True))
-                stack.extend((c, False) for c in reversed(node.children()) if c not in ids)
-                continue
-            ids[node] = len(self.nodes)
-            self.nodes.append(node)
-            self.children.append(tuple(ids[c] for c in node.children()))
-        return ids[root]
-
-    def _inside(self, w: int, sigma: float) -> bool:
-        lo, hi = self.bounds[w]
-        return lo < sigma <= hi
-
-    def _plan(self, sigma: float) -> _Plan:
-        key = tuple(self._inside(w, sigma) for w in range(len(self.windows)))
-        if key in self.plans:
-            return self.plans[key]
-        inside = dict(zip((id(w) for w in self.windows), key, strict=True))
-        live: set[int] = set()
-        alias: dict[int, int] = {}
-        stack = [self.root]
-        while stack:
-            i = stack.pop()
-            if i in live:
-                continue
-            live.add(i)
-            node = self.nodes[i]
-            if isinstance(node, Window):
-                alias[i] = self.children[i][0 if inside[id(node)] else 1]
-                stack.append(alias[i])
-            else:
-                stack.extend(self.children[i])
-        leaves: dict[tuple[Denoiser, tuple[int, int, int, int] | None], list[int]] = {}
-        rules: list[int] = []
-        for i in sorted(live):  # post-order ids are a topological order
-            node = self.nodes[i]
-            if isinstance(node, Prediction):
-                leaves.setdefault((node.model, node.area), []).append(i)
-            elif not isinstance(node, Window):
-                rules.append(i)
-        needs_grad = any(self.nodes[i].grads_through_denoiser() for i in rules)
-        renoise = [i for i in rules if self.nodes[i].renoise_input is not None]
-        if len(renoise) > 1:
-            raise ValueError("a program may hold one live CFG++ rule: the sampler re-noises once per step")
-        self.plans[key] = plan = _Plan(leaves, rules, needs_grad, alias, renoise[0] if renoise else None)
-        return plan
-
-    def _place(self, sigma: float) -> tuple[int, float]:
-        """(step index, progress) of σ on the run's schedule; (−1, −1.0) without one."""
-        if self.sigmas is None:
-            return -1, -1.0
-        s, n = self.sigmas, len(self.sigmas) - 1
-        if sigma >= float(s[0]):
-            return 0, 0.0
-        i = int(torch.searchsorted(-s, torch.tensor(-sigma, dtype=s.dtype), right=True)) - 1  # s[i] ≥ σ
-        i = min(max(i, 0), n - 1)
-        frac = (float(s[i]) - sigma) / max(float(s[i]) - float(s[i + 1]), 1e-30)
-        return i, (i + min(frac, 1.0)) / n
-
-    def _forward(
-        self, model: Denoiser, leaf_ids: list[int], x: torch.Tensor, sigma: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """All leaves of one model in one batched call (split in chunks only when ``max_batch`` says so).
-
-        A perturbed leaf's rows get its perturbation, the other rows the plain forward."""
-        b, k = x.shape[0], len(leaf_ids)
-        crops = [self._crop(x, self.nodes[i]) for i in leaf_ids]  # k × (B, C, h, w)
-        xs = torch.cat(crops) if k > 1 else crops[0]  # (k·B, C, h, w)
-        sigmas = sigma.repeat(k)  # (k·B,)
-        conds = batch_conditions([self.conditions[i] for i in leaf_ids], b, x.device, self.dtype)
-        perturbations = [_leaf(self.nodes[i]).perturbation for i in leaf_ids]
-        rows = xs.shape[0]
-        chunk = self.max_batch if 0 < self.max_batch < rows else rows
-        outs = []
-        for start in range(0, rows, chunk):
-            part = slice(start, min(start + chunk, rows))
-            cond = {k: v[part] for k, v in conds.items()} if isinstance(conds, dict) else conds[part]
-            with perturbed(model.network, row_plan(perturbations, b, part.start, part.stop)):
-                outs.append(model(xs[part], sigmas[part], cond))
-            self.stats.model_calls += 1
-            self.stats.per_model[model.name] = self.stats.per_model.get(model.name, 0) + 1
-        self.stats.rows += rows
-        return list(torch.cat(outs).split(b))  # k × (B, C, H, W)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """One guided evaluation: x (B, C, H, W), σ (B,) → x̂0 (B, C, H, W)."""
-        level = float(sigma.reshape(-1)[0])
-        plan = self._plan(level)
-        index, progress = self._place(level)
-        values: dict[int, torch.Tensor] = {}
-        with torch.set_grad_enabled(plan.needs_grad):
-            x_in = x.detach().requires_grad_() if plan.needs_grad else x
-            grad_leaf = x_in if plan.needs_grad else None
-            step = Step(x.detach(), sigma, self.generators, grad_leaf, index, progress)
-            for (model, _), leaf_ids in plan.leaves.items():
-                values.update(zip(leaf_ids, self._forward(model, leaf_ids, x_in, sigma), strict=True))
-            for i in plan.rules:
-                inputs = [values[self._resolve(c, plan)] for c in self.children[i]]
-                step.state = self.states[i]
-                values[i] = self.nodes[i].apply(inputs, step)
-        if plan.renoise is not None:
-            child = self.children[plan.renoise][self.nodes[plan.renoise].renoise_input or 0]
-            self.renoise = values[self._resolve(child, plan)].detach()
-        else:
-            self.renoise = None
-        return values[self._resolve(self.root, plan)].detach()
-
-    @staticmethod
-    def _crop(x: torch.Tensor, leaf: Guidance) -> torch.Tensor:
-        area = getattr(leaf, "area", None)
-        if area is None:
-            return x
-        h, w, top, left = area
-        return x[..., top : top + h, left : left + w]
-
-    @staticmethod
-    def _resolve(i: int, plan: _Plan) -> int:
-        while i in plan.alias:  # a window forwards the value of its live branch
-            i = plan.alias[i]
-        return i
-
-
-def _leaf(node: Guidance) -> Prediction:
-    assert isinstance(node, Prediction)
-    return node

@@ -8,6 +8,7 @@ not know declares nothing, and prompts over it are not estimated. Torch-free.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,23 @@ KNOWN = {"shapes_unet": SHAPES_UNET}
 
 
 def latent_cost(checkpoint: Path) -> LatentCost | None:
-    """The cost of the denoiser in ``checkpoint`` when its header names a known architecture."""
+    """The cost of the denoiser in ``checkpoint`` when its header names a known architecture.
+
+    Read once per version of the file (path, size, modification time): every POST /prompt asks, and
+    a large checkpoint's header is megabytes of JSON."""
+    try:
+        stat = checkpoint.stat()
+    except OSError:
+        return None
+    return _latent_cost(str(checkpoint), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _latent_cost(checkpoint: str, size: int, mtime_ns: int) -> LatentCost | None:
     from families.base import decode_metadata, read_header
 
     try:
-        header = read_header(checkpoint)
+        header = read_header(Path(checkpoint))
     except (OSError, ValueError):
         return None
     metadata = decode_metadata(header.get("__metadata__") or {})

@@ -10,16 +10,18 @@ Families opt in per self-attention layer: a module (or a diffusers attention pro
 in the list
 ``y[rows] = p.attend(q[rows], k[rows], v[rows], (H, W))`` to its attention output, and when
 ``attend`` returns None it returns its input unchanged on those rows (the layer is skipped).
-:func:`perturbed` fills those lists for one forward and empties them afterwards.
+:func:`perturbed` fills those lists for one forward and empties them afterwards. Anything with
+``layers`` and ``attend`` (an :class:`AttentionHook`) can sit in those lists: SAG's attention
+recorder (``self_attention.py``) reads the map of its rows and returns the plain attention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,17 @@ import torch.nn.functional as F
 from nodes.diffusion.names import INFINITE_BLUR
 
 KINDS: tuple[str, ...] = ("identity_attention", "blurred_queries", "skip_layer")
+
+
+class AttentionHook(Protocol):
+    """What a perturbable layer calls for its rows: ``attend(q, k, v, (H, W))`` → output or None (skip)."""
+
+    @property
+    def layers(self) -> tuple[str, ...]: ...
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ class Perturbation:
 def blur_queries(q: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
     """Gaussian blur of queries (B, heads, H·W, d) over the (H, W) grid, reflect-padded.
 
-    Kernel side: the odd number ⌈6σ⌉ or ⌈6σ⌉ + 1, capped by the grid (diffusers' SEG sizing);
+    Kernel side: the odd number ⌈6σ⌉ or ⌈6σ⌉ + 1 (diffusers' SEG sizing), capped by the grid;
     σ ≥ :data:`INFINITE_BLUR` gives the mean query (the paper's σ → ∞). diffusers 0.42's
     ``_gaussian_blur_2d`` has the two branches swapped: it takes the mean below its "infinite"
     threshold and blurs above it; its blur itself equals this one (tested).
@@ -76,19 +89,28 @@ def blur_queries(q: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.
     h, w = size
     if sigma >= INFINITE_BLUR:
         return q.mean(dim=2, keepdim=True).expand_as(q)
-    side, reach = min(h, w), math.ceil(6 * sigma)
-    kernel = min(reach + 1 - reach % 2, side - (side % 2 - 1))  # odd
+    reach = math.ceil(6 * sigma)
+    grid = q.permute(0, 1, 3, 2).reshape(b, heads * d, h, w)  # (B, heads·d, H, W)
+    blurred = gaussian_blur(grid, sigma, reach + 1 - reach % 2)
+    return blurred.reshape(b, heads, d, n).permute(0, 1, 3, 2)  # (B, heads, H·W, d)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, kernel: int) -> torch.Tensor:
+    """Per-channel Gaussian blur of x (B, C, H, W) with std ``sigma`` and an odd ``kernel`` side,
+    reflect-padded; the side is capped by the grid (reflect padding needs pad < side). σ ≤ 0 or a
+    side below 2 returns x."""
+    side = min(x.shape[-2:])
+    kernel = min(kernel, side - (side % 2 - 1))  # odd
     if kernel < 2 or sigma <= 0:
-        return q
+        return x
     half = (kernel - 1) / 2
-    taps = torch.linspace(-half, half, kernel, dtype=q.dtype, device=q.device)
+    taps = torch.linspace(-half, half, kernel, dtype=x.dtype, device=x.device)
     k1 = torch.exp(-0.5 * (taps / sigma) ** 2)
     k1 = k1 / k1.sum()
-    k2 = (k1[:, None] * k1[None, :]).expand(heads * d, 1, kernel, kernel)  # (heads·d, 1, k, k)
-    grid = q.permute(0, 1, 3, 2).reshape(b, heads * d, h, w)  # (B, heads·d, H, W)
+    c = x.shape[1]
+    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, kernel, kernel)  # (C, 1, k, k)
     pad = kernel // 2
-    blurred = F.conv2d(F.pad(grid, [pad] * 4, mode="reflect"), k2, groups=heads * d)
-    return blurred.reshape(b, heads, d, n).permute(0, 1, 3, 2)  # (B, heads, H·W, d)
+    return F.conv2d(F.pad(x, [pad] * 4, mode="reflect"), k2, groups=c)
 
 
 def perturbable_layers(network: torch.nn.Module) -> dict[str, Any]:
@@ -127,20 +149,21 @@ def check_layers(network: torch.nn.Module, patterns: tuple[str, ...], model_name
 
 
 def row_plan(
-    perturbations: list[Perturbation | None], b: int, start: int, end: int
-) -> list[tuple[Perturbation, slice]]:
-    """The perturbed rows of chunk [start, end) of a batch made of one block of b rows per leaf."""
-    plan = []
-    for j, p in enumerate(perturbations):
+    hooks: Sequence[Sequence[AttentionHook]], b: int, start: int, end: int
+) -> list[tuple[AttentionHook, slice]]:
+    """The hooked rows of chunk [start, end) of a batch made of one block of b rows per leaf
+    (``hooks[j]``: what leaf j's rows get; most leaves get nothing)."""
+    plan: list[tuple[AttentionHook, slice]] = []
+    for j, leaf_hooks in enumerate(hooks):
         lo, hi = max(j * b, start), min((j + 1) * b, end)
-        if p is not None and lo < hi:
-            plan.append((p, slice(lo - start, hi - start)))
+        if lo < hi:
+            plan.extend((hook, slice(lo - start, hi - start)) for hook in leaf_hooks)
     return plan
 
 
 @contextmanager
-def perturbed(network: torch.nn.Module, plan: list[tuple[Perturbation, slice]]) -> Iterator[None]:
-    """Install ``plan`` (perturbation, rows) on the network's attention layers for one forward."""
+def perturbed(network: torch.nn.Module, plan: list[tuple[AttentionHook, slice]]) -> Iterator[None]:
+    """Install ``plan`` (hooks and their rows) on the network's attention layers for one forward."""
     if not plan:
         yield
         return
@@ -160,8 +183,8 @@ def perturbed(network: torch.nn.Module, plan: list[tuple[Perturbation, slice]]) 
             _slots(module).clear()
 
 
-def _slots(layer: Any) -> list[tuple[Perturbation, slice]]:
-    slots: list[tuple[Perturbation, slice]] = layer.perturbations
+def _slots(layer: Any) -> list[tuple[AttentionHook, slice]]:
+    slots: list[tuple[AttentionHook, slice]] = layer.perturbations
     return slots
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.guidance import CompiledGuidance, ForwardStats, Guidance, Prediction
+from nodes.diffusion.guidance import Guidance, Prediction
+from nodes.diffusion.program import CompiledGuidance, ForwardStats
 from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise, Sampler
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -92,7 +93,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         number = await app[state.INTAKE].add(new)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
-    app[state.WORKER].wake()
+    app[state.WORKER].wake(prompt_id, report)
     app[state.HUB].send_status()
     node_errors = {} if report.ok else report.node_errors
     return json_response({"prompt_id": prompt_id, "number": _int(number), "node_errors": node_errors})
@@ -119,10 +120,25 @@ def _convert_and_validate(
         if needed.total > 0:
             budget = config.memory_budget_bytes
             if budget is None:
-                budget = available_bytes(config.device)
+                budget = _free_now(config.device)
             if needed.total > budget:
                 return _over_budget(needed, budget, report)
     return prompt, report
+
+
+_FREE_READ: dict[str | None, tuple[float, int]] = {}
+FREE_MAX_AGE_S = 0.25  # a burst of posts reads free memory a few times a second, not once per post
+
+
+def _free_now(device: str | None) -> int:
+    """The memory free now on ``device``, read again when the last reading is older than
+    ``FREE_MAX_AGE_S``."""
+    now = time.monotonic()
+    read_at, free = _FREE_READ.get(device, (-FREE_MAX_AGE_S, 0))
+    if now - read_at >= FREE_MAX_AGE_S:
+        free = available_bytes(device)
+        _FREE_READ[device] = (now, free)
+    return free
 
 
 def _over_budget(needed: Estimate, budget: int, report: ValidationReport) -> web.Response:

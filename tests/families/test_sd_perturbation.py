@@ -4,6 +4,7 @@ computes what diffusers' default one does, and its PAG slice equals diffusers' P
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, PAGCFGIdentitySelfAttnProcessor2_0
 
@@ -14,10 +15,12 @@ from nodes.diffusion.perturbation import Perturbation, perturbable_layers, pertu
 B = 2
 
 
-def inputs(unet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inputs(unet, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     size = unet.config.sample_size
-    x = torch.randn(B, unet.config.in_channels, size, size, generator=g).repeat(3, 1, 1, 1)  # (3B, …)
+    x = torch.randn(B, unet.config.in_channels, size, width or size, generator=g).repeat(
+        3, 1, 1, 1
+    )  # (3B, …)
     t = torch.full((3 * B,), 500.0)
     context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)  # uncond, cond
     return x, t, torch.cat([context[:1].expand(B, -1, -1), context[1:].expand(2 * B, -1, -1)])
@@ -50,10 +53,11 @@ def test_pag_slice_equals_diffusers_pag_processor_and_other_rows_are_untouched()
     assert (ours[2 * B :] - plain[2 * B :]).abs().max() > 1e-4
 
 
-def test_seg_and_skip_layer_change_only_their_rows() -> None:
+@pytest.mark.parametrize("width", [32, 22], ids=["square", "non-square"])
+def test_seg_and_skip_layer_change_only_their_rows(width: int) -> None:
     _, unet, _, _ = build_networks("sd1", "tiny", seed=3)
     network = SDUNet(unet.eval(), "sd1", 8)
-    x, t, context = inputs(unet)
+    x, t, context = inputs(unet, width)  # 32×22: the mid block's grid is 16×11
     with torch.no_grad():
         plain = network(x, t, context)
         for p in (

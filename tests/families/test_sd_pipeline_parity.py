@@ -23,7 +23,8 @@ from families.sd.components import SDComponents
 from families.sd.make import build_networks
 from families.sd.model import SDText, checkpoint_from_components
 from families.sd.tokenizer import clip_tokenizer
-from nodes.diffusion.guidance import CompiledGuidance, Prediction, cfg
+from nodes.diffusion.guidance import Prediction, cfg
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
 from nodes.diffusion.types import Conditioning
 

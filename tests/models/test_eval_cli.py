@@ -104,7 +104,7 @@ def test_autoguidance_strategies_keep_both_networks_and_sample_on_the_named_sche
 
     from families.shapes.evaluation.strategies import STRATEGIES, build_program
     from graph_runtime import Executor, Registry
-    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.program import CompiledGuidance
     from nodes.diffusion.sampling import leaf_models
 
     executor = Executor(Registry.from_entry_points(), device="cpu", dtype=torch.float32)

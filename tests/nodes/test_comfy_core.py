@@ -230,7 +230,7 @@ def test_sampler_custom_advanced_with_cfg_guider_equals_ksampler(loaded: Any) ->
 
 def test_dual_cfg_guider_is_its_formula(gaussian: Any, cond: Any) -> None:
     from nodes.comfy.custom_sampling import DualCFGGuider
-    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.program import CompiledGuidance
 
     m = gaussian()
     c1, c2, u = cond(m, "red"), cond(m, "blue"), cond(m, "")
@@ -314,7 +314,7 @@ def test_combined_conditions_mix_per_pixel_by_area_strength_and_schedule(gaussia
         ConditioningSetArea,
         ConditioningSetTimestepRange,
     )
-    from nodes.diffusion.guidance import CompiledGuidance
+    from nodes.diffusion.program import CompiledGuidance
     from nodes.diffusion.regions import predict
 
     m, ctx = gaussian(), Context()
@@ -445,8 +445,8 @@ def test_the_docs_example_runs_a_comfyui_graph_with_clip_guidance_in_place_of_ks
 
 
 def test_rescale_cfg_patches_the_model_for_comfyui_samplers_and_perp_neg_guides(loaded: Any) -> None:
-    from nodes.comfy.core import RescaleCFG
     from nodes.comfy.custom_sampling import PerpNegGuider
+    from nodes.comfy.model_patches import RescaleCFG
     from nodes.guidance_nodes import CFGRescale
 
     model, clip, _ = loaded
@@ -463,3 +463,37 @@ def test_rescale_cfg_patches_the_model_for_comfyui_samplers_and_perp_neg_guides(
     (guider,) = PerpNegGuider.run(ctx, model, pos, clip.encode_text("blue"), neg, 6.0, 1.0)
     (out,) = Sampler.run(ctx, guider, latent, 3, 2, "euler", "karras", 1.0)
     assert bool(out.samples.isfinite().all())
+
+
+def test_self_attention_guidance_patches_the_model_and_stacks_after_rescale_cfg(loaded: Any) -> None:
+    from nodes.comfy.model_patches import RescaleCFG, SelfAttentionGuidance
+    from nodes.composition_nodes import SAG
+    from nodes.guidance_nodes import CFGRescale
+
+    model, clip, _ = loaded
+    ctx = Context()
+    pos, neg = clip.encode_text("a red house"), clip.encode_text("")
+    latent = Latent(torch.zeros(1, 4, 16, 16))
+    (patched,) = SelfAttentionGuidance.run(ctx, *RescaleCFG.run(ctx, model, 0.7), 0.5, 2.0)
+    (both,) = KSampler.run(ctx, patched, 3, 2, 7.0, "euler", "karras", pos, neg, latent, 1.0)
+    (rescaled,) = CFGRescale.run(ctx, CFGCombine.run(ctx, model, pos, neg, 7.0)[0], 0.7, "v")
+    (program,) = SAG.run(ctx, rescaled, model, neg, 0.5, 2.0, 1.0, "mid")  # ComfyUI: after the CFG
+    (by_hand,) = Sampler.run(ctx, program, latent, 3, 2, "euler", "karras", 1.0, 0, None, "comfyui")
+    assert torch.equal(both.samples, by_hand.samples)
+    (sag_only,) = KSampler.run(
+        ctx,
+        SelfAttentionGuidance.run(ctx, model, 0.5, 2.0)[0],
+        3,
+        2,
+        7.0,
+        "euler",
+        "karras",
+        pos,
+        neg,
+        latent,
+        1.0,
+    )
+    (plain,) = KSampler.run(ctx, model, 3, 2, 7.0, "euler", "karras", pos, neg, latent, 1.0)
+    assert not torch.equal(sag_only.samples, plain.samples) and not torch.equal(
+        sag_only.samples, both.samples
+    )

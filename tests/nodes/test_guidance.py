@@ -17,7 +17,8 @@ from nodes.diffusion.gradients import (
     make_cutouts,
     spherical_distance,
 )
-from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction, cfg, combine, window
+from nodes.diffusion.guidance import Guidance, Prediction, cfg, combine, window
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.rules import Rescale, Threshold
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import sigmas_karras

@@ -10,7 +10,7 @@ from diffusers.hooks.smoothed_energy_guidance_utils import _gaussian_blur_2d
 from families.shapes.family import ShapesText
 from families.shapes.networks import ShapesUNet
 from nodes.diffusion.conventions import Denoiser, vp_sigmas
-from nodes.diffusion.guidance import CompiledGuidance, Difference, Prediction, cfg
+from nodes.diffusion.guidance import Difference, Prediction, cfg
 from nodes.diffusion.perturbation import (
     INFINITE_BLUR,
     Perturbation,
@@ -18,6 +18,7 @@ from nodes.diffusion.perturbation import (
     check_layers,
     matching_layers,
 )
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.types import Conditioning
 
 CPU = torch.device("cpu")

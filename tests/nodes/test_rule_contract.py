@@ -1,7 +1,7 @@
 """The rule contract (``Guidance``'s docstring), checked over every rule class.
 
-For each rule of ``nodes.diffusion`` (RegionMix included): it is registered here (a new rule
-without a case fails), it declares a known space,
+For each rule of ``nodes.diffusion`` (RegionMix included; leaves, first- and second-phase, are not
+rules): it is registered here (a new rule without a case fails), it declares a known space,
 ``children()`` lists its GUIDANCE fields in declaration order, ``apply`` reads its inputs in that
 order (its output equals the formula evaluated by field name), its neutral setting equals its
 pass-through, and its per-run state starts fresh at every compile.
@@ -22,7 +22,8 @@ import nodes.diffusion.guidance as guidance
 import nodes.diffusion.regions as regions
 import nodes.diffusion.rules as rules
 from nodes.diffusion.conventions import SPACES, from_space, to_space
-from nodes.diffusion.guidance import CompiledGuidance, Guidance, Prediction
+from nodes.diffusion.guidance import Guidance, Prediction, SecondPhaseLeaf
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.types import Classifier, Clip, Conditioning, ImageClassifier
 
 CPU = torch.device("cpu")
@@ -35,7 +36,8 @@ def all_rules() -> list[type[Guidance]]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls is not Prediction and cls.__module__.startswith("nodes.diffusion."):
+        leaf = issubclass(cls, Prediction | SecondPhaseLeaf)
+        if not leaf and cls.__module__.startswith("nodes.diffusion."):
             found.append(cls)
     return sorted(found, key=lambda c: c.__name__)
 

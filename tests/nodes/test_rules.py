@@ -19,7 +19,8 @@ from diffusers.guiders import (
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
 from nodes.diffusion.conventions import from_space, to_space
-from nodes.diffusion.guidance import CompiledGuidance, Difference, Prediction, Step, cfg, combine, step_window
+from nodes.diffusion.guidance import Difference, Prediction, Step, cfg, combine, step_window
+from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.rules import AdaptiveProjected, Momentum, Renoise, Scheduled, Tangential, ZeroStar
 from nodes.diffusion.sampling import guided_sample
 from nodes.diffusion.schedules import sigmas_karras

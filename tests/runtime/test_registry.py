@@ -79,6 +79,41 @@ def test_folder_combo_lists_files_again_when_asked(tmp_path: Path) -> None:
     ]
 
 
+def test_folder_listing_is_kept_until_a_directory_changes(tmp_path: Path) -> None:
+    """A listing is reused while no directory it read changed, and read again when one did: a file
+    added in a nested folder, a folder that became a diffusers bundle, a link loop that ends."""
+    import os
+
+    from graph_runtime import folders
+
+    root = tmp_path / "kept"
+    (root / "sd" / "deep").mkdir(parents=True)
+    (root / "sd" / "deep" / "a.safetensors").write_bytes(b"x")
+    (root / "pipe").mkdir()
+    (root / "pipe" / "unet.safetensors").write_bytes(b"x")
+    (root / "sd" / "loop").symlink_to(root)
+    register_folders({"test_kept": [root]})
+
+    def age() -> None:  # directories older than the racy window, so their listing may be kept
+        for d in (root, root / "sd", root / "sd" / "deep", root / "pipe"):
+            os.utime(d, ns=(1_000_000_000, 1_000_000_000))
+
+    def listed() -> list[str]:
+        return folders.list_files("test_kept", (".safetensors",), "model_index.json")
+
+    age()
+    assert listed() == ["pipe/unet.safetensors", "sd/deep/a.safetensors"]
+    key = next(k for k in folders._LISTINGS if k[0] == "test_kept")
+    assert folders._LISTINGS[key].names == tuple(listed())  # kept, not walked again
+
+    (root / "sd" / "deep" / "b.safetensors").write_bytes(b"x")
+    (root / "pipe" / "model_index.json").write_text("{}")
+    assert listed() == ["pipe", "sd/deep/a.safetensors", "sd/deep/b.safetensors"]
+    age()
+    (root / "pipe" / "model_index.json").unlink()  # changes pipe's time again
+    assert listed() == ["pipe/unet.safetensors", "sd/deep/a.safetensors", "sd/deep/b.safetensors"]
+
+
 def test_two_classes_with_one_name_are_refused() -> None:
     class Number(Node):  # same name as the test node
         outputs = (Output("v", "FLOAT"),)

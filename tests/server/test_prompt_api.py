@@ -96,6 +96,17 @@ async def test_partial_acceptance_runs_the_good_outputs_and_reports_the_bad(clie
     assert list(entry["outputs"]) == ["2"] and entry["prompt"][4] == ["2"]
 
 
+async def test_a_prompt_is_validated_once_on_post_not_again_when_it_runs(client, monkeypatch) -> None:
+    import graph_runtime.executor
+
+    validated = []
+    real = graph_runtime.executor.validate
+    monkeypatch.setattr(graph_runtime.executor, "validate", lambda *a: validated.append(a) or real(*a))
+    answer = await queue(client, square_prompt(value=11))
+    entry = await wait_done(client, answer["prompt_id"])
+    assert entry["status"]["completed"] is True and validated == []
+
+
 async def test_partial_execution_targets_run_only_those_outputs(client) -> None:
     third = {"value": ["1", 0], "size": 4, "prefix": "third"}
     prompt = {**square_prompt(), "3": {"class_type": "SaveSquare", "inputs": third}}

@@ -43,6 +43,7 @@ NAMES = (
     "cfg_schedule",
     "pag",
     "seg",
+    "sag",
     "perp_neg",
     "tcfg",
     "autoguidance",

@@ -28,6 +28,7 @@ COLOURS_BY_STRATEGY = {
     "cfg_schedule": (0, 0, 128),
     "tcfg": (0, 128, 0),
     "pag": (128, 0, 0),
+    "sag": (128, 128, 0),
     "autoguidance": (210, 105, 30),
     "autoguidance_cfg": (75, 0, 130),
 }

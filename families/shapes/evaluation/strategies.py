@@ -67,6 +67,11 @@ STRATEGIES: dict[str, Strategy] = {
         ("Autoguidance", "scale"),
         "autoguidance plus the workflow's CFG at w_cfg = 2: c + (w − 1)·(c − c_weak) + (w_cfg − 1)·(c − u)",
     ),
+    "sag": Strategy(
+        "sag",
+        ("SAG", "scale"),
+        "CFG at w = 3 plus SAG on u, mid-block map, blur σ 1 (scale = s)",
+    ),
     "classifier": Strategy(
         "classifier", ("ClassifierGrad", "scale"), "unconditional model + noise-aware classifier gradient"
     ),
