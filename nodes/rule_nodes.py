@@ -209,6 +209,59 @@ class PerpNegGuidance(Node):
         return (PerpNeg(p, n, u, scale, neg_scale),)
 
 
+class DualCFGCombine(Node):
+    """Two-scale CFG of InstructPix2Pix (Brooks et al. 2023, "InstructPix2Pix: Learning to Follow
+    Image Editing Instructions", eq. 3) for a model conditioned on an image c_I and a text c_T:
+    ``out = P(∅,∅) + s_I·(P(c_I,∅) − P(∅,∅)) + s_T·(P(c_I,c_T) − P(c_I,∅))``.
+
+    s_I pulls towards the input image, s_T towards the instruction; diffusers' pipeline calls them
+    ``image_guidance_scale`` and ``guidance_scale``. The three predictions share one batched forward;
+    s_I = s_T skips P(c_I, ∅). InstructPixToPixConditioning makes the image conditions: its
+    ``positive`` is c_I + c_T, its ``negative`` c_I + ∅; the plain negative prompt is ∅ + ∅.
+    """
+
+    category = CATEGORY
+    inputs = (
+        Socket(name="model", type="MODEL", tooltip="an image-conditioned denoiser (InstructPix2Pix)"),
+        Socket(name="image_text", type="CONDITIONING", tooltip="c_I + c_T: the image and the instruction"),
+        Socket(name="image", type="CONDITIONING", tooltip="c_I + ∅: the image with the null (negative) text"),
+        Socket(name="null", type="CONDITIONING", tooltip="∅ + ∅: no image, the null (negative) text"),
+        Float(
+            name="image_scale",
+            default=1.5,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.05,
+            tooltip="s_I: how closely to keep the input image (1.5: the paper's and diffusers' default)",
+        ),
+        Float(
+            name="text_scale",
+            default=7.5,
+            min=-SCALE_LIMIT,
+            max=SCALE_LIMIT,
+            step=0.1,
+            tooltip="s_T: how strongly to follow the instruction (7.5: the paper's and diffusers' default)",
+        ),
+    )
+    outputs = GUIDANCE_OUT
+
+    @staticmethod
+    def run(
+        ctx: Context,
+        model: Denoiser,
+        image_text: Conditioning,
+        image: Conditioning,
+        null: Conditioning,
+        image_scale: float,
+        text_scale: float,
+    ) -> tuple[Guidance]:
+        from nodes.diffusion.guidance import dual_cfg
+        from nodes.diffusion.regions import predict
+
+        full, image_only, none = (predict(model, c) for c in (image_text, image, null))
+        return (dual_cfg(full, image_only, none, image_scale, text_scale, nested=False),)
+
+
 class TangentialCFG(Node):
     """TCFG (Kwon et al. 2025, "TCFG: Tangential Damping Classifier-free Guidance"): the unconditional
     prediction keeps only its component along the top singular direction of ``[P_c; P_u]``, then
@@ -274,4 +327,4 @@ class CFGPlusPlus(Node):
         return (Renoise(cfg(predict(model, positive), u, scale), u),)
 
 
-NODES: list[type[Node]] = [APG, CFGZeroStar, PerpNegGuidance, TangentialCFG, CFGPlusPlus]
+NODES: list[type[Node]] = [APG, CFGZeroStar, PerpNegGuidance, DualCFGCombine, TangentialCFG, CFGPlusPlus]

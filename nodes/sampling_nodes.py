@@ -40,6 +40,9 @@ class Sampler(Node):
     there when cancelled. ``max_batch`` > 0 splits a model's batched forward into chunks of that
     many rows (memory); 0 never splits. The noise schedule comes from ``schedule_model`` or, when the
     program has a single model, from that model; it is never guessed among several.
+    ``recurrence`` k > 1 repeats every step k times, re-noising back to the step's σ with fresh seeded
+    noise in between (universal guidance's self-recurrence, Bansal et al. 2023, Alg. 1): k times the
+    model evaluations, for one-step samplers only.
     """
 
     category = "guidegraph/sampling"
@@ -103,6 +106,15 @@ class Sampler(Node):
             tooltip="guidegraph: noise per sample from seed + index; comfyui: ComfyUI's batch noise, "
             "σ lists and sampler endings, as its KSampler",
         ),
+        Int(
+            name="recurrence",
+            default=1,
+            min=1,
+            max=100,
+            optional=True,
+            tooltip="k: run each step k times, re-noising back to its σ in between (universal guidance's "
+            "self-recurrence; one-step samplers only); 1: once",
+        ),
     )
     outputs = (Output("LATENT", "LATENT"),)
 
@@ -119,9 +131,12 @@ class Sampler(Node):
         max_batch: int | None = 0,
         schedule_model: Denoiser | None = None,
         conventions: str = "guidegraph",
+        recurrence: int = 1,
     ) -> tuple[Latent]:
+        from nodes.diffusion.recurrence import check_recurrence
         from nodes.diffusion.schedules import sigmas_for_denoise
 
+        check_recurrence(sampler_name, recurrence)
         model = schedule_source(guidance, schedule_model)
         comfy = conventions == "comfyui"
         if comfy:
@@ -133,7 +148,15 @@ class Sampler(Node):
         else:
             sigmas = sigmas_for_denoise(scheduler, model, steps, denoise)
         return run_sampler(
-            ctx, guidance, latent, seed, sigmas, sampler_name, max_batch=max_batch or 0, comfy=comfy
+            ctx,
+            guidance,
+            latent,
+            seed,
+            sigmas,
+            sampler_name,
+            max_batch=max_batch or 0,
+            comfy=comfy,
+            recurrence=recurrence,
         )
 
     @staticmethod
@@ -177,12 +200,14 @@ def run_sampler(
     max_batch: int = 0,
     last: list[Any] | None = None,
     comfy: bool = False,
+    recurrence: int = 1,
 ) -> tuple[Latent]:
     """Sample ``latent`` along ``sigmas`` with per-sample noise from ``seed + batch index``, reporting
     progress (with previews when asked) and stopping when cancelled. ``last`` (a one-item list), when
     given, receives the last step's x̂0. ``comfy`` uses ComfyUI's conventions instead: one noise draw
     for the whole batch from the seed (scaled as ComfyUI scales it) and ComfyUI's variant of the
-    named sampler (:mod:`nodes.diffusion.comfy_parity`)."""
+    named sampler (:mod:`nodes.diffusion.comfy_parity`). ``recurrence`` repeats each step
+    (:mod:`nodes.diffusion.recurrence`)."""
     from nodes.diffusion.samplers import PerSampleNoise
     from nodes.diffusion.sampling import guided_sample
     from nodes.diffusion.types import Latent
@@ -232,6 +257,7 @@ def run_sampler(
         max_batch=max_batch,
         noise_source=source,
         sampler_fn=sampler_fn,
+        recurrence=recurrence,
     )
     return (Latent(out.float().cpu(), latent.noise_mask, latent.batch_index),)
 

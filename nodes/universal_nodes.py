@@ -48,8 +48,8 @@ class UniversalGuidance(Node):
     Forward guidance: ``D' = D − s·σ²·∇ₓ ℓ(f(D(x)))``, back-propagated through the denoiser (the
     σ-space form of ``ε' = ε + s·√(1−ᾱ)·∇ℓ``). Backward guidance: ``backward_steps`` gradient steps of
     size ``backward_lr`` on a shift Δ of x̂0 that lowers ℓ, without the denoiser, then ``D' + Δ``.
-    Works on any guidance; the paper's self-recurrence (repeating a step after re-noising) is not
-    implemented.
+    Works on any guidance. The paper's self-recurrence (repeating each step k times after re-noising)
+    is the Sampler's ``recurrence`` input.
     """
 
     category = CATEGORY

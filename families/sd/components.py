@@ -17,7 +17,10 @@ from typing import Any
 #   sdxl          SDXL base 1.0: CLIP ViT-L/14 + OpenCLIP ViT-bigG/14 (penultimate, pooled), size/crop
 #                 conditioning, ε-prediction, 1024 px
 #   sdxl_refiner  SDXL refiner: OpenCLIP ViT-bigG/14 only, aesthetic-score conditioning
-VARIANTS: tuple[str, ...] = ("sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner")
+#   sd1_ip2p      InstructPix2Pix (Brooks et al. 2023): SD 1.x whose UNet takes 8 input channels, the
+#                 noisy latent and the unscaled latent of the image to edit, concatenated
+VARIANTS: tuple[str, ...] = ("sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner", "sd1_ip2p")
+IMAGE_CONDITIONED = ("sd1_ip2p",)
 
 
 @dataclass(eq=False)

@@ -9,6 +9,7 @@ Order of evidence for a single file:
    UNets, unCLIP): a :class:`CheckpointError` that names them;
 3. the UNet's shapes: SDXL's ``label_emb`` input width (2816 base, 2560 refiner, as 6 or 5 size/crop/score
    embeddings of 256 plus the 1280 pooled text), else the cross-attention width (768 SD 1.x, 1024 SD 2.x);
+   an SD 1.x UNet whose ``conv_in`` takes 8 channels (4 noisy + 4 image latent) is InstructPix2Pix;
 4. SD 2.x ε or v, which no key tells: Stability's ``modelspec`` metadata when present, else the same weight
    statistic ComfyUI uses, the spread of one LayerNorm bias near the output (v-prediction models
    were trained further and it exceeds 0.09; the 512 px ε-model's stays below). Wrong guesses are
@@ -51,15 +52,15 @@ PIPELINES_UNSUPPORTED = {
     "StableDiffusionUpscalePipeline": "the SD x4 upscaler",
     "StableDiffusionInpaintPipeline": "an inpainting model",
     "StableDiffusionXLInpaintPipeline": "an SDXL inpainting model",
-    "StableDiffusionInstructPix2PixPipeline": "InstructPix2Pix",
     "StableUnCLIPPipeline": "Stable unCLIP",
     "StableCascadeDecoderPipeline": "Stable Cascade",
 }
-SUPPORTED = "SD 1.x, SD 2.x (512 px ε, 768 px v), SDXL base 1.0, SDXL refiner 1.0"
+SUPPORTED = "SD 1.x, SD 2.x (512 px ε, 768 px v), SDXL base 1.0, SDXL refiner 1.0, InstructPix2Pix (SD 1.x)"
+IP2P_CHANNELS = 8
 
 
 def detect_variant(source: Source) -> str | None:
-    """The SD variant of ``source`` (sd1, sd2, sd2_v, sdxl, sdxl_refiner), None when it is no SD
+    """The SD variant of ``source`` (sd1, sd2, sd2_v, sdxl, sdxl_refiner, sd1_ip2p), None when it is no SD
     checkpoint, or a CheckpointError for a known layout we do not load."""
     recorded = (source.model_index or {}).get(META_FOLDER_VARIANT) or source.metadata.get(META_VARIANT)
     if isinstance(recorded, str):
@@ -82,11 +83,15 @@ def detect_variant(source: Source) -> str | None:
                 "and load it with the VAE loader"
             )
         return None
+    label = source.shape(UNET + "label_emb.0.0.weight")
+    if len(conv_in) == 4 and conv_in[1] == IP2P_CHANNELS:
+        if label is None and _context_width_variant(source) == "sd1":
+            return "sd1_ip2p"
+        raise _unsupported(source, "an InstructPix2Pix UNet (8 input channels) not built on SD 1.x")
     if len(conv_in) == 4 and conv_in[1] != 4:
-        known = {9: "an inpainting model (9 input channels)", 8: "InstructPix2Pix (8 input channels)"}
+        known = {9: "an inpainting model (9 input channels)"}
         other = f"a UNet with {conv_in[1]} input channels (an upscaler?)"
         raise _unsupported(source, known.get(conv_in[1], other))
-    label = source.shape(UNET + "label_emb.0.0.weight")
     if label is not None:
         if label[-1] in SDXL_LABEL_WIDTH:
             return SDXL_LABEL_WIDTH[label[-1]]
@@ -142,6 +147,12 @@ def _detect_folder(source: Source) -> str | None:
         return None
     unet = _folder_json(source, "unet/config.json")
     channels = unet.get("in_channels", 4)
+    if (
+        channels == IP2P_CHANNELS
+        and unet.get("addition_embed_type") is None
+        and unet.get("cross_attention_dim") == 768
+    ):
+        return "sd1_ip2p"
     if channels != 4:
         raise _unsupported(source, f"a UNet with {channels} input channels (inpainting or upscaler)")
     if unet.get("addition_embed_type") == "text_time":

@@ -39,6 +39,7 @@ CLIP_L_PAD, OPEN_CLIP_PAD = "<|endoftext|>", "!"
 # variant -> its text encoders in the order the UNet concatenates them: (component, class, pad token)
 ENCODERS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "sd1": (("text_encoder", "CLIPTextModel", CLIP_L_PAD),),
+    "sd1_ip2p": (("text_encoder", "CLIPTextModel", CLIP_L_PAD),),
     "sd2": (("text_encoder", "CLIPTextModel", OPEN_CLIP_PAD),),
     "sd2_v": (("text_encoder", "CLIPTextModel", OPEN_CLIP_PAD),),
     "sdxl": (

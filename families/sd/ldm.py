@@ -27,7 +27,11 @@ import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_L_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}
+CLIP_L_PREFIX = {
+    "sd1": "cond_stage_model.transformer.",
+    "sd1_ip2p": "cond_stage_model.transformer.",
+    "sdxl": "conditioner.embedders.0.transformer.",
+}
 OPEN_CLIP_PREFIX = {
     "sd2": "cond_stage_model.model.",
     "sd2_v": "cond_stage_model.model.",

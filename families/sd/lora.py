@@ -167,7 +167,7 @@ def apply_lora(
         names = unet_names(base, {ours: key for key, ours in ldm.items()})
         unet = patch(network.unet, names, pairs, strength_model, used)
         label = f"{model.name} + {path.name}×{strength_model:g}"
-        new_network = SDUNet(unet, network.variant, network.downscale)
+        new_network = SDUNet(unet, network.variant, network.downscale, network.latent_scaling)
         new_model = dataclasses.replace(model, network=new_network, name=label, _log_tables={})
     if clip is not None and strength_clip != 0:
         if not isinstance(clip, SDText):

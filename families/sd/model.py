@@ -13,6 +13,11 @@ StableDiffusionXLPipeline) do:
   "penultimate layer" is built into the config); SDXL takes the penultimate hidden state of both
   encoders, concatenated, and the second encoder's projected pooled output.
 - VAE: latents are ``scaling_factor·(z − shift)``; encoding takes the posterior mean (deterministic).
+- InstructPix2Pix (StableDiffusionInstructPix2PixPipeline): the UNet reads the c_in-scaled noisy
+  latent and the edited image's latent concatenated on the channel axis; that image latent is the
+  posterior's mode *without* the latent scaling (``vae.encode(image).latent_dist.mode()``), and the
+  null image is zeros. A condition carries the image as a scaled latent like any LATENT (extra
+  ``image_latent``); the UNet undoes the scaling before concatenating.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from torch import nn
 
 from families.base import Checkpoint, LoadOptions
 from families.sd.attention import install as install_perturbable_attention
-from families.sd.components import SDComponents
+from families.sd.components import IMAGE_CONDITIONED, SDComponents
 from nodes.diffusion.conventions import Denoiser
-from nodes.diffusion.types import Conditioning
+from nodes.diffusion.types import IMAGE_LATENT, Conditioning
 
 XL_VARIANTS = ("sdxl", "sdxl_refiner")
 REFINER_AESTHETIC_SCORE = 6.0  # diffusers' default for the refiner's positive prompt
@@ -65,11 +70,18 @@ def prediction_of(config: dict[str, Any], override: str) -> str:
 
 
 class SDUNet(nn.Module):
-    """``UNet2DConditionModel`` behind the denoiser's network contract ``(c_in·x, t, cond) → raw``."""
+    """``UNet2DConditionModel`` behind the denoiser's network contract ``(c_in·x, t, cond) → raw``.
 
-    def __init__(self, unet: Any, variant: str, downscale: int) -> None:
+    ``latent_scaling`` (scale, shift) is the VAE's: an image-conditioned UNet (InstructPix2Pix) reads
+    its image latent unscaled, ``latent/scale + shift``.
+    """
+
+    def __init__(
+        self, unet: Any, variant: str, downscale: int, latent_scaling: tuple[float, float] = (1.0, 0.0)
+    ) -> None:
         super().__init__()
         self.unet, self.variant, self.downscale = unet, variant, downscale
+        self.latent_scaling = latent_scaling
         self.self_attention = install_perturbable_attention(unet)  # PAG / SEG / SLG / SAG on their rows
 
     def forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -87,10 +99,35 @@ class SDUNet(nn.Module):
             if not isinstance(cond, dict) or "pooled" not in cond:
                 raise ValueError("SDXL needs the pooled text embedding: encode the prompt with its CLIP")
             added = {"text_embeds": cond["pooled"].to(dtype), "time_ids": self.time_ids(cond, x_in).to(dtype)}
+        if self.variant in IMAGE_CONDITIONED:
+            x_in = torch.cat([x_in, self.image_latent(cond, x_in)], dim=1)  # (B, 4 + 4, H, W)
+        elif isinstance(cond, dict) and IMAGE_LATENT in cond and not bool(cond[IMAGE_LATENT].isnan().all()):
+            raise ValueError(
+                f"an image condition (InstructPixToPixConditioning) was given to a {self.variant} model, "
+                "which takes no image; use an InstructPix2Pix checkpoint"
+            )
         out = self.unet(
             x_in.to(dtype), t.to(dtype), encoder_hidden_states=context.to(dtype), added_cond_kwargs=added
         ).sample
         return out.to(x_in.dtype)
+
+    def image_latent(self, cond: Any, x_in: torch.Tensor) -> torch.Tensor:
+        """InstructPix2Pix's second input: each row's image latent, unscaled; zeros (the null image, as
+        in diffusers and ComfyUI) for a condition without one."""
+        b, _, h, w = x_in.shape
+        channels = int(self.unet.config.in_channels) - x_in.shape[1]
+        given = cond.get(IMAGE_LATENT) if isinstance(cond, dict) else None
+        if given is None:
+            return x_in.new_zeros(b, channels, h, w)
+        if given.shape[-1] != channels * h * w:
+            raise ValueError(
+                f"the InstructPix2Pix image condition holds a latent of {given.shape[-1]} values, but this "
+                f"sample is {channels}×{h}×{w}: sample a latent of the edited image's size (the latent "
+                "InstructPixToPixConditioning outputs)"
+            )
+        scale, shift = self.latent_scaling
+        image = given.to(x_in.dtype).reshape(b, channels, h, w) / scale + shift  # (B, C, H, W)
+        return torch.where(image.isnan(), torch.zeros_like(image), image)  # NaN rows: no image
 
     def time_ids(self, cond: dict[str, torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
         """SDXL's micro-conditioning: the condition's own, else the image size with no crop (diffusers'
@@ -206,18 +243,19 @@ class SDVAE:
     def downscale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def _scale_shift(self) -> tuple[float, float]:
+    def scale_shift(self) -> tuple[float, float]:
+        """(scaling_factor, shift_factor) of the latents: latent = scale·(z − shift)."""
         return float(self.vae.config.scaling_factor), float(
             getattr(self.vae.config, "shift_factor", None) or 0.0
         )
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        scale, shift = self._scale_shift()
+        scale, shift = self.scale_shift()
         z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
         return ((z - shift) * scale).to(pixels.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        scale, shift = self._scale_shift()
+        scale, shift = self.scale_shift()
         z = latents.to(self.vae.device, self.vae.dtype) / scale + shift
         return self.vae.decode(z).sample.to(latents.dtype)
 
@@ -234,14 +272,14 @@ def checkpoint_from_components(components: SDComponents, options: LoadOptions) -
     name = components.name
     vae = SDVAE(components.vae, name)
     config = dict(components.scheduler_config)
-    network = SDUNet(components.unet, components.variant, vae.downscale)
+    network = SDUNet(components.unet, components.variant, vae.downscale, vae.scale_shift())
     model = Denoiser(
         network,
         prediction_of(config, options.prediction),
         sigmas_from_config(config),
         discrete=True,
         name=name,
-        latent_channels=int(components.unet.config.in_channels),
+        latent_channels=int(components.unet.config.out_channels),
         downscale=vae.downscale,
         encoder=name,
     )

@@ -258,6 +258,59 @@ class ConditioningZeroOut(Node):
         return (_map(conditioning, zero),)
 
 
+class InstructPixToPixConditioning(Node):
+    """The image to edit, for an InstructPix2Pix model (Brooks et al. 2023): both conditions carry its
+    latent, which the model concatenates to the noisy latent; the output latent is empty, of its size.
+
+    Pixels are cropped to multiples of 8 about the centre, as ComfyUI does. Wire ``positive`` as the
+    image-and-text condition and ``negative`` as the image-only one of a dual CFG (DualCFGGuider's
+    cond1 and cond2, or DualCFGCombine), with the plain negative prompt as the null (no image).
+    """
+
+    display_name = "InstructPixToPixConditioning"
+    category = "conditioning/instructpix2pix"
+    inputs = (
+        Socket(name="positive", type="CONDITIONING", tooltip="the edit instruction's conditioning"),
+        Socket(name="negative", type="CONDITIONING", tooltip="the negative prompt's conditioning"),
+        Socket(name="vae", type="VAE", tooltip="the VAE that encodes the image to edit"),
+        Socket(name="pixels", type="IMAGE", tooltip="the image to edit (one image)"),
+    )
+    outputs = (
+        Output("positive", "CONDITIONING"),
+        Output("negative", "CONDITIONING"),
+        Output("latent", "LATENT"),
+    )
+
+    @staticmethod
+    def run(ctx: Context, positive: Any, negative: Any, vae: Any, pixels: Any) -> tuple[Any, Any, Any]:
+        import dataclasses
+
+        import torch
+
+        from nodes.diffusion.types import IMAGE_LATENT, Latent
+        from nodes.diffusion.vae import encode_pixels
+
+        if pixels.shape[0] != 1:
+            raise ValueError(
+                f"pixels: a batch of {pixels.shape[0]} images; InstructPix2Pix conditioning edits one "
+                "image (split the batch and run one prompt per image)"
+            )
+        h, w = (pixels.shape[1] // 8) * 8, (pixels.shape[2] // 8) * 8
+        if h == 0 or w == 0:
+            raise ValueError(f"pixels: a {pixels.shape[2]}×{pixels.shape[1]} image; expected at least 8×8")
+        top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
+        image = pixels[:, top : top + h, left : left + w, :3].float().permute(0, 3, 1, 2)  # (1, 3, h, w)
+        latent = encode_pixels(vae, image * 2 - 1, ctx.device).float().cpu()  # (1, C, h/f, w/f)
+
+        def with_image(entry: Any) -> Any:
+            c = entry.condition
+            meaning = f"{c.meaning} + image {w}×{h}"
+            return dataclasses.replace(entry, condition=c.with_tensors(meaning, **{IMAGE_LATENT: latent[0]}))
+
+        empty = Latent(torch.zeros_like(latent))
+        return (_map(positive, with_image), _map(negative, with_image), empty)
+
+
 NODES: list[type[Node]] = [
     ConditioningCombine,
     ConditioningAverage,
@@ -265,4 +318,5 @@ NODES: list[type[Node]] = [
     ConditioningSetArea,
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
+    InstructPixToPixConditioning,
 ]

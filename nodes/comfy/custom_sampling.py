@@ -288,8 +288,10 @@ class PerpNegGuider(Node):
 
 
 class DualCFGGuider(Node):
-    """Two conditions and a negative: ``u + s₂·(c₂ − u) + s₁·(c₁ − c₂)`` (ComfyUI's "regular"
-    style; with c₂ an image condition this is InstructPix2Pix's two-scale guidance, Brooks et al. 2023)."""
+    """Two conditions and a negative: ``u + s₂·(c₂ − u) + s₁·(c₁ − c₂)`` ("regular"; with c₁ the
+    image-and-text condition, c₂ the image-only one and u no image, InstructPix2Pix's two-scale
+    guidance, Brooks et al. 2023, with s₁ = s_T and s₂ = s_I), or "nested",
+    ``u + s₂·(c₂ + s₁·(c₁ − c₂) − u)``. One batched forward of the three predictions."""
 
     display_name = "DualCFGGuider"
     category = "sampling/custom_sampling/guiders"
@@ -318,6 +320,13 @@ class DualCFGGuider(Node):
             round=0.01,
             tooltip="s₂ in u + s₂·(c₂ − u) + s₁·(c₁ − c₂)",
         ),
+        Combo(
+            name="style",
+            options=("regular", "nested"),
+            default="regular",
+            optional=True,
+            tooltip="regular: u + s₂·(c₂ − u) + s₁·(c₁ − c₂); nested: u + s₂·(c₂ + s₁·(c₁ − c₂) − u)",
+        ),
     )
     outputs = (Output("GUIDER", "GUIDER"),)
 
@@ -330,13 +339,13 @@ class DualCFGGuider(Node):
         negative: Conditioning,
         cfg_conds: float,
         cfg_cond2_negative: float,
+        style: str = "regular",
     ) -> tuple[Guidance]:
-        from nodes.diffusion.guidance import combine
+        from nodes.diffusion.guidance import dual_cfg
         from nodes.diffusion.regions import predict
 
         u, c1, c2 = (predict(model, c) for c in (negative, cond1, cond2))
-        # u + s₂(c₂ − u) + s₁(c₁ − c₂) = u + (s₂ − s₁)(c₂ − u) + s₁(c₁ − u)
-        return (combine(u, [(c2, cfg_cond2_negative - cfg_conds), (c1, cfg_conds)]),)
+        return (dual_cfg(c1, c2, u, cfg_cond2_negative, cfg_conds, style == "nested"),)
 
 
 def _sample(

@@ -187,7 +187,8 @@ class UniversalGradient(Guidance):
     ``backward_steps`` gradient steps of size ``backward_lr`` on ``Δ`` minimising ``ℓ(f(D' + Δ))`` from
     Δ = 0, without the denoiser, and returns ``D' + Δ`` (the paper's ``ε' = ε − (α/√(1−ᾱ))·Δ``).
     Per sample (the loss is summed over the batch). The paper's self-recurrence (re-noise and repeat
-    a step k times) is a sampler loop and is not part of this rule. Neutral: s = 0, no backward steps.
+    a step k times) is a sampler loop, the Sampler's ``recurrence`` input
+    (:mod:`nodes.diffusion.recurrence`), not part of this rule. Neutral: s = 0, no backward steps.
     """
 
     space: ClassVar[str] = "gradient"

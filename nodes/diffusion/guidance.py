@@ -191,6 +191,25 @@ def cfg(positive: Guidance, negative: Guidance, scale: float) -> Guidance:
     return combine(negative, [(positive, scale)])
 
 
+def dual_cfg(
+    full: Guidance, image: Guidance, null: Guidance, image_scale: float, text_scale: float, nested: bool
+) -> Guidance:
+    """Two-scale CFG of InstructPix2Pix (Brooks et al. 2023, "InstructPix2Pix: Learning to Follow Image
+    Editing Instructions", eq. 3) over ``full`` = P(c_I, c_T), ``image`` = P(c_I, ∅) and ``null`` = P(∅, ∅):
+
+        out = P(∅,∅) + s_I·(P(c_I,∅) − P(∅,∅)) + s_T·(P(c_I,c_T) − P(c_I,∅))
+            = P(∅,∅) + (s_I − s_T)·(P(c_I,∅) − P(∅,∅)) + s_T·(P(c_I,c_T) − P(∅,∅)),
+
+    a :class:`Combine` over the null (weights sum to 1: affine, the same in every space; one batched
+    forward of three rows). ``nested`` is ComfyUI's "nested" style, CFG of a CFG:
+    ``P(∅,∅) + s_I·(P(c_I,∅) + s_T·(P(c_I,c_T) − P(c_I,∅)) − P(∅,∅))``, i.e. weights s_I·(1 − s_T) and
+    s_I·s_T. A zero weight drops its prediction (s_I = s_T skips P(c_I, ∅)).
+    """
+    if nested:
+        return combine(null, [(image, image_scale * (1 - text_scale)), (full, image_scale * text_scale)])
+    return combine(null, [(image, image_scale - text_scale), (full, text_scale)])
+
+
 @dataclass(frozen=True)
 class Difference(Guidance):
     """``out = inner + s·(plus − minus)``: a guidance term added on top of any program.

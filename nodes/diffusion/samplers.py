@@ -365,6 +365,6 @@ STOCHASTIC: frozenset[str] = (
 RENOISING: frozenset[str] = frozenset({"euler", "euler_ancestral", "ddim"})  # samplers that run CFG++
 MULTISTEP: frozenset[str] = frozenset(
     {"lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "res_multistep", "res_multistep_ancestral"}
-    | {"gradient_estimation"}
+    | {"gradient_estimation", "dpmpp_2m_sde_heun", "er_sde"}
     | set(MULTISTEP_SAMPLERS)
 )  # reuse past x̂0 or d

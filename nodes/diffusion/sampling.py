@@ -12,6 +12,7 @@ import torch
 from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import Guidance, Prediction
 from nodes.diffusion.program import CompiledGuidance, ForwardStats
+from nodes.diffusion.recurrence import check_recurrence, with_recurrence
 from nodes.diffusion.samplers import MULTISTEP, RENOISING, SAMPLERS, Callback, PerSampleNoise, Sampler
 
 
@@ -44,6 +45,7 @@ def guided_sample(
     max_batch: int = 0,
     noise_source: Callable[[], torch.Tensor] | None = None,
     sampler_fn: Sampler | None = None,
+    recurrence: int = 1,
 ) -> tuple[torch.Tensor, ForwardStats]:
     """Sample from ``start`` (B, C, H, W; zeros for txt2img, an image for img2img) along ``sigmas``.
 
@@ -56,11 +58,14 @@ def guided_sample(
     autograd on locally. The program is compiled on ``sigmas``, which places step-counted rules and
     step-fraction windows; a CFG++ rule hands its re-noising prediction to the sampler.
     ``sampler_fn`` runs instead of ``SAMPLERS[sampler_name]`` (ComfyUI's variant of a named sampler).
+    ``recurrence`` > 1 repeats every step that many times, re-noising in between (universal guidance's
+    self-recurrence, :mod:`nodes.diffusion.recurrence`; one-step samplers only).
     """
     if sampler_fn is None and sampler_name not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
     if len(seeds) != start.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for a batch of {start.shape[0]}")
+    check_recurrence(sampler_name, recurrence)
     compiled = CompiledGuidance(
         program, seeds=seeds, device=device, dtype=dtype, max_batch=max_batch, sigmas=sigmas
     )
@@ -91,7 +96,7 @@ def guided_sample(
 
     extra = {"renoise": renoise} if renoising else {}
     with torch.no_grad():
-        run = sampler_fn or SAMPLERS[sampler_name]
+        run = with_recurrence(sampler_fn or SAMPLERS[sampler_name], recurrence)
         out = run(denoise, x, sigmas, noise=noise, callback=callback, **extra)
     if mask is not None:
         out = mask * out + (1 - mask) * latent

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+IMAGE_LATENT = "image_latent"  # a Conditioning extra: the latent of an image to edit (InstructPix2Pix)
+
 
 def tensor_digest(t: torch.Tensor) -> str:
     """A content hash of a tensor (shape, dtype and bytes), so equal values compare equal."""
@@ -39,10 +41,11 @@ class Conditioning:
 
     ``embedding`` is what the network attends to: a vector (D,) for the shapes models, token
     embeddings (T, D) for Stable Diffusion (T = 77·chunks). ``extras`` are further per-condition
-    tensors the network takes (SDXL: ``pooled`` (P,) and ``time_ids`` (6,)). ``meaning`` says in words
-    what it is ('prompt "a red circle"', 'null: empty prompt'); ``encoder`` names the text encoder that
-    made it, so a condition is never fed to a model of another encoder unnoticed. Two conditions with
-    the same bytes, meaning and encoder are the same leaf in a GUIDANCE program.
+    tensors the network takes, flattened (SDXL: ``pooled`` (P,) and ``time_ids`` (6,); InstructPix2Pix:
+    :data:`IMAGE_LATENT`, the edited image's latent in the LATENT convention, (C·H·W,)). ``meaning``
+    says in words what it is ('prompt "a red circle"', 'null: empty prompt'); ``encoder`` names the
+    text encoder that made it, so a condition is never fed to a model of another encoder unnoticed.
+    Two conditions with the same bytes, meaning and encoder are the same leaf in a GUIDANCE program.
     """
 
     meaning: str

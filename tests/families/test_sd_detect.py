@@ -30,7 +30,7 @@ def header(shapes: dict[str, tuple[int, ...]], path: str = "model.safetensors", 
     return Source(Path(path), tensors, metadata)
 
 
-@pytest.mark.parametrize("variant", ["sd1", "sd2", "sdxl", "sdxl_refiner"])
+@pytest.mark.parametrize("variant", ["sd1", "sd2", "sdxl", "sdxl_refiner", "sd1_ip2p"])
 def test_full_size_layouts_are_told_apart_by_keys_and_shapes(variant: str) -> None:
     assert detect_variant(header(full_shapes(variant))) == variant
 
@@ -83,6 +83,11 @@ def test_known_unsupported_layouts_are_named() -> None:
     inpaint = {**full_shapes("sd1"), "model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}
     with pytest.raises(CheckpointError, match=r"model.safetensors: .*inpainting.*Supported Stable Diffusion"):
         detect_variant(header(inpaint))
+    xl_ip2p = {**full_shapes("sdxl"), "model.diffusion_model.input_blocks.0.0.weight": (320, 8, 3, 3)}
+    with pytest.raises(
+        CheckpointError, match=r"InstructPix2Pix UNet \(8 input channels\) not built on SD 1.x"
+    ):
+        detect_variant(header(xl_ip2p))
     sd3 = {"model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight": (4608, 1536)}
     with pytest.raises(CheckpointError, match=r"Stable Diffusion 3"):
         detect_variant(header(sd3))
@@ -99,7 +104,7 @@ def test_other_files_are_not_sd() -> None:
     assert detect_variant(header({"net.0.weight": (16, 3, 3, 3)})) is None
 
 
-@pytest.mark.parametrize("variant", ["sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner"])
+@pytest.mark.parametrize("variant", ["sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner", "sd1_ip2p"])
 def test_diffusers_folders_are_told_by_their_configs(variant: str, tmp_path: Path) -> None:
     folder = write_config_folder(variant_configs(variant), tmp_path / variant)
     assert detect_variant(Source.open(folder)) == variant

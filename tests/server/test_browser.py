@@ -223,6 +223,13 @@ def test_editor_boots_clean_and_runs_a_shipped_workflow_from_its_template_browse
 
         # every shipped workflow is a template with its own thumbnail; open cfg from there
         page.get_by_role("button", name="Templates", exact=True).click()
+        cards = page.locator('[data-testid^="template-workflow-"]')
+        cards.first.wait_for(timeout=10_000)
+        for _ in range(len(shipped())):  # 24 cards a page; the next loads when the end scrolls in view
+            if cards.count() >= len(shipped()):
+                break
+            cards.last.scroll_into_view_if_needed(timeout=10_000)
+            page.wait_for_timeout(300)
         for name in shipped():
             card = page.get_by_test_id(f"template-workflow-{name}")
             card.scroll_into_view_if_needed(timeout=10_000)  # thumbnails load as they scroll in

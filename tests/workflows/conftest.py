@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from graph_runtime import Executor, Registry
 from graph_runtime.context import Paths
@@ -34,6 +35,7 @@ NAMES = (
     "sd15_txt2img",
     "sd15_negative_prompt",
     "sd15_clip_guided",
+    "sd15_instruct_pix2pix",
     "sdxl_txt2img",
     "apg",
     "cfg_zero_star",
@@ -53,6 +55,8 @@ SD_FILES = (
     ("checkpoints", "v1-5-pruned-emaonly.safetensors", "sd1"),
     ("checkpoints", "sd_xl_base_1.0.safetensors", "sdxl"),
     ("clip", "clip_vit_b32.safetensors", "clip"),
+    ("checkpoints", "instruct-pix2pix-00-22000.safetensors", "sd1_ip2p"),
+    ("input", "ip2p_example.png", "image"),
 )
 SD_SIZE = 64  # pixels; the tiny VAE downscales by 2
 
@@ -90,7 +94,8 @@ def reduced(prompt: dict[str, Any], steps: int = 2, batch: int = 1) -> dict[str,
 
 
 def write_sd_models(root: Path) -> dict[str, list[Path]]:
-    """Tiny random checkpoints (and a CLIP) under the names the SD workflows use; folders by kind."""
+    """Tiny random checkpoints (a CLIP, an image to edit) under the names the SD workflows use;
+    folders by kind."""
     from families.clip import write_random_clip
     from families.sd.make import make_checkpoint
 
@@ -98,6 +103,9 @@ def write_sd_models(root: Path) -> dict[str, list[Path]]:
         path = root / kind / name
         if what == "clip":
             write_random_clip(path, "tiny")
+        elif what == "image":  # the picture an InstructPix2Pix workflow edits, at the tiny size
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (SD_SIZE, SD_SIZE), (40, 90, 200)).save(path)
         else:
             make_checkpoint(what, path, size="tiny")
     return {kind: [root / kind] for kind in {k for k, _, _ in SD_FILES}}

@@ -10,6 +10,7 @@ One folder per variant, each as the model's own repository has it (``model_index
     sd2_v         stabilityai/stable-diffusion-2-1 (768 px, v-prediction; feature extractor null)
     sdxl          stabilityai/stable-diffusion-xl-base-1.0
     sdxl_refiner  stabilityai/stable-diffusion-xl-refiner-1.0 (its only encoder is ``text_encoder_2``)
+    sd1_ip2p      timbrooks/instruct-pix2pix (SD 1.5 with an 8-channel ``conv_in``; safety checker null)
 
 ``variant_configs(variant, "tiny")`` gives the same structure at test size: random-weight models of a
 few hundred thousand parameters that run in milliseconds on a CPU. Their text encoders keep the real
@@ -117,6 +118,7 @@ _TINY: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 _TINY["sd2_v"] = _TINY["sd2"]
+_TINY["sd1_ip2p"] = _TINY["sd1"]  # in_channels 8 comes from the published config
 
 
 def variant_configs(variant: str, size: str = "full") -> dict[str, dict[str, Any]]:
