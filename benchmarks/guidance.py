@@ -77,7 +77,8 @@ def model_files() -> dict[str, str]:
     found: dict[str, str] = {}
     wanted = {"checkpoints": "denoiser", "classifiers": "noisy_classifier", "clip": "clip"}
     for kind, meta_kind in wanted.items():
-        for path in sorted((MODELS_DIR / kind).glob("*.safetensors")):
+        # the largest of a kind: shapes_unet, not the small one that autoguidance guides with
+        for path in sorted((MODELS_DIR / kind).glob("*.safetensors"), key=lambda p: -p.stat().st_size):
             if read_metadata(path).get("kind") == meta_kind:
                 found[kind] = path.name
                 break

@@ -109,20 +109,25 @@ async def guidegraph_server(tmp: Path) -> AsyncIterator[Server]:
 
 
 @contextlib.asynccontextmanager
-async def comfyui_server(tmp: Path, root: Path, python: str) -> AsyncIterator[Server]:
+async def comfyui_server(
+    tmp: Path, root: Path, python: str, torch_threads: int | None
+) -> AsyncIterator[Server]:
     (tmp / "custom_nodes").mkdir(parents=True)
     port = free_port()
     command = [python, str(root / "main.py"), "--cpu", "--port", str(port), "--listen", "127.0.0.1"]
     command += ["--disable-auto-launch", "--base-directory", str(tmp), "--verbose", "WARNING"]
     command += ["--database-url", f"sqlite:///{tmp / 'comfyui.db'}"]
-    async with _process(command, root, port) as (url, pid):
+    env = None if torch_threads is None else {**os.environ, "OMP_NUM_THREADS": str(torch_threads)}
+    async with _process(command, root, port, env) as (url, pid):
         yield Server("ComfyUI", url, pid, comfyui_prompt, comfyui_chain)
 
 
 @contextlib.asynccontextmanager
-async def _process(command: list[str], cwd: Path, port: int) -> AsyncIterator[tuple[str, int]]:
+async def _process(
+    command: list[str], cwd: Path, port: int, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, int]]:
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             try:
@@ -172,10 +177,15 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             if comfy_dir:
                 root = Path(comfy_dir).resolve()
                 servers.append(
-                    await stack.enter_async_context(comfyui_server(Path(tmp) / "comfyui", root, comfy_python))
+                    await stack.enter_async_context(
+                        comfyui_server(Path(tmp) / "comfyui", root, comfy_python, args.comfyui_torch_threads)
+                    )
                 )
+                threads = args.comfyui_torch_threads
+                how = "its default torch threads" if threads is None else f"OMP_NUM_THREADS={threads}"
                 lines.append(
-                    f"ComfyUI from `{root}` (Python `{comfy_python}`), side by side with this checkout.\n"
+                    f"ComfyUI from `{root}` (Python `{comfy_python}`, {how}), side by side with this"
+                    " checkout.\n"
                 )
             else:
                 lines.append("COMFYUI_DIR is not set: guidegraph alone, no ratios.\n")
@@ -251,6 +261,13 @@ def main() -> None:
         "--seconds", type=float, default=10.0, help="closed-loop length per round (default 10)"
     )
     parser.add_argument("--chain", type=int, default=1000, help="nodes in the chain workload (default 1000)")
+    parser.add_argument(
+        "--comfyui-torch-threads",
+        type=int,
+        default=None,
+        help="start ComfyUI with OMP_NUM_THREADS set to this (default: its own default, every core);"
+        " guidegraph serve leaves a core to its event loop by itself",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args()
     if not os.environ.get("COMFYUI_DIR"):

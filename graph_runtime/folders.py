@@ -129,12 +129,15 @@ def _walk(
 
 
 def resolve_file(kind: str, name: str) -> Path:
-    """The real path of ``name`` inside a folder of ``kind`` (a file, or a bundle folder); refuses
-    names that escape the folder."""
+    """The path of ``name`` inside a folder of ``kind`` (a file, or a bundle folder).
+
+    A name that leaves the folder (``..``, an absolute path) is refused by its spelling; links inside
+    the folder are followed wherever they point, as the folder's owner put them there (checkpoints
+    linked in from another disk are common)."""
     roots = folder_paths(kind)
     for root in roots:
         base = str(root)
-        candidate = os.path.realpath(os.path.join(base, name))
+        candidate = os.path.normpath(os.path.join(base, name))
         if candidate.startswith(base + os.sep) and os.path.exists(candidate):
             return Path(candidate)
     raise FileNotFoundError(f"no file {name!r} in the {kind!r} model folders {[str(p) for p in roots]}")

@@ -100,7 +100,7 @@ class Model(Node):
             path = resolve_file("checkpoints", str(inputs.get("checkpoint")))
         except (FileNotFoundError, ValueError, OSError):
             return Footprint(outputs=(None, None, None))
-        return Footprint(outputs=(latent_cost(path) if path.is_file() else None, None, None))
+        return Footprint(outputs=(latent_cost(path), None, None))  # None for a folder or an unknown file
 
 
 class VAELoader(Node):

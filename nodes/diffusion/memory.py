@@ -63,6 +63,8 @@ class LatentSize:
 SHAPES_UNET = LatentCost(
     channels=3, downscale=1, bytes_per_pixel=3200, attention_downscale=4, attention_heads=4
 )
+# Keyed by architecture: the weak autoguidance model shapes_unet_small is a shapes_unet of half the width
+# and depth and gets this calibration too, an over-estimate of its forwards (the good model's dominate).
 KNOWN = {"shapes_unet": SHAPES_UNET}
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes import MODELS_DIR
 from families.shapes.data import CLASS_NAMES, ShapesDataset, caption_for
-from nodes.diffusion.conventions import vp_sigmas
 from families.shapes.networks import load_network
+from nodes import MODELS_DIR
+from nodes.diffusion.conventions import vp_sigmas
 
 SHIPPED = {
     "checkpoints/shapes_unet.safetensors": "denoiser",
+    "checkpoints/shapes_unet_small.safetensors": "denoiser",
     "classifiers/shapes_noisy_classifier.safetensors": "noisy_classifier",
     "clip/shapes_clip.safetensors": "clip",
     "evaluators/shapes_evaluator.safetensors": "evaluator",
@@ -43,6 +44,19 @@ def test_denoiser_metadata_names_parametrization_and_schedule() -> None:
     schedule = meta["schedule"]
     assert schedule["type"] == "discrete_vp"
     assert len(vp_sigmas(schedule["beta_schedule"], schedule["timesteps"])) == schedule["timesteps"]
+
+
+def test_the_weak_denoiser_is_a_smaller_less_trained_version_of_the_same_model() -> None:
+    """Autoguidance (Karras et al. 2024) needs the same task, schedule and conditions, less capacity."""
+    good = load_network(MODELS_DIR / "checkpoints/shapes_unet.safetensors")
+    weak = load_network(MODELS_DIR / "checkpoints/shapes_unet_small.safetensors")
+    for key in ("architecture", "parametrization", "schedule", "null_condition"):
+        assert weak.metadata[key] == good.metadata[key], key
+    assert weak.module.labels == good.module.labels and weak.module.vocab == good.module.vocab
+    assert weak.metadata["training"]["parameters"] < good.metadata["training"]["parameters"] / 4
+    assert weak.metadata["training"]["examples_seen"] < good.metadata["training"]["examples_seen"] / 4
+    t = "t=250 (sigma=0.958)"
+    assert weak.metadata["metrics"]["eps_mse_cond"][t] > good.metadata["metrics"]["eps_mse_cond"][t]
 
 
 def test_denoiser_prompt_and_label_embeddings_agree() -> None:

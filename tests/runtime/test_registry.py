@@ -114,6 +114,22 @@ def test_folder_listing_is_kept_until_a_directory_changes(tmp_path: Path) -> Non
     assert listed() == ["pipe/unet.safetensors", "sd/deep/a.safetensors", "sd/deep/b.safetensors"]
 
 
+def test_resolve_file_follows_links_and_refuses_names_that_leave_the_folder(tmp_path: Path) -> None:
+    from graph_runtime.folders import resolve_file
+
+    root, elsewhere = tmp_path / "models", tmp_path / "other_disk"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "big.safetensors").write_bytes(b"x")
+    (root / "big.safetensors").symlink_to(elsewhere / "big.safetensors")
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    register_folders({"test_linked": [root]})
+    assert resolve_file("test_linked", "big.safetensors").read_bytes() == b"x"  # a link out is followed
+    for name in ("../secret.safetensors", str(tmp_path / "secret.safetensors"), "", "."):
+        with pytest.raises(FileNotFoundError):
+            resolve_file("test_linked", name)
+
+
 def test_two_classes_with_one_name_are_refused() -> None:
     class Number(Node):  # same name as the test node
         outputs = (Output("v", "FLOAT"),)

@@ -48,6 +48,7 @@ NAMES = (
     "sag",
     "perp_neg",
     "tcfg",
+    "autoguidance",
     "universal_guidance",
 )
 # What the SD workflows name, as (folder kind, file name, what to write there).

@@ -97,3 +97,17 @@ def test_a_negative_prompt_keeps_the_shape_and_removes_the_colour(
     circles = sum(name.endswith("circle") for name in found) / len(found)
     red = sum(name.startswith("red") for name in found) / len(found)
     assert circles >= 0.75 and red <= 0.1, found
+
+
+def test_autoguidance_steers_with_a_weak_model_that_cannot_draw_alone(
+    executor: Executor, evaluator: torch.nn.Module
+) -> None:
+    prompt = load_api("autoguidance")
+    (auto,) = nodes_of(prompt, "Autoguidance")
+    (cfg,) = nodes_of(prompt, "CFGCombine")
+    both = accuracy(evaluator, sample(executor, prompt), "red square")
+    prompt[cfg]["inputs"]["scale"] = 1.0  # autoguidance alone
+    alone = accuracy(evaluator, sample(executor, prompt), "red square")
+    prompt[auto]["inputs"]["scale"] = 0.0  # the weak model alone
+    weak = accuracy(evaluator, sample(executor, prompt), "red square")
+    assert both >= 0.8 and alone >= 0.8 and weak <= 0.2, (both, alone, weak)

@@ -12,12 +12,19 @@ from nodes import MODELS_DIR
 
 DEFAULT_FILES = {
     "denoiser": "checkpoints/shapes_unet.safetensors",
+    "weak_denoiser": "checkpoints/shapes_unet_small.safetensors",
     "classifier": "classifiers/shapes_noisy_classifier.safetensors",
     "clip": "clip/shapes_clip.safetensors",
     "evaluator": "evaluators/shapes_evaluator.safetensors",
 }
-# read by the workflows (the evaluator by universal guidance's, as its guiding network)
-FOLDERS = {"denoiser": "checkpoints", "classifier": "classifiers", "clip": "clip", "evaluator": "evaluators"}
+# the files the workflows read, by folder kind (the evaluator by universal guidance's, as its guide)
+FOLDERS = {
+    "denoiser": "checkpoints",
+    "weak_denoiser": "checkpoints",
+    "classifier": "classifiers",
+    "clip": "clip",
+    "evaluator": "evaluators",
+}
 HELD_OUT_SEED = 777  # per-class seeds 777… never chose a configuration (those were 0–15)
 
 
@@ -60,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=Path("output/eval"))
     for key, rel in DEFAULT_FILES.items():
-        parser.add_argument(f"--{key}", type=Path, default=MODELS_DIR / rel, help=f"default models/{rel}")
+        flag = "--" + key.replace("_", "-")
+        parser.add_argument(flag, dest=key, type=Path, default=MODELS_DIR / rel, help=f"default models/{rel}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
     scales = parse_scales(args.scales) if args.scales else DEFAULT_SCALES
     paths = {k: getattr(args, k) for k in DEFAULT_FILES}
     judges = Judges.load(paths, device)
-    # the workflows name their model files; --denoiser, --classifier and --clip swap them in by name
-    register_folders({FOLDERS[k]: [paths[k].resolve().parent] for k in FOLDERS})
+    # the workflows name the shipped files; --denoiser, --weak-denoiser, --classifier and --clip swap
+    # others in for them by name
+    folders: dict[str, list[Path]] = {}
+    for key, kind in FOLDERS.items():
+        folders.setdefault(kind, []).append(paths[key].resolve().parent)
+    register_folders(folders)
     files = {k: paths[k].name for k in FOLDERS}
     executor = Executor(Registry.from_entry_points(), device=str(device), dtype=torch.float32)
     header = {

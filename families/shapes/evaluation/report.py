@@ -29,6 +29,8 @@ COLOURS_BY_STRATEGY = {
     "tcfg": (0, 128, 0),
     "pag": (128, 0, 0),
     "sag": (128, 128, 0),
+    "autoguidance": (210, 105, 30),
+    "autoguidance_cfg": (75, 0, 130),
     "universal": (0, 0, 255),
     "universal_k1": (0, 128, 128),
     "universal_forward": (128, 0, 128),

@@ -96,9 +96,9 @@ def evaluate_setting(
     strategy, device = STRATEGIES[setting.strategy], executor.device
     images, raw, labels, calls, seconds = [], [], [], 0, 0.0
     for label in range(len(CLASS_NAMES)):
-        program = build_program(executor, strategy, setting.scale, label, files)
+        program, schedule_model = build_program(executor, strategy, setting.scale, label, files)
         start = time.perf_counter()
-        sigmas = calculate_sigmas(scheduler, schedule_source(program, None), steps)
+        sigmas = calculate_sigmas(scheduler, schedule_source(program, schedule_model), steps)
         seeds = [seed + label * 10_000 + i for i in range(per_class)]
         out, stats = guided_sample(
             program,

@@ -17,13 +17,15 @@ from typing import Any
 
 from families.shapes.data.shapes import caption_for, class_name
 from graph_runtime import Executor
+from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import Guidance
 
 WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"
 PROMPT_INPUTS = (("Condition", "text"), ("ClipLoss", "prompt"))
 LABEL_INPUTS = (("ClassifierGrad", "label"), ("UniversalGuidance", "label"))
-FILE_INPUTS = {"denoiser": ("Model", "checkpoint"), "classifier": ("ClassifierLoader", "classifier")}
-FILE_INPUTS |= {"clip": ("ClipLoader", "clip"), "evaluator": ("ImageClassifierLoader", "network")}
+FILE_INPUTS = {"denoiser": ("Model", "checkpoint"), "weak_denoiser": ("Model", "checkpoint")}
+FILE_INPUTS |= {"classifier": ("ClassifierLoader", "classifier"), "clip": ("ClipLoader", "clip")}
+FILE_INPUTS |= {"evaluator": ("ImageClassifierLoader", "network")}
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,17 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "tcfg": Strategy("tcfg", ("TangentialCFG", "scale"), "tangential-damping CFG, ε space"),
     "pag": Strategy("pag", ("PAG", "scale"), "CFG at w = 3 plus PAG on the mid-block attention (scale = s)"),
+    "autoguidance": Strategy(
+        "autoguidance",
+        ("Autoguidance", "scale"),
+        "autoguidance alone, c_weak + w·(c − c_weak), weak model shapes_unet_small (CFG term at w = 1)",
+        (("CFGCombine", "scale", 1.0),),
+    ),
+    "autoguidance_cfg": Strategy(
+        "autoguidance",
+        ("Autoguidance", "scale"),
+        "autoguidance plus the workflow's CFG at w_cfg = 2: c + (w − 1)·(c − c_weak) + (w_cfg − 1)·(c − u)",
+    ),
     "sag": Strategy(
         "sag",
         ("SAG", "scale"),
@@ -124,9 +137,31 @@ def strategy_prompt(strategy: Strategy, scale: float, label: int, files: dict[st
         set_inputs(prompt, class_type, name, caption_for(label))
     for class_type, name in LABEL_INPUTS:
         set_inputs(prompt, class_type, name, class_name(label))
-    for key, file_name in files.items():
-        set_inputs(prompt, *FILE_INPUTS[key], file_name)
+    swap_files(prompt, files)
     return prompt
+
+
+def swap_files(prompt: dict[str, Any], files: dict[str, str]) -> None:
+    """Point every loader that names a shipped file (``DEFAULT_FILES``) at the file chosen for its key,
+    all at once, so the denoiser and the weak denoiser of one workflow each get their own."""
+    from families.shapes.evaluation.cli import DEFAULT_FILES
+
+    swaps: dict[tuple[str, str], dict[str, str]] = {}
+    for key, file_name in files.items():
+        swaps.setdefault(FILE_INPUTS[key], {})[Path(DEFAULT_FILES[key]).name] = file_name
+    for node in prompt.values():
+        for (class_type, name), by_name in swaps.items():
+            if node["class_type"] == class_type and node["inputs"].get(name) in by_name:
+                node["inputs"][name] = by_name[node["inputs"][name]]
+
+
+def sampler_inputs(prompt: dict[str, Any], workflow: str) -> dict[str, Any]:
+    """The inputs of the workflow's one Sampler."""
+    samplers = [n for n in prompt.values() if n["class_type"] == "Sampler"]
+    if len(samplers) != 1:
+        raise ValueError(f"workflow {workflow!r} has {len(samplers)} Samplers; the eval needs exactly one")
+    inputs: dict[str, Any] = samplers[0]["inputs"]
+    return inputs
 
 
 def recurrence(strategy: Strategy) -> int:
@@ -134,33 +169,22 @@ def recurrence(strategy: Strategy) -> int:
     prompt = load_workflow(strategy.workflow)
     for class_type, name, value in strategy.fixed:
         set_inputs(prompt, class_type, name, value)
-    sampler = prompt[sampler_node(prompt, strategy.workflow)]
-    return int(sampler["inputs"].get("recurrence", 1))
-
-
-def sampler_node(prompt: dict[str, Any], workflow: str) -> str:
-    """The id of the workflow's one Sampler."""
-    samplers = [k for k, n in prompt.items() if n["class_type"] == "Sampler"]
-    if len(samplers) != 1:
-        raise ValueError(f"workflow {workflow!r} has {len(samplers)} Samplers; the eval needs exactly one")
-    return samplers[0]
-
-
-def guidance_node(prompt: dict[str, Any], workflow: str) -> str:
-    """The id of the node whose GUIDANCE the workflow's one Sampler runs."""
-    return str(prompt[sampler_node(prompt, workflow)]["inputs"]["guidance"][0])
+    return int(sampler_inputs(prompt, strategy.workflow).get("recurrence", 1))
 
 
 def build_program(
     executor: Executor, strategy: Strategy, scale: float, label: int, files: dict[str, str]
-) -> Guidance:
-    """The GUIDANCE program the workflow builds for one class, through the graph runtime."""
+) -> tuple[Guidance, Denoiser | None]:
+    """The GUIDANCE program the workflow builds for one class, through the graph runtime, and the
+    model its Sampler names as ``schedule_model`` (None when it names none)."""
     prompt = strategy_prompt(strategy, scale, label, files)
-    target = guidance_node(prompt, strategy.workflow)
-    result = executor.run(prompt, outputs=[target])
+    sampler = sampler_inputs(prompt, strategy.workflow)
+    links = {"guidance": sampler["guidance"], "schedule_model": sampler.get("schedule_model")}
+    targets = {name: (str(link[0]), int(link[1])) for name, link in links.items() if link is not None}
+    result = executor.run(prompt, outputs=sorted({node for node, _ in targets.values()}))
     if result.failures:
         failure = next(iter(result.failures.values()))
         where = f"workflow {strategy.workflow!r}, node {failure.node_id} ({failure.class_type})"
         raise ValueError(f"{where}: {failure.message}")
-    program: Guidance = result.outputs[target][0]
-    return program
+    values = {name: result.outputs[node][index] for name, (node, index) in targets.items()}
+    return values["guidance"], values.get("schedule_model")

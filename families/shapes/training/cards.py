@@ -18,6 +18,10 @@ _PURPOSE = {
     "image-text similarity of the predicted x̂0).",
     "evaluator": "Clean-image classifier used only to score samples in `guidegraph eval`. Trained separately "
     "(own seed, own architecture) and never used for guidance.",
+    "denoiser_small": "The weak guiding model of autoguidance (Karras et al. 2024, Guiding a Diffusion "
+    "Model with a Bad Version of Itself): the shipped denoiser's task, data, vocabulary, null prompt and "
+    "noise schedule in a smaller network trained far shorter. `workflows/autoguidance.api.json` guides "
+    "`shapes_unet` with it; on its own it samples worse than `shapes_unet`.",
 }
 
 
@@ -41,7 +45,7 @@ def model_card(path: Path, metadata: dict[str, Any], evaluation: str = "") -> st
     lines = [
         f"# {path.stem}",
         "",
-        _PURPOSE.get(str(metadata.get("kind")), ""),
+        _PURPOSE.get(str(training.get("recipe")), _PURPOSE.get(str(metadata.get("kind")), "")),
         "",
         f"- **File**: `{path.name}` (safetensors, float16 weights; loaded as float32 by `load_network`)",
         f"- **Kind / architecture**: `{metadata.get('kind')}` / `{metadata.get('architecture')}`, "

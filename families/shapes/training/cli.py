@@ -16,7 +16,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` command to the ``guidegraph`` CLI (entry point group ``guidegraph.commands``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "train",
-        help="train a shipped model (denoiser, noisy-classifier, clip, evaluator) from generated data",
+        help="train a shipped model (denoiser, denoiser-small, noisy-classifier, clip, evaluator) from "
+        "generated data",
         description="Train one of the project's small models on the procedural shapes data. Writes "
         "resumable checkpoints to --run-dir and the final EMA weights (safetensors, with metadata and a "
         "model card) to --out. Meant for a developer machine with a GPU; CI runs only --smoke.",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -406,6 +406,19 @@ RECIPES: dict[str, Recipe] = {
         notes="Clean images, mild augmentation (noise<=0.1, blur<=1px, slight fade); never guides.",
     ),
 }
+# Autoguidance's guiding model (Karras et al. 2024): the denoiser's task, data and condition dropout in a
+# smaller network trained far shorter, so its errors are a worse version of the shipped one's.
+RECIPES["denoiser_small"] = replace(
+    RECIPES["denoiser"],
+    name="denoiser_small",
+    filename="checkpoints/shapes_unet_small.safetensors",
+    config={"channels": [16, 32, 64, 64], "blocks_per_level": 1, "attention_levels": [3], "emb_dim": 128},
+    batch=64,
+    lr=5e-4,
+    ema_decay=0.999,
+    notes=RECIPES["denoiser"].notes + " The weak guiding model for autoguidance: 1/6 of the "
+    "parameters, trained on a small fraction of the examples.",
+)
 
 
 def lr_at(base: float, step: int, progress: float, warmup: int = 500) -> float:
