@@ -2,7 +2,7 @@
 
 ``NoisyClassifier(x, σ)`` reads x in the sampler's σ-space (x = x0 + σ·n), scales it by 1/sqrt(σ²+1)
 itself and embeds log σ (Dhariwal & Nichol 2021 train such a classifier on noised images for guidance).
-``Evaluator(x0)`` reads clean images in [-1, 1]; it judges samples and is never used for guidance.
+``Evaluator(x0)`` reads clean images in [-1, 1]; it judges samples (and guides only in universal guidance).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ _PURPOSE = {
     "(Dhariwal & Nichol 2021): g = ∇ₓ log p(y | x, σ).",
     "clip": "CLIP-style image/text model. Used by ClipLoss to steer toward a prompt (gradient of the "
     "image-text similarity of the predicted x̂0).",
-    "evaluator": "Clean-image classifier used only to score samples in `guidegraph eval`. Trained separately "
-    "(own seed, own architecture) and never used for guidance.",
+    "evaluator": "Clean-image classifier that scores samples in `guidegraph eval`. Trained separately "
+    "(own seed, own architecture); the one guidance that uses it is the universal_guidance workflow, "
+    "as the stand-in for any clean-image network, and eval then judges that by other networks too.",
     "denoiser_small": "The weak guiding model of autoguidance (Karras et al. 2024, Guiding a Diffusion "
     "Model with a Bad Version of Itself): the shipped denoiser's task, data, vocabulary, null prompt and "
     "noise schedule in a smaller network trained far shorter. `workflows/autoguidance.api.json` guides "
