@@ -30,6 +30,7 @@ from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
 from nodes.diffusion.types import batch_conditions
 from nodes.rule_nodes import DualCFGCombine
+from tests.families.tiny_sd import scheduler_kwargs, wrap
 
 PROMPT, NEGATIVE = "turn the horse into a zebra", "blurry"
 IMAGE_SCALE, TEXT_SCALE, STEPS, SIZE = 1.5, 7.5, 4, 64
@@ -42,16 +43,7 @@ def built() -> tuple[dict[str, Any], Any, Any, dict[str, Any]]:
 
 
 def components(built: tuple[dict[str, Any], Any, Any, dict[str, Any]]) -> SDComponents:
-    configs, unet, vae, encoders = built
-    return SDComponents(
-        variant="sd1_ip2p",
-        unet=unet,
-        vae=vae,
-        text_encoders=list(encoders.values()),
-        pad_tokens=["<|endoftext|>"],
-        scheduler_config=dict(configs["scheduler"]),
-        name="tiny-ip2p",
-    )
+    return wrap("sd1_ip2p", built, ["<|endoftext|>"])
 
 
 def test_dual_cfg_sampling_equals_the_instruct_pix2pix_pipeline(built: Any) -> None:
@@ -59,15 +51,7 @@ def test_dual_cfg_sampling_equals_the_instruct_pix2pix_pipeline(built: Any) -> N
 
     parts = components(built)
     config = parts.scheduler_config
-    keys = (
-        "num_train_timesteps",
-        "beta_start",
-        "beta_end",
-        "beta_schedule",
-        "prediction_type",
-        "steps_offset",
-    )
-    scheduler = diffusers.EulerDiscreteScheduler(**{k: config[k] for k in keys}, timestep_spacing="leading")
+    scheduler = diffusers.EulerDiscreteScheduler(**scheduler_kwargs(config), timestep_spacing="leading")
     pipe = diffusers.StableDiffusionInstructPix2PixPipeline(
         vae=parts.vae,
         text_encoder=parts.text_encoders[0],

@@ -27,6 +27,7 @@ from nodes.diffusion.guidance import Prediction, cfg
 from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
 from nodes.diffusion.types import Conditioning
+from tests.families.tiny_sd import scheduler_kwargs, wrap
 
 PROMPT, NEGATIVE, SCALE, STEPS = "a photograph of an astronaut riding a horse", "blurry, low quality", 7.5, 4
 TOL = 2e-4
@@ -38,15 +39,7 @@ def networks(variant: str) -> tuple[dict[str, Any], SDComponents]:
     scheduler = dict(configs["scheduler"])
     if variant == "sd2_v":
         scheduler["prediction_type"] = "v_prediction"
-    components = SDComponents(
-        variant=variant,
-        unet=unet,
-        vae=vae,
-        text_encoders=list(encoders.values()),
-        pad_tokens=PADS[variant],
-        scheduler_config=scheduler,
-        name=f"tiny-{variant}",
-    )
+    components = wrap(variant, (configs, unet, vae, encoders), PADS[variant], scheduler)
     return configs, components
 
 
@@ -55,12 +48,10 @@ def pipeline(variant: str, components: SDComponents, scheduler_name: str) -> Any
 
     config = {k: v for k, v in components.scheduler_config.items() if not k.startswith("_")}
     if scheduler_name == "euler":
-        scheduler = diffusers.EulerDiscreteScheduler(
-            **{k: v for k, v in config.items() if k in DDIM_KEYS}, timestep_spacing="leading"
-        )
+        scheduler = diffusers.EulerDiscreteScheduler(**scheduler_kwargs(config), timestep_spacing="leading")
     else:
         scheduler = diffusers.DDIMScheduler(
-            **{k: v for k, v in config.items() if k in DDIM_KEYS}, clip_sample=False, set_alpha_to_one=False
+            **scheduler_kwargs(config), clip_sample=False, set_alpha_to_one=False
         )
     tokenizers = [clip_tokenizer(pad) for pad in components.pad_tokens]
     common = {"vae": components.vae, "unet": components.unet, "scheduler": scheduler}
@@ -81,16 +72,6 @@ def pipeline(variant: str, components: SDComponents, scheduler_name: str) -> Any
         requires_safety_checker=False,
         **common,
     )
-
-
-DDIM_KEYS = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "prediction_type",
-    "steps_offset",
-)
 
 
 def ours(

@@ -28,37 +28,21 @@ from nodes.composition_nodes import SAG
 from nodes.diffusion.guidance import Prediction, cfg
 from nodes.diffusion.program import CompiledGuidance
 from nodes.diffusion.samplers import SAMPLERS
+from tests.families.tiny_sd import scheduler_kwargs, wrap
 
 PROMPT, NEGATIVE, STEPS, SAG_SCALE = "a photograph of an astronaut riding a horse", "blurry", 4, 0.75
 TOL = 2e-4  # as the CFG parity tests; a wrong mask, blur or re-noising moves latents by 1e-2 or more
 
 
 def components() -> SDComponents:
-    configs, unet, vae, encoders = build_networks("sd1", "tiny", seed=3)
-    return SDComponents(
-        variant="sd1",
-        unet=unet,
-        vae=vae,
-        text_encoders=list(encoders.values()),
-        pad_tokens=["<|endoftext|>"],
-        scheduler_config=dict(configs["scheduler"]),
-        name="tiny-sd1",
-    )
+    return wrap("sd1", build_networks("sd1", "tiny", seed=3), ["<|endoftext|>"])
 
 
 def pipeline(parts: SDComponents) -> Any:
     import diffusers
 
-    keys = (
-        "num_train_timesteps",
-        "beta_start",
-        "beta_end",
-        "beta_schedule",
-        "prediction_type",
-        "steps_offset",
-    )
     scheduler = diffusers.DDIMScheduler(
-        **{k: v for k, v in parts.scheduler_config.items() if k in keys},
+        **scheduler_kwargs(parts.scheduler_config),
         clip_sample=False,
         set_alpha_to_one=False,
     )
