@@ -86,6 +86,7 @@ class UniversalGuidance(Node):
         Boolean(
             name="clamp_x0",
             default=True,
+            optional=True,  # added after the node shipped: graphs saved without it keep validating
             tooltip="keep the guided x̂0 in [−1, 1] (pixel-space models; off for latent models)",
         ),
     )
@@ -100,7 +101,7 @@ class UniversalGuidance(Node):
         scale: float,
         backward_steps: int,
         backward_lr: float,
-        clamp_x0: bool,
+        clamp_x0: bool = True,
     ) -> tuple[Guidance]:
         from nodes.diffusion.gradients import UniversalGradient
 
