@@ -146,25 +146,43 @@ def run_local(points: list[Point], executor: Executor, bar: SweepBar, cancel: Ca
 
 @dataclass
 class _Queue:
-    """Points not yet run, shared by the Ray lanes; a lost point goes back to the front."""
+    """Points not yet run, shared by the Ray lanes; a lost point goes back to the front.
+
+    A lane with nothing it can take waits while other lanes still run points, since one of those may
+    come back to it (its worker lost, or lacking a file this lane's worker has); it stops only when
+    nothing is left anywhere.
+    """
 
     todo: deque[Point]
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: threading.Condition = field(default_factory=threading.Condition)
     lacking: dict[int, set[str]] = field(default_factory=dict)  # point index -> workers without its files
+    running: set[int] = field(default_factory=set)  # points taken and neither finished nor given back
 
-    def take(self, worker: str) -> Point | None:
-        with self.lock:
-            for point in self.todo:
-                if worker not in self.lacking.get(point.index, set()):
-                    self.todo.remove(point)
-                    return point
+    def take(self, worker: str, cancel: CancelToken) -> Point | None:
+        with self.ready:
+            while not cancel.cancelled:
+                for point in self.todo:
+                    if worker not in self.lacking.get(point.index, set()):
+                        self.todo.remove(point)
+                        self.running.add(point.index)
+                        return point
+                if not self.running:
+                    return None
+                self.ready.wait(0.2)  # a timeout, so a cancel is seen
         return None
 
+    def finish(self, point: Point) -> None:
+        with self.ready:
+            self.running.discard(point.index)
+            self.ready.notify_all()
+
     def give_back(self, point: Point, lacking: str | None = None) -> None:
-        with self.lock:
+        with self.ready:
             if lacking is not None:
                 self.lacking.setdefault(point.index, set()).add(lacking)
             self.todo.appendleft(point)
+            self.running.discard(point.index)
+            self.ready.notify_all()
 
 
 def run_ray(
@@ -214,38 +232,43 @@ def _lane(actor: Any, name: str, todo: _Queue, names: list[str], bar: SweepBar, 
 
     if cluster.wait_ready(actor, cancel) is None:
         return
-    while not cancel.cancelled and (point := todo.take(name)) is not None:
-        point.tries += 1
-        point.worker = name
-        bar.update(started=1)
-        ignore: Callable[[Event], None] = lambda event: None  # noqa: E731
+    while not cancel.cancelled and (point := todo.take(name, cancel)) is not None:
         try:
-            outcome = cluster.run_remote(
-                actor, name, f"sweep-{point.index}", point.prompt, on_event=ignore, cancel=cancel
-            )
-        except cluster.WorkerLost as lost:
-            bar.update(started=-1)
-            if point.tries < cluster.MAX_LOSSES:
-                todo.give_back(point)
-                if cluster.wait_ready(actor, cancel) is None:
-                    return
-                continue
-            message = f"{lost}; lost {cluster.MAX_LOSSES} workers on this point, giving up"
-            outcome = _failed(point, "WorkerLost", message)
-        except RuntimeError as exc:
-            outcome = _failed(point, "RuntimeError", str(exc))
-        if isinstance(outcome, cluster.MissingFiles):
-            bar.update(started=-1)
-            with todo.lock:
-                lacking = todo.lacking.get(point.index, set()) | {name}
-            if set(names) - lacking:
-                todo.give_back(point, lacking=name)  # to a worker that has not said it lacks the file
-                continue
-            outcome = _failed(
-                point, "FileNotFoundError", f"no worker has this model file: {outcome.message()}"
-            )
-        point.result = outcome
-        bar.update(finished=1, failed=int(not outcome.ok))
+            point.tries += 1
+            point.worker = name
+            bar.update(started=1)
+            ignore: Callable[[Event], None] = lambda event: None  # noqa: E731
+            try:
+                outcome = cluster.run_remote(
+                    actor, name, f"sweep-{point.index}", point.prompt, on_event=ignore, cancel=cancel
+                )
+            except cluster.WorkerLost as lost:
+                bar.update(started=-1)
+                if point.tries < cluster.MAX_LOSSES:
+                    todo.give_back(point)
+                    if cluster.wait_ready(actor, cancel) is None:
+                        return
+                    continue
+                message = f"{lost}; lost {cluster.MAX_LOSSES} workers on this point, giving up"
+                outcome = _failed(point, "WorkerLost", message)
+            except RuntimeError as exc:
+                outcome = _failed(point, "RuntimeError", str(exc))
+            if isinstance(outcome, cluster.MissingFiles):
+                bar.update(started=-1)
+                with todo.ready:
+                    lacking = todo.lacking.get(point.index, set()) | {name}
+                if set(names) - lacking:
+                    todo.give_back(point, lacking=name)  # to a worker that has not said it lacks the file
+                    continue
+                outcome = _failed(
+                    point, "FileNotFoundError", f"no worker has this model file: {outcome.message()}"
+                )
+            point.result = outcome
+            todo.finish(point)
+            bar.update(finished=1, failed=int(not outcome.ok))
+        except BaseException:
+            todo.finish(point)  # a lane that dies must not keep the others waiting for its point
+            raise
 
 
 def _failed(point: Point, kind: str, message: str) -> RunResult:

@@ -86,3 +86,31 @@ def test_run_sweep_names_the_point_whose_values_are_invalid(
         "--workers needs --ray"
         in (cli.main(["run", str(path), "--workers", "2"]), capsys.readouterr().err)[1]
     )
+
+
+def test_a_lane_with_nothing_to_take_waits_for_points_that_may_come_back_to_it() -> None:
+    """Lane a finished its point while lane b still runs one; b's worker lacks that point's file and
+    gives it back for a: a must still be there to take it (it used to stop, leaving it never run)."""
+    import threading
+    from collections import deque
+
+    from graph_runtime.context import CancelToken
+    from graph_runtime.sweep import Point, _Queue
+
+    queue = _Queue(deque(Point(i, {}, {}) for i in range(2)))
+    cancel = CancelToken()
+    first, second = queue.take("a", cancel), queue.take("b", cancel)
+    assert first is not None and second is not None
+    queue.finish(first)
+    taken: list[Point | None] = []
+    waiting = threading.Thread(target=lambda: taken.append(queue.take("a", cancel)))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # b's point is still out: a waits rather than stopping
+    queue.give_back(second, lacking="b")
+    waiting.join(5)
+    assert taken == [second]
+    queue.finish(second)
+    assert queue.take("a", cancel) is None and queue.take("b", cancel) is None  # nothing left anywhere
+    cancel.cancel()
+    assert _Queue(deque([Point(0, {}, {})]), lacking={0: {"b"}}).take("b", cancel) is None  # cancelled
