@@ -154,6 +154,13 @@ def _xl_encoder(clip: TextEncoder, node: str) -> Any:
     return encode_parts
 
 
+def _told(name: str, default: int, what: str) -> Int:
+    """One of SDXL's micro-conditioning sizes, as ComfyUI declares them."""
+    return Int(
+        name=name, default=default, min=0, max=MAX_RESOLUTION, tooltip=f"{what} the UNet is told about"
+    )
+
+
 class CLIPTextEncodeSDXL(Node):
     """SDXL prompt encoding with its micro-conditioning: ``text_l`` through CLIP-L, ``text_g`` through
     OpenCLIP-bigG, and the original size, crop and target size the UNet is told about."""
@@ -162,48 +169,12 @@ class CLIPTextEncodeSDXL(Node):
     category = "advanced/conditioning"
     inputs = (
         Socket(name="clip", type="CLIP", tooltip="SDXL's two text encoders"),
-        Int(
-            name="width",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the original image width the UNet is told about",
-        ),
-        Int(
-            name="height",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the original image height the UNet is told about",
-        ),
-        Int(
-            name="crop_w",
-            default=0,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the crop's left offset the UNet is told about",
-        ),
-        Int(
-            name="crop_h",
-            default=0,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the crop's top offset the UNet is told about",
-        ),
-        Int(
-            name="target_width",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the target width the UNet is told about",
-        ),
-        Int(
-            name="target_height",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the target height the UNet is told about",
-        ),
+        _told("width", 1024, "the original image width"),
+        _told("height", 1024, "the original image height"),
+        _told("crop_w", 0, "the crop's left offset"),
+        _told("crop_h", 0, "the crop's top offset"),
+        _told("target_width", 1024, "the target width"),
+        _told("target_height", 1024, "the target height"),
         String(name="text_g", multiline=True, tooltip="the prompt for OpenCLIP bigG"),
         String(name="text_l", multiline=True, tooltip="the prompt for CLIP L"),
     )
@@ -245,20 +216,8 @@ class CLIPTextEncodeSDXLRefiner(Node):
             step=0.01,
             tooltip="aesthetic score (6 for prompts, 2.5 for negatives in the reference pipeline)",
         ),
-        Int(
-            name="width",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the original image width the UNet is told about",
-        ),
-        Int(
-            name="height",
-            default=1024,
-            min=0,
-            max=MAX_RESOLUTION,
-            tooltip="the original image height the UNet is told about",
-        ),
+        _told("width", 1024, "the original image width"),
+        _told("height", 1024, "the original image height"),
         String(name="text", multiline=True, tooltip="the prompt"),
         Socket(name="clip", type="CLIP", tooltip="the refiner's text encoder"),
     )
