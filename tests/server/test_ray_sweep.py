@@ -18,6 +18,9 @@ CRASHING = {
     "1": {"class_type": "Number", "inputs": {"value": 0}},
     "2": {"class_type": "SaveSquare", "inputs": {"value": ["1", 0], "size": 4, "prefix": "pt"}},
     "3": {"class_type": "CrashOnce", "inputs": {"marker": "", "value": 0}},
+    # ~0.6 s per point, so the 6 points outlast a worker that starts a few seconds after the other:
+    # both take some (a trivial point let the first worker up finish them all, seen in CI)
+    "4": {"class_type": "SlowSteps", "inputs": {"steps": 3, "delay": 0.2}},
 }
 
 
