@@ -15,10 +15,14 @@ increments, not constraints, and are not checked (neither are they in ComfyUI).
 
 from __future__ import annotations
 
+import collections
 import gc
 import math
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from graph_runtime.api import Boolean, Combo, Float, Input, Int, Node, Socket, String
@@ -154,92 +158,103 @@ class _Checker:
 
     def check_literal(self, node_id: str, name: str, spec: Input, value: Any) -> tuple[bool, Any]:
         value = value[VALUE_KEY] if is_wrapped(value) else value
-        shown = _safe(value)
+        checked, problem = self.literal_problem(spec, value)
+        if problem is None:
+            return True, checked
+        error_type, message, details = problem
+        self.add(
+            node_id, error_type, message, f"{name}: {details}", input_name=name, received_value=_safe(value)
+        )
+        return False, None
+
+    def literal_problem(self, spec: Input, value: Any) -> tuple[Any, tuple[str, str, str] | None]:
+        """(the value as the node receives it, None), or (None, (error type, message, details))."""
         kind = type(value)
-
-        def bad(error_type: str, message: str, details: str) -> tuple[bool, Any]:
-            self.add(
-                node_id, error_type, message, f"{name}: {details}", input_name=name, received_value=shown
-            )
-            return False, None
-
         if isinstance(spec, Int):
             if kind is float and math.isfinite(value) and value.is_integer():
                 value, kind = int(value), int
             if kind is not int:
-                return bad(
-                    "invalid_input_type", "Invalid input type", f"expected an INT, got {_describe(value)}"
+                return None, (
+                    "invalid_input_type",
+                    "Invalid input type",
+                    f"expected an INT, got {_describe(value)}",
                 )
             if not INT64_LOW <= value <= INT64_HIGH:
-                return bad(
+                return None, (
                     "value_bigger_than_max" if value > 0 else "value_smaller_than_min",
                     "Value out of range",
                     f"{value} does not fit a 64-bit integer",
                 )
-            ok, value = self.check_range(name, spec, value, bad)
-            if ok and spec.step > 1 and (value - spec.min) % spec.step:
+            problem = _range_problem(spec, value)
+            if problem is None and spec.step > 1 and (value - spec.min) % spec.step:
                 below = value - (value - spec.min) % spec.step
-                return bad(
+                problem = (
                     "value_not_multiple_of_step",
                     "Value not on the step grid",
                     f"{value} is not {spec.min} plus a multiple of the step {spec.step}"
                     f" (nearest: {below} or {below + spec.step})",
                 )
-            return ok, value
+            return value, problem
         if isinstance(spec, Float):
-            if kind not in (int, float):
-                return bad(
-                    "invalid_input_type", "Invalid input type", f"expected a FLOAT, got {_describe(value)}"
+            if kind is not int and kind is not float:
+                return None, (
+                    "invalid_input_type",
+                    "Invalid input type",
+                    f"expected a FLOAT, got {_describe(value)}",
                 )
             try:
                 as_float = float(value)
             except OverflowError:
-                return bad(
-                    "value_bigger_than_max", "Value bigger than max", f"{value} is too large for a FLOAT"
+                return None, (
+                    "value_bigger_than_max",
+                    "Value bigger than max",
+                    f"{value} is too large for a FLOAT",
                 )
             if not math.isfinite(as_float):
-                return bad("value_not_finite", "Value is not a finite number", f"{value} is not finite")
-            return self.check_range(name, spec, as_float, bad)
+                return None, ("value_not_finite", "Value is not a finite number", f"{value} is not finite")
+            return as_float, _range_problem(spec, as_float)
         if isinstance(spec, String):
             if kind is not str:
-                return bad(
-                    "invalid_input_type", "Invalid input type", f"expected a STRING, got {_describe(value)}"
+                return None, (
+                    "invalid_input_type",
+                    "Invalid input type",
+                    f"expected a STRING, got {_describe(value)}",
                 )
-            return True, value
+            return value, None
         if isinstance(spec, Boolean):
             if kind is not bool:
-                return bad(
+                return None, (
                     "invalid_input_type",
                     "Invalid input type",
                     f"expected a BOOLEAN (true or false), got {_describe(value)}",
                 )
-            return True, value
+            return value, None
         if isinstance(spec, Combo):
             choices = self.choices.get(id(spec))
             if choices is None:
                 choices = self.choices[id(spec)] = spec.choices()
             if kind is not str or value not in choices:
                 listed = choices if len(choices) <= MAX_LISTED_OPTIONS else f"a list of length {len(choices)}"
-                return bad("value_not_in_list", "Value not in list", f"{_describe(value)} not in {listed}")
-            return True, value
+                return None, ("value_not_in_list", "Value not in list", f"{_describe(value)} not in {listed}")
+            return value, None
         assert not isinstance(spec, Socket)
-        return True, value
+        return value, None
 
-    @staticmethod
-    def check_range(name: str, spec: Int | Float, value: Any, bad: Any) -> tuple[bool, Any]:
-        if value < spec.min:
-            return bad(
-                "value_smaller_than_min",
-                "Value smaller than min",
-                f"{value} is smaller than the minimum {spec.min}",
-            )
-        if value > spec.max:
-            return bad(
-                "value_bigger_than_max",
-                "Value bigger than max",
-                f"{value} is bigger than the maximum {spec.max}",
-            )
-        return True, value
+
+def _range_problem(spec: Int | Float, value: float) -> tuple[str, str, str] | None:
+    if value < spec.min:
+        return (
+            "value_smaller_than_min",
+            "Value smaller than min",
+            f"{value} is smaller than the minimum {spec.min}",
+        )
+    if value > spec.max:
+        return (
+            "value_bigger_than_max",
+            "Value bigger than max",
+            f"{value} is bigger than the maximum {spec.max}",
+        )
+    return None
 
 
 def _referenced_node(value: Any, prompt: dict[str, Any]) -> str | None:
@@ -273,9 +288,137 @@ def validate(prompt: Any, registry: Registry, outputs: Sequence[str] | None = No
 
     ``outputs`` restricts the targets to those node ids (any node, output node or not, as for
     ``partial_execution_targets``); by default the targets are all nodes declared ``output_node``.
+
+    A prompt of the same shape as a recent clean one (see :class:`_Shapes`) reuses that one's graph
+    checks and checks only its literal values; any problem sends it through the full pass.
     """
+    shapes = _SHAPES.get(registry)
+    if shapes is None:
+        shapes = _SHAPES[registry] = _Shapes()
+    key = _shape_key(prompt, outputs) if type(prompt) is dict and len(prompt) <= MAX_SHAPE_NODES else None
+    if key is not None:
+        skeleton = shapes.get(key)
+        if skeleton is not None:
+            report = _from_skeleton(prompt, registry, skeleton)
+            if report is not None:
+                return report
     with gc_paused():
-        return _validate(prompt, registry, outputs)
+        report = _validate(prompt, registry, outputs)
+    if key is not None and report.ok and report.good_outputs:
+        shapes.put(key, _skeleton(prompt, report))
+    return report
+
+
+MAX_SHAPE_NODES = 1_000  # larger prompts are rarely re-posted and would make large entries
+KEPT_SHAPES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Skeleton:
+    """What a clean prompt's validation found that its shape alone decides: the planned nodes in order
+    (class, the literal inputs to check, resolved links), its targets and its warnings."""
+
+    nodes: tuple[tuple[str, type[Node], tuple[tuple[str, Input], ...], dict[str, tuple[str, int]]], ...]
+    outputs: list[str]
+    warnings: list[str]
+
+
+class _Shapes:
+    """The skeletons of recently validated clean prompts, by shape, least recently used dropped first.
+
+    A shape is every node id with its class_type and its input names, each input either a link (its
+    source and output) or a literal. Everything validation decides apart from the literal values
+    follows from the shape and the registry, which only ever gains classes (a clean prompt stays
+    clean), so two prompts of one shape differ only in what their literal checks say. Editor users and
+    scripts post the same graph again and again with a new seed or text: those posts check only their
+    literals. One cache per registry, held weakly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the event loop and the worker thread both validate
+        self._entries: collections.OrderedDict[tuple[Any, ...], _Skeleton] = collections.OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> _Skeleton | None:
+        with self._lock:
+            skeleton = self._entries.get(key)
+            if skeleton is not None:
+                self._entries.move_to_end(key)
+            return skeleton
+
+    def put(self, key: tuple[Any, ...], skeleton: _Skeleton) -> None:
+        with self._lock:
+            self._entries[key] = skeleton
+            if len(self._entries) > KEPT_SHAPES:
+                self._entries.popitem(last=False)
+
+
+_SHAPES: weakref.WeakKeyDictionary[Registry, _Shapes] = weakref.WeakKeyDictionary()
+
+
+def _shape_key(prompt: dict[str, Any], outputs: Sequence[str] | None) -> tuple[Any, ...] | None:
+    """The prompt's shape (see :class:`_Shapes`), or None for a node that is not an object with a
+    class_type and an object of inputs (such a prompt has errors, and errors are never kept)."""
+    if outputs is not None and not all(type(o) is str for o in outputs):
+        return None
+    nodes: list[Any] = [None if outputs is None else tuple(outputs)]
+    for node_id, node in prompt.items():
+        if type(node) is not dict or type(node.get("class_type")) is not str:
+            return None
+        inputs = node.get("inputs", {})
+        if type(inputs) is not dict:
+            return None
+        nodes.append(node_id)
+        nodes.append(node.get("class_type"))
+        nodes.append(tuple((name, _input_shape(value)) for name, value in inputs.items()))
+    return tuple(nodes)
+
+
+def _input_shape(value: Any) -> Any:
+    """A link as (source, output); any other list as "list" (never clean); a literal as None."""
+    if type(value) is not list:
+        return None
+    if len(value) == 2 and type(value[0]) is str and type(value[1]) in (int, str):
+        return (value[0], value[1])
+    return "list"
+
+
+def _skeleton(prompt: dict[str, Any], report: ValidationReport) -> _Skeleton:
+    nodes = []
+    for node_id in report.order:
+        planned = report.nodes[node_id]
+        literal_specs = tuple(
+            (name, spec)
+            for name in prompt[node_id].get("inputs", {})
+            if name in planned.literals and (spec := planned.cls.input(name)) is not None
+        )
+        nodes.append((node_id, planned.cls, literal_specs, dict(planned.links)))
+    return _Skeleton(tuple(nodes), list(report.outputs), list(report.warnings))
+
+
+def _from_skeleton(
+    prompt: dict[str, Any], registry: Registry, skeleton: _Skeleton
+) -> ValidationReport | None:
+    """The report of a prompt shaped like ``skeleton``'s, or None when a literal is refused (the full
+    pass then says why)."""
+    checker = _Checker(prompt, registry)
+    planned: dict[str, PlannedNode] = {}
+    for node_id, cls, literal_specs, links in skeleton.nodes:
+        inputs = prompt[node_id].get("inputs", {})
+        literals = {}
+        for name, spec in literal_specs:
+            value = inputs[name]
+            value, problem = checker.literal_problem(spec, value[VALUE_KEY] if is_wrapped(value) else value)
+            if problem is not None:
+                return None
+            literals[name] = value
+        planned[node_id] = PlannedNode(node_id, cls, literals, dict(links))
+    return ValidationReport(
+        outputs=list(skeleton.outputs),
+        good_outputs=list(skeleton.outputs),
+        order=list(planned),
+        nodes=planned,
+        warnings=list(skeleton.warnings),
+    )
 
 
 @contextmanager

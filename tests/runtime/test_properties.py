@@ -176,6 +176,33 @@ def test_validation_never_raises_on_arbitrary_values(prompt: dict[str, Any]) -> 
     assert report.ok or report.messages()
 
 
+@SETTINGS
+@given(dags(), st.data())
+def test_a_prompt_shaped_like_a_clean_one_gets_the_report_a_fresh_pass_gives(
+    prompt: dict[str, Any], data: Any
+) -> None:
+    """Re-posting a graph with other literal values (valid or not) reuses its shape's graph checks; the
+    report must be the one a registry that never saw the shape gives."""
+    shared = Registry(TEST_NODES)
+    assert validate(prompt, shared).ok
+    literals = [
+        (n, k) for n, node in prompt.items() for k, v in node["inputs"].items() if type(v) is not list
+    ]
+    for node_id, name in data.draw(st.lists(st.sampled_from(literals), max_size=3)) if literals else []:
+        prompt[node_id]["inputs"][name] = data.draw(JSON)
+    reused, fresh = validate(prompt, shared), validate(prompt, Registry(TEST_NODES))
+    assert reused.node_errors == fresh.node_errors
+    assert (reused.error, reused.outputs, reused.good_outputs) == (
+        fresh.error,
+        fresh.outputs,
+        fresh.good_outputs,
+    )
+    assert reused.order == fresh.order and reused.warnings == fresh.warnings
+    assert {n: (p.cls, p.literals, p.links) for n, p in reused.nodes.items()} == {
+        n: (p.cls, p.literals, p.links) for n, p in fresh.nodes.items()
+    }
+
+
 # The editor format, built from an API prompt the way the editor saves it.
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")

@@ -29,6 +29,26 @@ def test_a_valid_prompt_is_ok_and_planned_in_topological_order(registry: Registr
     assert report.order == ["1", "2", "9"]
 
 
+def test_a_reposted_graph_checks_only_its_literals(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second post of a clean graph's shape skips the graph checks; a refused literal still gets
+    the full pass and its ComfyUI-shaped error."""
+    validate(_chain_to_show({"x": ["1", 0], "factor": 3.0}), registry)
+    import graph_runtime.validation as validation
+
+    full_passes = []
+    real = validation._validate
+    monkeypatch.setattr(validation, "_validate", lambda *a: full_passes.append(1) or real(*a))
+    again = validate(_chain_to_show({"x": ["1", 0], "factor": 2.5}), registry)
+    assert again.ok and again.order == ["1", "2", "9"] and not full_passes
+    assert again.nodes["2"].literals == {"factor": 2.5} and again.nodes["2"].links == {"x": ("1", 0)}
+    refused = validate(_chain_to_show({"x": ["1", 0], "factor": 99.0}), registry)
+    assert _errors(refused, "2") == ["value_bigger_than_max"] and full_passes == [1]
+    relinked = validate(_chain_to_show({"x": "1", "factor": 2.0}), registry)  # another shape
+    assert _errors(relinked, "2") == ["invalid_input_type"] and full_passes == [1, 1]
+
+
 def test_unknown_class_does_not_hide_the_problems_of_other_nodes(registry: Registry) -> None:
     prompt = {
         "1": {"class_type": "NoSuchNode", "inputs": {}},
