@@ -255,8 +255,14 @@ class PromptStore:
 
     def add_many(self, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId]:
         """Commit ``batch`` in one FULL transaction: per prompt its queue number, or the error that
-        refused it alone (a duplicate id). Nothing is stored if it raises."""
-        values = [
+        refused it alone (a duplicate id). Nothing is stored if it raises.
+
+        The rows go in as multi-row INSERTs of up to ``INSERT_ROWS``: SQLite lets go of the interpreter
+        for every statement, and a thread that needs it back waits its turn behind the event loop, so
+        one statement per prompt made a burst's commits wait on the loop prompt by prompt. A duplicate
+        id fails its whole statement; the batch then goes in row by row so only that prompt is refused.
+        """
+        columns = [
             (
                 _dump(n.prompt),
                 _dump(n.extra_data),
@@ -266,34 +272,59 @@ class PromptStore:
             )
             for n in batch
         ]
-        results: list[float | DuplicatePromptId] = []
         with self._lock, self._tx():
-            for new, columns in zip(batch, values, strict=True):
+            numbers = self._numbers(batch)
+            created = now_ms()
+            rows = [
+                (new.prompt_id, number, PENDING, *cols, created)
+                for new, number, cols in zip(batch, numbers, columns, strict=True)
+            ]
+            start = 0
+            try:
+                for start in range(0, len(rows), INSERT_ROWS):
+                    chunk = rows[start : start + INSERT_ROWS]
+                    self._db.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for r in chunk for v in r])
+            except sqlite3.IntegrityError:  # the failed statement left nothing; undo the ones before it
+                if start:
+                    marks = ", ".join("?" * start)
+                    self._db.execute(
+                        f"DELETE FROM prompts WHERE id IN ({marks})", [r[0] for r in rows[:start]]
+                    )
+            else:
+                return list(numbers)
+            results: list[float | DuplicatePromptId] = []
+            for row in rows:
                 try:
-                    results.append(self._insert(new, columns))
+                    self._db.execute(_INSERT + _ROW, row)
+                    results.append(row[1])
                 except sqlite3.IntegrityError as exc:
-                    error = DuplicatePromptId(new.prompt_id)
+                    error = DuplicatePromptId(row[0])
                     error.__cause__ = exc
                     results.append(error)
-        return results
+            return results
 
-    def _insert(self, new: NewPrompt, columns: tuple[str, str, str, str | None, str | None]) -> float:
-        number = new.number
-        if number is None:
-            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()
-            number = -float(row["n"]) if new.front else float(row["n"])
-            if new.front:  # ahead of everything pending, including earlier front prompts
-                low = self._db.execute(
-                    "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
-                ).fetchone()["m"]
-                if low is not None and low <= number:
-                    number = low - 1
-        self._db.execute(
-            "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute,"
-            " client_id, workflow_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (new.prompt_id, number, PENDING, *columns, now_ms()),
-        )
-        return number
+    def _numbers(self, batch: Sequence[NewPrompt]) -> list[float]:
+        """Queue numbers for ``batch``, in order: a prompt's own number, else the next sequence number
+        (above every number given so far), negated and ahead of everything pending for ``front``."""
+        base = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()["n"]
+        lowest: float | None = None  # the lowest pending number, this batch's included
+        numbers: list[float] = []
+        for offset, new in enumerate(batch):
+            number = new.number
+            if number is None:
+                number = -float(base + offset) if new.front else float(base + offset)
+                if new.front:  # ahead of everything pending, including earlier front prompts
+                    if lowest is None:
+                        stored = self._db.execute(
+                            "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
+                        ).fetchone()["m"]
+                        lowest = min([n for n in (stored, *numbers) if n is not None], default=None)
+                    if lowest is not None and lowest <= number:
+                        number = lowest - 1
+            numbers.append(number)
+            if lowest is not None:
+                lowest = min(lowest, number)
+        return numbers
 
     def claim_next(self) -> PromptRow | None:
         """Mark the first pending prompt running and return it (None when the queue is empty)."""
@@ -523,6 +554,14 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+INSERT_ROWS = 100  # rows per INSERT statement: 900 variables, under every SQLite's limit
+_INSERT = (
+    "INSERT INTO prompts (id, number, status, prompt, extra_data, outputs_to_execute, client_id,"
+    " workflow_id, create_time) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _dump(value: Any) -> str:
