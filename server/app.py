@@ -206,6 +206,7 @@ async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> As
             app[state.HUB],
             asyncio.get_running_loop(),
             preview_max_side=config.preview_max_side,
+            defer_to_posts=True,
         )
     app[state.STORE] = store
     app[state.INTAKE] = Intake(store)
