@@ -134,12 +134,18 @@ def resolve_file(kind: str, name: str) -> Path:
     A name that leaves the folder (``..``, an absolute path) is refused by its spelling; links inside
     the folder are followed wherever they point, as the folder's owner put them there (checkpoints
     linked in from another disk are common)."""
+    return Path(find_file(kind, name))
+
+
+def find_file(kind: str, name: str) -> str:
+    """:func:`resolve_file` as a string, for the paths asked on every POST (a ``Path`` costs more than
+    the lookup)."""
     roots = folder_paths(kind)
     for root in roots:
         base = str(root)
         candidate = os.path.normpath(os.path.join(base, name))
         if candidate.startswith(base + os.sep) and os.path.exists(candidate):
-            return Path(candidate)
+            return candidate
     raise FileNotFoundError(f"no file {name!r} in the {kind!r} model folders {[str(p) for p in roots]}")
 
 

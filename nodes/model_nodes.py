@@ -93,11 +93,11 @@ class Model(Node):
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
         """MODEL's latent space and network cost, read from the file's header when it is one we know."""
-        from graph_runtime.folders import resolve_file
+        from graph_runtime.folders import find_file
         from nodes.diffusion.memory import latent_cost
 
         try:
-            path = resolve_file("checkpoints", str(inputs.get("checkpoint")))
+            path = find_file("checkpoints", str(inputs.get("checkpoint")))
         except (FileNotFoundError, ValueError, OSError):
             return Footprint(outputs=(None, None, None))
         return Footprint(outputs=(latent_cost(path), None, None))  # None for a folder or an unknown file

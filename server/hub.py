@@ -139,9 +139,12 @@ class Hub:
 
     def send(self, type: str, data: dict[str, Any], sid: str | None = None) -> None:
         """A JSON message to the clients with ``sid``, or to everyone when ``sid`` is None."""
+        targets = self._targets(sid)
+        if not targets:
+            return
         frame = _ENCODER.encode({"type": type, "data": data})
         key = merge_key(type, data)
-        for client in self._targets(sid):
+        for client in targets:
             self._offer(client, frame, key)
 
     def send_status(self) -> None:

@@ -50,6 +50,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json(raw: bytes, max_depth: int) -> Any:
     """Strict JSON: UTF-8, no NaN or Infinity, no number that overflows, at most ``max_depth`` deep."""
     try:
@@ -57,14 +60,15 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     except UnicodeDecodeError:
         fail("the body is not UTF-8", type="invalid_json")
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except BadRequest:
         raise
     except RecursionError:
         fail(f"the JSON body is nested deeper than {max_depth} levels", type="invalid_json")
     except ValueError as exc:
         fail("the body is not valid JSON", type="invalid_json", details=str(exc)[:200])
-    if _depth(value) > max_depth:
+    # a body with no more brackets than the cap cannot nest deeper (the walk costs more than the parse)
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(value) > max_depth:
         fail(f"the JSON body is nested deeper than {max_depth} levels", type="invalid_json")
     return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +69,16 @@ SHAPES_UNET = LatentCost(
 KNOWN = {"shapes_unet": SHAPES_UNET}
 
 
-def latent_cost(checkpoint: Path) -> LatentCost | None:
+def latent_cost(checkpoint: str | Path) -> LatentCost | None:
     """The cost of the denoiser in ``checkpoint`` when its header names a known architecture.
 
     Read once per version of the file (path, size, modification time): every POST /prompt asks, and
     a large checkpoint's header is megabytes of JSON."""
     try:
-        stat = checkpoint.stat()
+        stat = os.stat(checkpoint)
     except OSError:
         return None
-    return _latent_cost(str(checkpoint), stat.st_size, stat.st_mtime_ns)
+    return _latent_cost(os.fspath(checkpoint), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
