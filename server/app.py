@@ -192,6 +192,7 @@ async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> As
         log.warning(
             "no workflows (*.ui.json) in %s: the editor's template browser will be empty", templates.root
         )
+    intake = Intake(store)
     worker: Workers
     if ray is not None:
         from server.ray_pool import RayPool  # imports Ray only here
@@ -206,10 +207,10 @@ async def _store_and_worker(app: web.Application, ray: RaySettings | None) -> As
             app[state.HUB],
             asyncio.get_running_loop(),
             preview_max_side=config.preview_max_side,
-            defer_to_posts=True,
+            posters_waiting=intake.posters_waiting,
         )
     app[state.STORE] = store
-    app[state.INTAKE] = Intake(store)
+    app[state.INTAKE] = intake
     app[state.HUB].status_source = store.queue_remaining
     app[state.WORKER] = worker
     await asyncio.to_thread(worker.start)

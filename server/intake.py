@@ -28,6 +28,7 @@ class Intake:
         self._committer: asyncio.Task[None] | None = None
         self.commits = 0
         self._last_batch = 0
+        self._committing = 0
 
     async def add(self, new: NewPrompt) -> float:
         """Commit ``new``; return its queue number.
@@ -40,13 +41,17 @@ class Intake:
             self._committer = asyncio.get_running_loop().create_task(self._commit_all())
         return await future
 
+    def posters_waiting(self) -> int:
+        """(any thread) How many posts wait for their commit now, the one under way included."""
+        return len(self._waiting) + self._committing
+
     async def _commit_all(self) -> None:
         try:
             while self._waiting:
                 if len(self._waiting) < self._last_batch:
                     await asyncio.sleep(GATHER_S)
                 batch, self._waiting = self._waiting, []
-                self._last_batch = len(batch)
+                self._last_batch = self._committing = len(batch)
                 try:
                     results = await asyncio.to_thread(self._store.add_many, [n for n, _ in batch])
                 except Exception as exc:  # nothing of this batch is stored: every poster hears why
@@ -54,6 +59,8 @@ class Intake:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                finally:
+                    self._committing = 0
                 self.commits += 1
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():  # its request went away meanwhile; the prompt stays queued

@@ -30,10 +30,10 @@ from server.store import ERROR, INTERRUPTED, SUCCESS, PromptRow, PromptStore, no
 log = logging.getLogger(__name__)
 
 KEPT_REPORTS = 10_000
-# Admission before execution (``defer_to_posts``): while posts keep coming (the last one less than
-# DEFER_QUIET_S ago) and at least DEFER_BACKLOG prompts wait, the worker waits between prompts, for at
-# most DEFER_MAX_S before it runs one prompt anyway.
-DEFER_QUIET_S, DEFER_BACKLOG, DEFER_MAX_S = 0.01, 64, 0.05
+# Admission before execution: while DEFER_POSTERS posts or more wait for their commit, the worker waits
+# between prompts (looking again every DEFER_POLL_S), at most DEFER_MAX_S before it runs one anyway.
+DEFER_POSTERS = 4
+DEFER_POLL_S, DEFER_MAX_S = 0.001, 0.05
 DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
 RECORD_RETRY_S, RECORD_RETRY_MAX_S = 0.25, 5.0
 
@@ -80,13 +80,12 @@ class PromptWorker:
         *,
         preview_max_side: int = 512,
         claim: Callable[[], PromptRow | None] | None = None,
-        defer_to_posts: bool = False,
+        posters_waiting: Callable[[], int] | None = None,
         name: str = "guidegraph-worker",
     ) -> None:
         self._store = store
         self._claim = claim or store.claim_next
-        self._defers = defer_to_posts
-        self._posted_at = -DEFER_QUIET_S  # monotonic time of the last wake (every accepted post wakes)
+        self._posters_waiting = posters_waiting
         self._executor = executor
         self._hub = hub
         self._loop = loop
@@ -122,7 +121,6 @@ class PromptWorker:
                 if len(self._reports) >= KEPT_REPORTS:
                     del self._reports[next(iter(self._reports))]
                 self._reports[prompt_id] = report
-        self._posted_at = time.monotonic()
         if not self._wake.is_set():  # set() takes a lock and notifies, on every post of a burst
             self._wake.set()
 
@@ -174,23 +172,19 @@ class PromptWorker:
         """Let a burst of posts be answered first.
 
         The worker shares the interpreter with the event loop that validates and commits posts, and
-        between prompts of a few milliseconds it takes the loop's turn at every switch. While posts keep
-        coming and the queue already holds more than the worker will start for a while, each of those
-        posters waits on the loop alone, and a prompt run now instead of 20 ms later gains nothing: so
-        the worker waits until the posts pause, at most ``DEFER_MAX_S`` at a time, then drains the queue.
-        A client that posts and waits for its result never meets this (its queue stays short), nor does
-        a run that releases the interpreter (a GPU's kernels) lose much to it.
+        between prompts of a few milliseconds it takes the loop's turn at every switch. While several
+        posters wait for their commit (``posters_waiting``: a burst), each of them waits on the loop
+        alone and a prompt that starts a few milliseconds later loses nothing, so the worker waits
+        until they are answered, at most ``DEFER_MAX_S`` at a time. Its wait ends with the commit it
+        waits for, whatever comes next: clients that post and then wait for their results (however
+        many) never hold it back for long, and a run that releases the interpreter (a GPU's kernels)
+        gives the loop its turn anyway.
         """
-        if not self._defers or time.monotonic() - self._posted_at >= DEFER_QUIET_S:
-            return
-        try:
-            if self._store.queue_remaining() < DEFER_BACKLOG:
-                return
-        except Exception:  # the claim that follows reports a broken store
+        if self._posters_waiting is None:
             return
         deadline = time.monotonic() + DEFER_MAX_S
-        while time.monotonic() - self._posted_at < DEFER_QUIET_S and time.monotonic() < deadline:
-            if self._stopping.wait(DEFER_QUIET_S / 2):
+        while self._posters_waiting() >= DEFER_POSTERS and time.monotonic() < deadline:
+            if self._stopping.wait(DEFER_POLL_S):
                 return
 
     def _run(self, row: PromptRow) -> None:
