@@ -69,11 +69,15 @@ def to_api_prompt(data: Any, registry: Registry) -> dict[str, dict[str, Any]]:
             ApiPrompt.model_validate(data)
         except ValidationError as exc:
             raise WorkflowFormatError(_first_problem(exc, "node ")) from None
-    return {
-        str(node_id): {key: value for key, value in node.items() if key in ("class_type", "inputs", "_meta")}
-        | {"inputs": dict(node.get("inputs", {}))}
-        for node_id, node in data.items()
-    }
+    return {str(node_id): _api_node(node) for node_id, node in data.items()}
+
+
+def _api_node(node: dict[str, Any]) -> dict[str, Any]:
+    """The node's class_type, a copy of its inputs and its ``_meta`` when present (nothing else)."""
+    out = {"class_type": node["class_type"], "inputs": dict(node.get("inputs", {}))}
+    if "_meta" in node:
+        out["_meta"] = node["_meta"]
+    return out
 
 
 def _plain_api_node(node: Any) -> bool:
