@@ -160,6 +160,8 @@ class Hub:
                 # the rest of this tick's changes join this broadcast; then keep the interval
                 await asyncio.sleep(max(0.0, self._status_sent_at + self._status_interval_s - loop.time()))
                 self._status_changed = False
+                if not self._clients:  # nobody to tell; a client that connects reads it then
+                    continue
                 try:
                     remaining = await asyncio.to_thread(self.status_source)
                 except Exception:

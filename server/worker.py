@@ -33,7 +33,7 @@ KEPT_REPORTS = 10_000
 # Admission before execution: while DEFER_POSTERS posts or more wait for their commit, the worker waits
 # between prompts (looking again every DEFER_POLL_S), at most DEFER_MAX_S before it runs one anyway.
 DEFER_POSTERS = 4
-DEFER_POLL_S, DEFER_MAX_S = 0.001, 0.05
+DEFER_POLL_S, DEFER_MAX_S = 0.005, 0.05  # every look takes the interpreter from the loop
 DELIVER_BATCH = 256  # messages handed to the hub per event-loop callback, so the loop stays responsive
 RECORD_RETRY_S, RECORD_RETRY_MAX_S = 0.25, 5.0
 
