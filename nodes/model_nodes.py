@@ -93,14 +93,10 @@ class Model(Node):
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
         """MODEL's latent space and network cost, read from the file's header when it is one we know."""
-        from graph_runtime.folders import find_file
-        from nodes.diffusion.memory import latent_cost
+        from nodes.diffusion.memory import checkpoint_cost
 
-        try:
-            path = find_file("checkpoints", str(inputs.get("checkpoint")))
-        except (FileNotFoundError, ValueError, OSError):
-            return Footprint(outputs=(None, None, None))
-        return Footprint(outputs=(latent_cost(path), None, None))  # None for a folder or an unknown file
+        # None for a missing file, a folder or an unknown architecture
+        return Footprint(outputs=(checkpoint_cost(str(inputs.get("checkpoint"))), None, None))
 
 
 class VAELoader(Node):

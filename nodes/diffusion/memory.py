@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,27 @@ SHAPES_UNET = LatentCost(
 # Keyed by architecture: the weak autoguidance model shapes_unet_small is a shapes_unet of half the width
 # and depth and gets this calibration too, an over-estimate of its forwards (the good model's dominate).
 KNOWN = {"shapes_unet": SHAPES_UNET}
+
+
+CHECKPOINT_COST_MAX_AGE_S = 1.0
+_CHECKPOINT_COSTS: dict[str, tuple[float, LatentCost | None]] = {}
+
+
+def checkpoint_cost(name: str) -> LatentCost | None:
+    """:func:`latent_cost` of the checkpoint ``name`` in the checkpoints folders (None when it is not
+    there), found and read again once the last answer is older than ``CHECKPOINT_COST_MAX_AGE_S``:
+    every POST /prompt of a model asks, and a burst of them should not stat the file once each."""
+    now = time.monotonic()
+    read_at, cost = _CHECKPOINT_COSTS.get(name, (-CHECKPOINT_COST_MAX_AGE_S, None))
+    if now - read_at >= CHECKPOINT_COST_MAX_AGE_S:
+        from graph_runtime.folders import find_file
+
+        try:
+            cost = latent_cost(find_file("checkpoints", name))
+        except (FileNotFoundError, ValueError, OSError):
+            cost = None
+        _CHECKPOINT_COSTS[name] = (now, cost)
+    return cost
 
 
 def latent_cost(checkpoint: str | Path) -> LatentCost | None:
