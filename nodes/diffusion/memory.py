@@ -91,7 +91,7 @@ def checkpoint_cost(name: str) -> LatentCost | None:
     return cost
 
 
-def latent_cost(checkpoint: str | Path) -> LatentCost | None:
+def latent_cost(checkpoint: str) -> LatentCost | None:
     """The cost of the denoiser in ``checkpoint`` when its header names a known architecture.
 
     Read once per version of the file (path, size, modification time): every POST /prompt asks, and
@@ -100,7 +100,7 @@ def latent_cost(checkpoint: str | Path) -> LatentCost | None:
         stat = os.stat(checkpoint)
     except OSError:
         return None
-    return _latent_cost(os.fspath(checkpoint), stat.st_size, stat.st_mtime_ns)
+    return _latent_cost(checkpoint, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)

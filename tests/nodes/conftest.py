@@ -194,3 +194,17 @@ def model_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary root with tiny models in ``models/<kind>`` and an ``input`` folder, registered."""
     monkeypatch.setenv("GUIDEGRAPH_MODEL_DIRS", write_tiny_models(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def unet() -> Denoiser:
+    """A tiny random shapes UNet with self-attention at its second level and non-zero residual
+    branches, for the tests of attention perturbations (PAG, SEG, SAG)."""
+    from families.shapes.networks import ShapesUNet
+
+    torch.manual_seed(0)
+    net = ShapesUNet(channels=[8, 16], blocks_per_level=1, attention_levels=[1], emb_dim=32, heads=2)
+    for param in net.parameters():  # residual branches start at zero; give them weight so they matter
+        if param.ndim > 1 and not param.any():
+            torch.nn.init.normal_(param, std=0.2)
+    return Denoiser(net.eval(), "eps", vp_sigmas("linear", 1000), name="tiny", encoder="tiny")

@@ -8,8 +8,7 @@ import torch
 from diffusers.hooks.smoothed_energy_guidance_utils import _gaussian_blur_2d
 
 from families.shapes.family import ShapesText
-from families.shapes.networks import ShapesUNet
-from nodes.diffusion.conventions import Denoiser, vp_sigmas
+from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import Difference, Prediction, cfg
 from nodes.diffusion.perturbation import (
     INFINITE_BLUR,
@@ -28,16 +27,6 @@ PERTURBATIONS = [
     Perturbation("blurred_queries", ("mid",), INFINITE_BLUR),
     Perturbation("skip_layer", ("mid", "up.0")),
 ]
-
-
-@pytest.fixture(scope="module")
-def unet() -> Denoiser:
-    torch.manual_seed(0)
-    net = ShapesUNet(channels=[8, 16], blocks_per_level=1, attention_levels=[1], emb_dim=32, heads=2)
-    for param in net.parameters():  # residual branches start at zero; give them weight so they matter
-        if param.ndim > 1 and not param.any():
-            torch.nn.init.normal_(param, std=0.2)
-    return Denoiser(net.eval(), "eps", vp_sigmas("linear", 1000), name="tiny", encoder="tiny")
 
 
 def conditions(model: Denoiser) -> tuple[Conditioning, Conditioning]:

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from diffusers.pipelines.deprecated.stable_diffusion_sag.pipeline_stable_diffusion_sag import gaussian_blur_2d
 
 from families.shapes.family import ShapesText
-from families.shapes.networks import ShapesUNet
 from graph_runtime.context import Context
 from nodes.composition_nodes import SAG
-from nodes.diffusion.conventions import Denoiser, vp_sigmas
+from nodes.diffusion.conventions import Denoiser
 from nodes.diffusion.guidance import Difference, Guidance, Prediction, cfg, window
 from nodes.diffusion.perturbation import Perturbation, gaussian_blur
 from nodes.diffusion.program import CompiledGuidance
@@ -23,16 +22,6 @@ from nodes.diffusion.self_attention import self_attention_guidance
 
 CPU = torch.device("cpu")
 SIGMA = 3.0
-
-
-@pytest.fixture(scope="module")
-def unet() -> Denoiser:
-    torch.manual_seed(0)
-    net = ShapesUNet(channels=[8, 16], blocks_per_level=1, attention_levels=[1], emb_dim=32, heads=2)
-    for param in net.parameters():  # residual branches start at zero; give them weight so they matter
-        if param.ndim > 1 and not param.any():
-            torch.nn.init.normal_(param, std=0.2)
-    return Denoiser(net.eval(), "eps", vp_sigmas("linear", 1000), name="tiny", encoder="tiny")
 
 
 @pytest.fixture
