@@ -216,6 +216,12 @@ class PromptStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._durable = True
         self._db.executescript(_SCHEMA)
+        # the event loop's own connection (add_many_now): never waits for a lock, always FULL, and
+        # leaves WAL checkpoints to the other connection's commits, which run in threads
+        self._now_db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
+        self._now_db.row_factory = sqlite3.Row
+        self._now_db.execute("PRAGMA synchronous=FULL")
+        self._now_db.execute("PRAGMA wal_autocheckpoint=0")
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(prompts)")}
         if "worker" not in columns:  # a database written before serve --ray existed
             self._db.execute("ALTER TABLE prompts ADD COLUMN worker TEXT")
@@ -228,6 +234,7 @@ class PromptStore:
 
     def close(self) -> None:
         with self._lock:
+            self._now_db.close()
             self._db.close()
 
     # -- the queue -------------------------------------------------------------------------------
@@ -255,76 +262,25 @@ class PromptStore:
 
     def add_many(self, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId]:
         """Commit ``batch`` in one FULL transaction: per prompt its queue number, or the error that
-        refused it alone (a duplicate id). Nothing is stored if it raises.
-
-        The rows go in as multi-row INSERTs of up to ``INSERT_ROWS``: SQLite lets go of the interpreter
-        for every statement, and a thread that needs it back waits its turn behind the event loop, so
-        one statement per prompt made a burst's commits wait on the loop prompt by prompt. A duplicate
-        id fails its whole statement; the batch then goes in row by row so only that prompt is refused.
-        """
-        columns = [
-            (
-                _dump(n.prompt),
-                _dump(n.extra_data),
-                _dump(list(n.outputs_to_execute)),
-                n.client_id,
-                n.workflow_id,
-            )
-            for n in batch
-        ]
+        refused it alone (a duplicate id). Nothing is stored if it raises."""
         with self._lock, self._tx():
-            numbers = self._numbers(batch)
-            created = now_ms()
-            rows = [
-                (new.prompt_id, number, PENDING, *cols, created)
-                for new, number, cols in zip(batch, numbers, columns, strict=True)
-            ]
-            start = 0
-            try:
-                for start in range(0, len(rows), INSERT_ROWS):
-                    chunk = rows[start : start + INSERT_ROWS]
-                    self._db.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for r in chunk for v in r])
-            except sqlite3.IntegrityError:  # the failed statement left nothing; undo the ones before it
-                if start:
-                    marks = ", ".join("?" * start)
-                    self._db.execute(
-                        f"DELETE FROM prompts WHERE id IN ({marks})", [r[0] for r in rows[:start]]
-                    )
-            else:
-                return list(numbers)
-            results: list[float | DuplicatePromptId] = []
-            for row in rows:
-                try:
-                    self._db.execute(_INSERT + _ROW, row)
-                    results.append(row[1])
-                except sqlite3.IntegrityError as exc:
-                    error = DuplicatePromptId(row[0])
-                    error.__cause__ = exc
-                    results.append(error)
-            return results
+            return _insert(self._db, batch)
 
-    def _numbers(self, batch: Sequence[NewPrompt]) -> list[float]:
-        """Queue numbers for ``batch``, in order: a prompt's own number, else the next sequence number
-        (above every number given so far), negated and ahead of everything pending for ``front``."""
-        base = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()["n"]
-        lowest: float | None = None  # the lowest pending number, this batch's included
-        numbers: list[float] = []
-        for offset, new in enumerate(batch):
-            number = new.number
-            if number is None:
-                number = -float(base + offset) if new.front else float(base + offset)
-                if new.front:  # ahead of everything pending, including earlier front prompts
-                    if lowest is None:
-                        stored = self._db.execute(
-                            "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
-                        ).fetchone()["m"]
-                        lowest = min([n for n in (stored, *numbers) if n is not None], default=None)
-                    if lowest is not None and lowest <= number:
-                        number = lowest - 1
-            numbers.append(number)
-            if lowest is not None:
-                lowest = min(lowest, number)
-        return numbers
+    def add_many_now(self, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId] | None:
+        """(the event loop) ``add_many`` on the loop's own connection, without waiting: None, with
+        nothing stored, while another connection (the worker's, another process) is writing.
+
+        A commit in a thread costs the event loop more than the commit itself: SQLite lets go of the
+        interpreter at every statement, and the thread then waits for the busy loop to hand it back.
+        On a disk with a fast fsync, committing on the loop is the cheaper way to stay durable.
+        """
+        try:
+            with _Transaction(self._now_db):
+                return _insert(self._now_db, batch)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return None
+            raise
 
     def claim_next(self) -> PromptRow | None:
         """Mark the first pending prompt running and return it (None when the queue is empty)."""
@@ -562,6 +518,76 @@ _INSERT = (
     " workflow_id, create_time) VALUES "
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _insert(db: sqlite3.Connection, batch: Sequence[NewPrompt]) -> list[float | DuplicatePromptId]:
+    """(inside a write transaction on ``db``) Insert ``batch`` as ``PromptStore.add_many`` describes.
+
+    The rows go in as multi-row INSERTs of up to ``INSERT_ROWS``: SQLite lets go of the interpreter for
+    every statement, and a thread that needs it back waits its turn behind the event loop. A duplicate
+    id fails its whole statement; the batch then goes in row by row so only that prompt is refused.
+    """
+    numbers = _numbers(db, batch)
+    created = now_ms()
+    rows = [
+        (
+            new.prompt_id,
+            number,
+            PENDING,
+            _dump(new.prompt),
+            _dump(new.extra_data),
+            _dump(list(new.outputs_to_execute)),
+            new.client_id,
+            new.workflow_id,
+            created,
+        )
+        for new, number in zip(batch, numbers, strict=True)
+    ]
+    start = 0
+    try:
+        for start in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[start : start + INSERT_ROWS]
+            db.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for r in chunk for v in r])
+    except sqlite3.IntegrityError:  # the failed statement left nothing; undo the ones before it
+        if start:
+            marks = ", ".join("?" * start)
+            db.execute(f"DELETE FROM prompts WHERE id IN ({marks})", [r[0] for r in rows[:start]])
+    else:
+        return list(numbers)
+    results: list[float | DuplicatePromptId] = []
+    for row in rows:
+        try:
+            db.execute(_INSERT + _ROW, row)
+            results.append(row[1])
+        except sqlite3.IntegrityError as exc:
+            error = DuplicatePromptId(row[0])
+            error.__cause__ = exc
+            results.append(error)
+    return results
+
+
+def _numbers(db: sqlite3.Connection, batch: Sequence[NewPrompt]) -> list[float]:
+    """Queue numbers for ``batch``, in order: a prompt's own number, else the next sequence number
+    (above every number given so far), negated and ahead of everything pending for ``front``."""
+    base = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM prompts").fetchone()["n"]
+    lowest: float | None = None  # the lowest pending number, this batch's included
+    numbers: list[float] = []
+    for offset, new in enumerate(batch):
+        number = new.number
+        if number is None:
+            number = -float(base + offset) if new.front else float(base + offset)
+            if new.front:  # ahead of everything pending, including earlier front prompts
+                if lowest is None:
+                    stored = db.execute(
+                        "SELECT MIN(number) AS m FROM prompts WHERE status = ?", (PENDING,)
+                    ).fetchone()["m"]
+                    lowest = min([n for n in (stored, *numbers) if n is not None], default=None)
+                if lowest is not None and lowest <= number:
+                    number = lowest - 1
+        numbers.append(number)
+        if lowest is not None:
+            lowest = min(lowest, number)
+    return numbers
 
 
 def _dump(value: Any) -> str:

@@ -90,7 +90,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         workflow_id=_workflow_id(extra_data),
     )
     try:
-        number = await app[state.INTAKE].add(new)
+        number = await app[state.INTAKE].add(new, request.content_length)
     except DuplicatePromptId:
         fail(f"prompt_id {prompt_id} is already in use", type="duplicate_prompt_id", status=409)
     app[state.WORKER].wake(prompt_id, report)

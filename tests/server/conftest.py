@@ -134,6 +134,18 @@ async def wait_done(client: TestClient, prompt_id: str, timeout: float = 10.0) -
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
+async def wait_running(client: TestClient, prompt_id: str, timeout: float = 10.0) -> None:
+    """Poll /queue until ``prompt_id`` runs (posts are answered once stored, maybe before it starts)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        running = (await (await client.get("/queue")).json())["queue_running"]
+        if any(item[1] == prompt_id for item in running):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"prompt {prompt_id} did not start in {timeout} s")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Any:
     """One local Ray cluster for the whole session (4 logical CPUs: up to 4 CPU workers at once)."""

@@ -66,16 +66,19 @@ async def test_an_output_folder_replaced_by_a_file_is_a_507_naming_it(make_clien
     assert view.status == 507
 
 
+@pytest.mark.parametrize("on_loop", [True, False], ids=["commit on the loop", "commit in a thread"])
 @pytest.mark.parametrize(
     "message", ["database or disk is full", "attempt to write a readonly database", "disk I/O error"]
 )
 async def test_a_database_that_cannot_be_written_is_a_507_naming_the_data_folder(
-    client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, message: str
+    client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, message: str, on_loop: bool
 ) -> None:
     def full(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError(message)
 
-    monkeypatch.setattr(client.app[state.STORE], "add_many", full)  # the intake commits in batches
+    store = client.app[state.STORE]  # the intake commits in batches, on the loop or else in a thread
+    monkeypatch.setattr(store, "add_many_now", full if on_loop else lambda batch: None)
+    monkeypatch.setattr(store, "add_many", full)
     with caplog.at_level(logging.ERROR, logger="server.security"):
         response = await client.post("/prompt", json={"prompt": square_prompt()})
     assert response.status == 507

@@ -16,6 +16,7 @@ from tests.server.conftest import (
     slow_prompt,
     square_prompt,
     wait_done,
+    wait_running,
 )
 
 
@@ -197,6 +198,7 @@ async def test_secrets_are_never_stored_or_echoed(client) -> None:
 
 async def test_queue_lists_running_and_pending_as_five_tuples_and_deletes_pending(client) -> None:
     running = await queue(client, slow_prompt(steps=40, delay=0.02))
+    await wait_running(client, running["prompt_id"])
     first = await queue(client, square_prompt(value=1))
     second = await queue(client, square_prompt(value=2))
     await asyncio.sleep(0.2)
@@ -217,6 +219,7 @@ async def test_queue_lists_running_and_pending_as_five_tuples_and_deletes_pendin
 
 async def test_front_puts_a_prompt_ahead_of_the_queue(client) -> None:
     blocker = await queue(client, slow_prompt(steps=15, delay=0.02))
+    await wait_running(client, blocker["prompt_id"])
     late = await queue(client, square_prompt(value=1))
     early = await queue(client, square_prompt(value=2), front=True)
     await asyncio.sleep(0.05)
