@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from graph_runtime import cli
+from server.cli import event_loop
 from server.config import ServerConfig
 from server.store import PENDING, PromptStore
 from server.templates import shipped_workflows
@@ -45,6 +46,17 @@ def test_a_port_in_use_is_one_line_not_a_traceback(
         code, out, err = _serve(capsys, tmp_path, "--port", str(port))
     assert code == 2 and "the editor is at" not in out
     assert err.startswith("guidegraph serve: cannot start:") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop does not build on Windows")
+def test_the_server_runs_on_uvloop_where_it_is_a_dependency() -> None:
+    import uvloop
+
+    loop = event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
 
 
 def test_the_shipped_workflows_are_found_from_any_working_directory(tmp_path: Path) -> None:
