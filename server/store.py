@@ -13,7 +13,8 @@ own records (claiming a prompt,
 recording its outcome) commit with ``synchronous=NORMAL``: they survive a crash of the process, and
 the next FULL commit makes them durable in order; a power cut may only take back the newest of them,
 which ``recover`` then reports as interrupted. One connection is shared by the event loop's helper
-threads and the worker, behind a lock.
+threads and the worker, behind a lock; a second one is the event loop's own (``add_many_now``), which
+never waits for a lock: while the other is writing it stores nothing and the caller uses ``add_many``.
 
 The history is capped without scanning it: the store counts its finished rows and, past the cap,
 deletes exactly the oldest ones through the ``(end_time, seq)`` index.
