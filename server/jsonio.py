@@ -149,8 +149,8 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
+    return web.json_response(data, status=status, dumps=_ENCODER.encode)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
+# one encoder, not one per call (json.dumps builds one whenever it is given options)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)

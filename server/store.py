@@ -591,8 +591,7 @@ def _numbers(db: sqlite3.Connection, batch: Sequence[NewPrompt]) -> list[float]:
     return numbers
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+_dump = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # one encoder, not one per call
 
 
 def _row(row: dict[str, Any]) -> PromptRow:
