@@ -279,7 +279,9 @@ class PromptStore:
             with _Transaction(self._now_db):
                 return _insert(self._now_db, batch)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            if self._now_db.in_transaction:  # a COMMIT refused (busy) leaves it open
+                self._now_db.execute("ROLLBACK")
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 return None
             raise
 

@@ -75,6 +75,35 @@ def test_a_commit_on_the_loop_never_waits_for_another_writer(tmp_path: Path) -> 
     store.close()
 
 
+def test_a_commit_refused_as_busy_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """(a rollback-journal database, on a file system without WAL, can refuse the COMMIT itself)"""
+    store = PromptStore(tmp_path / "db.sqlite3")
+    other = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None, timeout=0).execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        busy = exc
+    other.execute("COMMIT")
+    real = store._now_db
+
+    class RefusesCommit:
+        in_transaction = property(lambda self: real.in_transaction)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                raise busy
+            return real.execute(sql, *args)
+
+    store._now_db = RefusesCommit()  # type: ignore[assignment]
+    assert store.add_many_now([NewPrompt("p", square_prompt(), {}, ["2"])]) is None
+    assert not real.in_transaction and store.queue() == ([], [])
+    store._now_db = real
+    assert store.add_many_now([NewPrompt("p", square_prompt(), {}, ["2"])]) == [1.0]
+    other.close()
+    store.close()
+
+
 class Recording(PromptStore):
     """Records where each batch was committed; ``slow_s``: each commit on the loop takes this long."""
 
