@@ -123,7 +123,7 @@ def shown_argv(argv: Sequence[str]) -> tuple[str, ...]:
 
 def event_loop() -> asyncio.AbstractEventLoop:
     """The server's event loop: uvloop's where it is installed (a dependency except on Windows), which
-    answers a burst of posts about a tenth faster than asyncio's own (benchmarks/results/server.md)."""
+    accepted a burst of posts 8% faster than asyncio's own (A/B in benchmarks/results/vs_comfyui.md)."""
     try:
         import uvloop
     except ImportError:

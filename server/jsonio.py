@@ -148,9 +148,9 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
     return raw.lower() in ("1", "true", "yes", "on")
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_ENCODER.encode)
-
-
 # one encoder, not one per call (json.dumps builds one whenever it is given options)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_ENCODER.encode)
