@@ -1,4 +1,5 @@
-"""ComfyUI's latent and image nodes: upscaling, masks, inpainting encode, tiled decode, inversion.
+"""ComfyUI's latent and image nodes: upscaling, masks, inpainting encode, tiled decode, inversion,
+a blank image.
 
 Latents are (B, C, h, w) at 1/8 of the pixels for Stable Diffusion; images (B, H, W, C) in [0, 1];
 masks (B, H, W) in [0, 1].
@@ -6,9 +7,10 @@ masks (B, H, W) in [0, 1].
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from graph_runtime.api import Combo, Context, Float, FolderFiles, Int, Node, Output, Socket
+from graph_runtime.api import Combo, Context, Float, FolderFiles, Footprint, Int, Node, Output, Socket
 
 if TYPE_CHECKING:
     import torch
@@ -227,6 +229,33 @@ class ImageInvert(Node):
         return (1.0 - image,)
 
 
+class EmptyImage(Node):
+    """A batch of images of one colour (``color`` as 0xRRGGBB)."""
+
+    category = "image"
+    inputs = (
+        Int(name="width", default=512, min=1, max=MAX_RESOLUTION, step=1, tooltip="the width in pixels"),
+        Int(name="height", default=512, min=1, max=MAX_RESOLUTION, step=1, tooltip="the height in pixels"),
+        Int(name="batch_size", default=1, min=1, max=4096, tooltip="how many images"),
+        Int(name="color", default=0, min=0, max=0xFFFFFF, step=1, tooltip="the colour, 0xRRGGBB"),
+    )
+    outputs = (Output("IMAGE", "IMAGE"),)
+
+    @staticmethod
+    def run(ctx: Context, width: int, height: int, batch_size: int, color: int) -> tuple[torch.Tensor]:
+        import torch
+
+        rgb = torch.tensor([(color >> shift & 0xFF) / 0xFF for shift in (16, 8, 0)])
+        return (rgb.expand(batch_size, height, width, 3).contiguous(),)
+
+    @staticmethod
+    def footprint(inputs: Mapping[str, Any]) -> Footprint:
+        dims = tuple(inputs.get(k) for k in ("batch_size", "height", "width"))
+        if not all(type(v) is int for v in dims):
+            return Footprint(outputs=(None,))
+        return Footprint(outputs=((*dims, 3),))
+
+
 class SetLatentNoiseMask(Node):
     """Regenerate the latent only where the mask is 1 (inpainting with any model)."""
 
@@ -387,6 +416,7 @@ NODES: list[type[Node]] = [
     ImageScale,
     ImageScaleBy,
     ImageInvert,
+    EmptyImage,
     SetLatentNoiseMask,
     VAEEncodeForInpaint,
     VAEDecodeTiled,

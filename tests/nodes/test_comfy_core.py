@@ -265,6 +265,31 @@ def test_latent_and_image_resizing_follow_comfyui_sizes() -> None:
     assert torch.equal(ImageInvert.run(ctx, image)[0], 1 - image)
 
 
+def test_empty_image_is_comfyuis_colour_fill_and_declares_its_size() -> None:
+    from graph_runtime.memory import estimate
+    from graph_runtime.validation import validate
+    from nodes.comfy.latent import EmptyImage
+
+    image = EmptyImage.run(Context(), 5, 3, 2, 0x12AB00)[0]
+    assert image.shape == (2, 3, 5, 3)
+    assert torch.equal(image[1, 2, 4], torch.tensor([0x12 / 255, 0xAB / 255, 0.0]))
+    prompt = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 4096, "height": 4096, "batch_size": 64, "color": 0},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    report = validate(prompt, Registry(node_classes()))
+    assert report.ok
+    assert estimate(report).total == 64 * 4096 * 4096 * 3 * 4  # refused beyond the memory budget
+    prompt["1"]["inputs"]["color"] = 0x1000000
+    assert (
+        validate(prompt, Registry(node_classes())).node_errors["1"]["errors"][0]["type"]
+        == "value_bigger_than_max"
+    )
+
+
 def test_inpaint_encode_greys_the_mask_and_tiled_decode_matches_whole(loaded: Any) -> None:
     from nodes.comfy.core import VAEDecode
     from nodes.comfy.latent import VAEDecodeTiled, VAEEncodeForInpaint
