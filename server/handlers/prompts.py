@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,7 @@ from server import state
 from server.config import ServerConfig
 from server.jsonio import error_body, fail, json_response, read_json, strip_secrets
 from server.messages import PREVIEW_METHODS
-from server.store import DuplicatePromptId, NewPrompt
+from server.store import DuplicatePromptId, NewPrompt, new_prompt_id
 
 GiB = 1 << 30
 MAX_NUMBER = 2**53  # a queue position; beyond this a float (and SQLite's REAL) cannot hold it exactly
@@ -63,7 +62,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         comfy = report.to_comfy()
         return json_response({"error": comfy["error"], "node_errors": comfy["node_errors"]}, 400)
 
-    prompt_id = body.get("prompt_id") or str(uuid.uuid4())
+    prompt_id = body.get("prompt_id") or new_prompt_id()
     if not isinstance(prompt_id, str) or not _ID.match(prompt_id):
         fail("prompt_id must be 1-128 letters, digits or _.:-", type="invalid_prompt")
     number = _number(body.get("number"))

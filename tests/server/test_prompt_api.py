@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 
 from PIL import Image
 
@@ -32,6 +34,17 @@ async def test_runs_a_prompt_and_records_its_image_in_history(client, config: Se
     assert (config.output / image["filename"]).is_file()
     view = await client.get("/view", params=image)
     assert view.status == 200 and view.content_type == "image/png"
+
+
+async def test_a_prompt_without_an_id_gets_a_time_ordered_uuid(client) -> None:
+    """Version 7: its first 48 bits are the time in ms, so new ids append to the id index."""
+    before = time.time_ns() // 1_000_000
+    first = uuid.UUID((await queue(client, square_prompt(value=1)))["prompt_id"])
+    await asyncio.sleep(0.002)
+    second = uuid.UUID((await queue(client, square_prompt(value=2)))["prompt_id"])
+    assert (first.version, second.version) == (7, 7) and first.variant == uuid.RFC_4122
+    assert before <= first.int >> 80 < second.int >> 80 <= time.time_ns() // 1_000_000
+    assert str(first) < str(second)
 
 
 async def test_png_carries_the_prompt_and_the_editor_workflow(client, config: ServerConfig) -> None:
