@@ -10,10 +10,12 @@ ComfyUI is GPL-3: it is never vendored or installed by this project. Give a chec
 Both servers start fresh in temporary folders and stay up for the whole run, each on the CPU (ComfyUI
 with ``--cpu``). Each workload runs once per round on each server, the order alternating per round,
 and the table gives the medians and their ratio. The prompts are trivial and model-free, as a new
-user would try first: ComfyUI ``EmptyImage → SaveImage``; guidegraph (its built-in nodes, started with
-``guidegraph serve``) ``Model → EmptyLatent → Decode → SaveImage`` with the shipped pixel-space shapes
-model (loaded once, then cached); no two prompts alike (image size and file prefix), so neither
-server's cache can skip the work. The chain is ``EmptyImage → ImageInvert × N → SaveImage`` against
+user would try first, and the same JSON goes to both servers: ``EmptyImage → SaveImage`` (ComfyUI's
+core nodes, which guidegraph serves under the same names); no two prompts alike (image size, colour
+and file prefix), so neither server's cache can skip the work. The chain is
+``EmptyImage → ImageInvert × N → SaveImage``. ``--guidegraph-prompt own`` gives guidegraph its own
+nodes instead, as this benchmark did before guidegraph had EmptyImage: ``Model → EmptyLatent → Decode
+→ SaveImage`` with the shipped pixel-space shapes model (loaded once, then cached), its chain
 ``... Decode → ImageBatch × N → SaveImage`` (an ImageBatch of one input passes it on).
 """
 
@@ -100,12 +102,15 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def guidegraph_server(tmp: Path) -> AsyncIterator[Server]:
+async def guidegraph_server(tmp: Path, own_prompt: bool) -> AsyncIterator[Server]:
     port = free_port()
     command = [sys.executable, "-m", "graph_runtime.cli", "serve", "--port", str(port)]
     command += ["--data-dir", str(tmp / "user"), "--workflows-dir", str(ROOT / "workflows")]
     async with _process(command, ROOT, port) as (url, pid):
-        yield Server("guidegraph", url, pid, guidegraph_prompt, guidegraph_chain)
+        if own_prompt:
+            yield Server("guidegraph", url, pid, guidegraph_prompt, guidegraph_chain)
+        else:
+            yield Server("guidegraph", url, pid, comfyui_prompt, comfyui_chain)
 
 
 @contextlib.asynccontextmanager
@@ -173,7 +178,11 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         async with contextlib.AsyncExitStack() as stack:
-            servers = [await stack.enter_async_context(guidegraph_server(Path(tmp) / "guidegraph"))]
+            servers = [
+                await stack.enter_async_context(
+                    guidegraph_server(Path(tmp) / "guidegraph", args.guidegraph_prompt == "own")
+                )
+            ]
             if comfy_dir:
                 root = Path(comfy_dir).resolve()
                 servers.append(
@@ -189,6 +198,13 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                 )
             else:
                 lines.append("COMFYUI_DIR is not set: guidegraph alone, no ratios.\n")
+            if args.guidegraph_prompt == "own":
+                lines.append(
+                    "Prompts: ComfyUI `EmptyImage → SaveImage`, guidegraph its own `Model → EmptyLatent →"
+                    " Decode → SaveImage` (`--guidegraph-prompt own`).\n"
+                )
+            else:
+                lines.append("Prompts: the same `EmptyImage → SaveImage` JSON to both servers.\n")
             rss_start = {s.name: rss_mib(s.pid) for s in servers}
 
             async def loop(server: Server, r: int) -> dict[str, float]:
@@ -267,6 +283,13 @@ def main() -> None:
         default=None,
         help="start ComfyUI with OMP_NUM_THREADS set to this (default: its own default, every core);"
         " guidegraph serve leaves a core to its event loop by itself",
+    )
+    parser.add_argument(
+        "--guidegraph-prompt",
+        choices=("comfyui", "own"),
+        default="comfyui",
+        help="comfyui (default): guidegraph gets the same prompts as ComfyUI; own: its own Model →"
+        " EmptyLatent → Decode → SaveImage",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args()

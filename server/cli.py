@@ -215,10 +215,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+GC_YOUNG_THRESHOLD = 10_000  # Python's default is 700
+
+
 async def _freeze_startup_heap(_: web.Application) -> None:
     """Keep what the server made while starting (modules, torch, the registry: ~200,000 objects that
     live as long as the process) out of the cyclic collector's full passes, which otherwise rescan
     all of it every few thousand prompts and stall every request for ~100 ms. Objects made later
-    (models, cached outputs) are collected as usual."""
+    (models, cached outputs) are collected as usual.
+
+    The youngest generation is collected after 10,000 new objects rather than 700: a post makes a few
+    hundred, and at 700 a burst of posts ran a collection every few of them. Measured side by side
+    (A/B, 6 rounds of 600 posts from 20 clients), accepted posts/s rose 9%. Cycles are still
+    collected within 10,000 allocations, which a running prompt makes in moments.
+    """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from graph_runtime import cli
-from server.cli import event_loop
+from server.cli import GC_YOUNG_THRESHOLD, _freeze_startup_heap, event_loop
 from server.config import ServerConfig
 from server.store import PENDING, PromptStore
 from server.templates import shipped_workflows
@@ -57,6 +58,17 @@ def test_the_server_runs_on_uvloop_where_it_is_a_dependency() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+async def test_startup_freezes_its_heap_and_collects_the_young_generation_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        await _freeze_startup_heap(None)  # type: ignore[arg-type]
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_the_shipped_workflows_are_found_from_any_working_directory(tmp_path: Path) -> None:
