@@ -41,8 +41,10 @@ class Estimate:
 
 def nbytes(output: Any) -> int:
     """The bytes an output description stands for (see :class:`~graph_runtime.api.Footprint`)."""
-    if isinstance(output, tuple) and output and all(type(n) is int for n in output):
-        return math.prod(output) * FLOAT32
+    if isinstance(output, tuple) and output:
+        if all([type(n) is int for n in output]):
+            return math.prod(output) * FLOAT32
+        return 0
     size = getattr(output, "nbytes", 0)
     return size if type(size) is int else 0
 
@@ -56,11 +58,14 @@ def estimate(report: ValidationReport) -> Estimate:
         declared: Callable[[Mapping[str, Any]], Footprint] | None = getattr(planned.cls, "footprint", None)
         if declared is None:
             continue
-        inputs = {**planned.literals, **{name: shapes.get(src) for name, src in planned.links.items()}}
+        inputs: Mapping[str, Any] = planned.literals  # read only
+        if planned.links:
+            inputs = {**inputs, **{name: shapes.get(src) for name, src in planned.links.items()}}
         footprint = declared(inputs)
+        outputs = 0
         for index, shape in enumerate(footprint.outputs):
             shapes[(node_id, index)] = shape
-        outputs = sum(nbytes(shape) for shape in footprint.outputs)
+            outputs += nbytes(shape)
         kept += outputs
         working = max(working, footprint.working)
         per_node[node_id] = outputs + footprint.working

@@ -362,21 +362,22 @@ def _shape_key(prompt: dict[str, Any], outputs: Sequence[str] | None) -> tuple[A
         return None
     nodes: list[Any] = [None if outputs is None else tuple(outputs)]
     for node_id, node in prompt.items():
-        if type(node) is not dict or type(node.get("class_type")) is not str:
+        if type(node) is not dict:
             return None
-        inputs = node.get("inputs", {})
-        if type(inputs) is not dict:
+        class_type, inputs = node.get("class_type"), node.get("inputs", {})
+        if type(class_type) is not str or type(inputs) is not dict:
             return None
-        nodes.append(node_id)
-        nodes.append(node.get("class_type"))
-        nodes.append(tuple((name, _input_shape(value)) for name, value in inputs.items()))
+        nodes += (
+            node_id,
+            class_type,
+            tuple([(name, None if type(v) is not list else _list_shape(v)) for name, v in inputs.items()]),
+        )
     return tuple(nodes)
 
 
-def _input_shape(value: Any) -> Any:
-    """A link as (source, output); any other list as "list" (never clean); a literal as None."""
-    if type(value) is not list:
-        return None
+def _list_shape(value: list[Any]) -> Any:
+    """The shape of a list input: a link as (source, output), any other list as "list" (never clean);
+    a literal's shape is None."""
     if len(value) == 2 and type(value[0]) is str and type(value[1]) in (int, str):
         return (value[0], value[1])
     return "list"
@@ -400,24 +401,26 @@ def _from_skeleton(
 ) -> ValidationReport | None:
     """The report of a prompt shaped like ``skeleton``'s, or None when a literal is refused (the full
     pass then says why)."""
-    checker = _Checker(prompt, registry)
+    literal_problem = _Checker(prompt, registry).literal_problem
     planned: dict[str, PlannedNode] = {}
     for node_id, cls, literal_specs, links in skeleton.nodes:
         inputs = prompt[node_id].get("inputs", {})
         literals = {}
         for name, spec in literal_specs:
             value = inputs[name]
-            value, problem = checker.literal_problem(spec, value[VALUE_KEY] if is_wrapped(value) else value)
+            if type(value) is dict and is_wrapped(value):
+                value = value[VALUE_KEY]
+            value, problem = literal_problem(spec, value)
             if problem is not None:
                 return None
             literals[name] = value
-        planned[node_id] = PlannedNode(node_id, cls, literals, dict(links))
+        planned[node_id] = PlannedNode(node_id, cls, literals, links.copy())
     return ValidationReport(
-        outputs=list(skeleton.outputs),
-        good_outputs=list(skeleton.outputs),
+        outputs=skeleton.outputs.copy(),
+        good_outputs=skeleton.outputs.copy(),
         order=list(planned),
         nodes=planned,
-        warnings=list(skeleton.warnings),
+        warnings=skeleton.warnings.copy(),
     )
 
 

@@ -250,10 +250,10 @@ class EmptyImage(Node):
 
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
-        dims = tuple(inputs.get(k) for k in ("batch_size", "height", "width"))
-        if not all(type(v) is int for v in dims):
+        batch, height, width = inputs.get("batch_size"), inputs.get("height"), inputs.get("width")
+        if type(batch) is not int or type(height) is not int or type(width) is not int:
             return Footprint(outputs=(None,))
-        return Footprint(outputs=((*dims, 3),))
+        return Footprint(outputs=((batch, height, width, 3),))
 
 
 class SetLatentNoiseMask(Node):
