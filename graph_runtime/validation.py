@@ -44,7 +44,7 @@ class _Checker:
         self.registry = registry
         self.errors: dict[str, list[dict[str, Any]]] = {}
         self.warnings: list[str] = []
-        self.choices: dict[int, list[str]] = {}
+        self.choices: dict[int, Sequence[str]] = {}
 
     def add(self, node_id: str, kind: str, message: str, details: str = "", **extra: Any) -> None:
         self.errors.setdefault(node_id, []).append(error_record(kind, message, details, **extra))
@@ -231,9 +231,11 @@ class _Checker:
             return value, None
         if isinstance(spec, Combo):
             choices = self.choices.get(id(spec))
-            if choices is None:
-                choices = self.choices[id(spec)] = spec.choices()
+            if choices is None:  # a listing is read once per pass; fixed options are not copied
+                source = spec.options
+                choices = self.choices[id(spec)] = source() if callable(source) else source
             if kind is not str or value not in choices:
+                choices = list(choices)
                 listed = choices if len(choices) <= MAX_LISTED_OPTIONS else f"a list of length {len(choices)}"
                 return None, ("value_not_in_list", "Value not in list", f"{_describe(value)} not in {listed}")
             return value, None

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, FolderFiles, Footprint, Int, Node, Output, Socket, String
+from nodes.diffusion.memory import checkpoint_cost
 
 if TYPE_CHECKING:
     from families.base import Checkpoint
@@ -93,8 +94,6 @@ class Model(Node):
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
         """MODEL's latent space and network cost, read from the file's header when it is one we know."""
-        from nodes.diffusion.memory import checkpoint_cost
-
         # None for a missing file, a folder or an unknown architecture
         return Footprint(outputs=(checkpoint_cost(str(inputs.get("checkpoint"))), None, None))
 

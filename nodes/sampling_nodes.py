@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from graph_runtime.api import Combo, Context, Float, Footprint, Int, Node, Output, PreviewImage, Socket
+from nodes.diffusion.memory import LatentCost, LatentSize
 from nodes.diffusion.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 if TYPE_CHECKING:
@@ -163,8 +164,6 @@ class Sampler(Node):
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
         """Working memory of sampling a latent of known size: per model evaluation a CFG pair per
         sample (rows = 2B; ``max_batch`` caps the rows of one forward)."""
-        from nodes.diffusion.memory import LatentSize
-
         latent, max_batch = inputs.get("latent"), inputs.get("max_batch")
         if not isinstance(latent, LatentSize):
             return Footprint(outputs=(None,))
@@ -323,8 +322,6 @@ class EmptyLatent(Node):
     @staticmethod
     def footprint(inputs: Mapping[str, Any]) -> Footprint:
         """The latent's size, when the model's latent space is known (see nodes.diffusion.memory)."""
-        from nodes.diffusion.memory import LatentCost, LatentSize
-
         cost, dims = inputs.get("model"), [inputs.get(k) for k in ("batch_size", "height", "width")]
         if not isinstance(cost, LatentCost) or not all(type(v) is int for v in dims):
             return Footprint(outputs=(None,))
