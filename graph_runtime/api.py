@@ -161,10 +161,10 @@ class Combo(Input):
     def type_name(self) -> str:
         return "COMBO"
 
-    def choices(self) -> list[str]:
-        """The current options (calls the source again when it is a callable)."""
+    def choices(self) -> Sequence[str]:
+        """The current options (calls the source again when it is a callable; fixed ones are not copied)."""
         source = self.options
-        return list(source() if callable(source) else source)
+        return source() if callable(source) else source
 
 
 @dataclass(frozen=True, kw_only=True)

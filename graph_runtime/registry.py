@@ -131,7 +131,7 @@ def input_spec(spec: Input) -> list[Any]:
     elif isinstance(spec, Boolean):
         opts.update(default=spec.default, label_on=spec.label_on, label_off=spec.label_off)
     elif isinstance(spec, Combo):
-        choices = spec.choices()
+        choices = list(spec.choices())
         if spec.default is not None:
             opts["default"] = spec.default
         if spec.upload:

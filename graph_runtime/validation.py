@@ -231,9 +231,8 @@ class _Checker:
             return value, None
         if isinstance(spec, Combo):
             choices = self.choices.get(id(spec))
-            if choices is None:  # a listing is read once per pass; fixed options are not copied
-                source = spec.options
-                choices = self.choices[id(spec)] = source() if callable(source) else source
+            if choices is None:  # a folder listing is read once per pass
+                choices = self.choices[id(spec)] = spec.choices()
             if kind is not str or value not in choices:
                 choices = list(choices)
                 listed = choices if len(choices) <= MAX_LISTED_OPTIONS else f"a list of length {len(choices)}"
